@@ -1,0 +1,606 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { Redis } from 'ioredis';
+import type { Logger } from '../logger.js';
+import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
+import type { Notification, TopicCount } from '../router/types.js';
+import { Script } from './script.js';
+import type { Bus, ClusterMessage, LocalDeliver, Presence } from './types.js';
+
+export interface RedisClusterOptions {
+  url: string;
+  /** Prefix of every key and channel. */
+  prefix: string;
+  /** A node whose heartbeat is older than this is dead: its presence entries are removed. */
+  presenceTtlMs: number;
+  deliver: LocalDeliver;
+  /** The cluster-wide count of a topic may have changed. */
+  onCountChange: (appId: string, topic: string) => void;
+  /** Whether a user has a socket on this node. */
+  hasUser: (appId: string, clientId: string) => boolean;
+  /** This node's own count of a topic (used while Redis is away). */
+  localCount: (appId: string, topic: string) => TopicCount;
+  /** This node's current subscribers, to publish them again after Redis comes back. */
+  localTopics: () => Iterable<{
+    appId: string;
+    topic: string;
+    clients: ReadonlyMap<string, number>;
+    connections: number;
+  }>;
+  logger: Logger;
+}
+
+interface PendingTopic {
+  appId: string;
+  topic: string;
+  add: Set<string>;
+  rem: Set<string>;
+  connections: number;
+}
+
+/**
+ * Counts distinct client ids and connections of a topic over the live nodes. Keys are built inside the
+ * script, so this needs a single Redis (or one shard holding the prefix), which is what Herald targets.
+ */
+const COUNT_SCRIPT = new Script(`
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local base = ARGV[2]
+local pc = ARGV[3]
+local keys = {}
+local conns = 0
+for _, n in ipairs(nodes) do
+  keys[#keys + 1] = base .. n
+  local c = redis.call('HGET', pc, n)
+  if c then conns = conns + tonumber(c) end
+end
+local count = 0
+if #keys == 1 then
+  count = redis.call('SCARD', keys[1])
+elseif #keys > 1 then
+  redis.call('SUNIONSTORE', ARGV[4], unpack(keys))
+  count = redis.call('SCARD', ARGV[4])
+  redis.call('DEL', ARGV[4])
+end
+return { count, conns }
+`);
+
+/** Which of ARGV[3..] are members of the ONLINE pseudo-topic set of any live node. */
+const ONLINE_SCRIPT = new Script(`
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local out = {}
+for i = 3, #ARGV do
+  for _, n in ipairs(nodes) do
+    if redis.call('SISMEMBER', ARGV[2] .. n, ARGV[i]) == 1 then
+      out[#out + 1] = ARGV[i]
+      break
+    end
+  end
+end
+return out
+`);
+
+/**
+ * Cluster mode on Redis: notifications fan out over one pub/sub channel per app (a node subscribes
+ * only to the apps it has sockets for), and presence (who is subscribed to what) lives in per-node sets,
+ * so counts are exact across nodes and a dead node's entries can be dropped as a whole.
+ *
+ * Keys (all under the prefix): `nodes` (zset node -> last heartbeat), `pm:<app>|<topic>|<node>` (set of
+ * client ids), `pc:<app>|<topic>` (hash node -> connections), `nk:<node>` (set of `<app>|<topic>` the node
+ * has entries for). Channel: `app:<app>`.
+ */
+export class RedisCluster {
+  readonly nodeId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  readonly bus: Bus;
+  readonly presence: Presence;
+  private readonly pub: Redis;
+  private readonly sub: Redis;
+  private readonly apps = new Map<string, NodeJS.Timeout | null>();
+  private pending = new Map<string, PendingTopic>();
+  private flushScheduled = false;
+  private resyncNeeded = false;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private closed = false;
+  private tmpCounter = 0;
+  private lastPublishError = 0;
+  private readonly rpcHandlers = new Map<string, (appId: string, payload: unknown) => Promise<unknown>>();
+  private readonly rpcPending = new Map<
+    string,
+    {
+      expected: number;
+      misses: number;
+      resolve: (v: unknown) => void;
+      reject: (e: Error) => void;
+      lastError?: { code: string; message: string };
+    }
+  >();
+
+  constructor(private readonly opts: RedisClusterOptions) {
+    const common = {
+      lazyConnect: true,
+      retryStrategy: (n: number) => Math.min(100 * n, 2000),
+      connectTimeout: 3000,
+    };
+    // Commands fail fast while Redis is away (no offline queue): a late notification is worse than
+    // a missed one for the other nodes, and local sockets are served either way.
+    this.pub = new Redis(opts.url, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+    this.sub = new Redis(opts.url, { ...common, autoResubscribe: true });
+    for (const [name, client] of [
+      ['publisher', this.pub],
+      ['subscriber', this.sub],
+    ] as const) {
+      client.on('error', (err: Error) =>
+        opts.logger.debug({ err: err.message, client: name }, 'redis error'),
+      );
+    }
+    let everReady = false;
+    this.pub.on('ready', () => {
+      if (everReady) {
+        opts.logger.info('redis is back: publishing this node presence again');
+        this.resyncNeeded = true;
+      }
+      everReady = true;
+      void this.beat();
+    });
+    this.pub.on('end', () => undefined);
+    this.pub.on('close', () => {
+      if (!this.closed) this.resyncNeeded = true;
+    });
+    this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
+
+    const self = this;
+    this.bus = {
+      kind: 'redis',
+      async publish(n: Notification) {
+        opts.deliver(n);
+        const msg: ClusterMessage = { v: 1, t: 'notify', node: self.nodeId, n };
+        try {
+          await self.pub.publish(self.channel(n.appId), JSON.stringify(msg));
+        } catch (err) {
+          self.publishFailed(err);
+        }
+        return undefined;
+      },
+      healthy: () => this.healthy(),
+      close: () => this.close(),
+    };
+    this.presence = {
+      local: (change) => this.localChange(change),
+      get: (appId, topic) => this.count(appId, topic),
+      online: (appId, users) => this.online(appId, users),
+      healthy: () => this.healthy(),
+      close: async () => undefined,
+    };
+  }
+
+  /** Connects (waiting at most `timeoutMs`; a node starts degraded rather than not at all). */
+  async start(timeoutMs = 10_000): Promise<boolean> {
+    // Replies to this node's remote calls come on its own channel.
+    this.sub.subscribe(this.key(`node:${this.nodeId}`)).catch(() => undefined);
+    const connect = Promise.all([this.pub.connect(), this.sub.connect()]).then(
+      () => true,
+      (err: Error) => {
+        this.opts.logger.error(
+          { err: err.message },
+          'redis unreachable at start-up: serving local sockets only until it is back',
+        );
+        return false;
+      },
+    );
+    const ok = await Promise.race([
+      connect,
+      new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs)),
+    ]);
+    const period = Math.max(500, Math.floor(this.opts.presenceTtlMs / 4));
+    this.heartbeat = setInterval(() => void this.beat(), period);
+    this.heartbeat.unref();
+    return ok;
+  }
+
+  healthy(): boolean {
+    return this.pub.status === 'ready' && this.sub.status === 'ready';
+  }
+
+  /** The command connection (fails fast while Redis is away), for history and receipts. */
+  get commands(): Redis {
+    return this.pub;
+  }
+
+  private key(name: string): string {
+    return `${this.opts.prefix}${name}`;
+  }
+
+  private channel(appId: string): string {
+    return this.key(`app:${appId}`);
+  }
+
+  private publishFailed(err: unknown): void {
+    const now = Date.now();
+    if (now - this.lastPublishError > 5000) {
+      this.lastPublishError = now;
+      this.opts.logger.warn(
+        { err: (err as Error).message },
+        'redis publish failed: other nodes miss notifications until it is back',
+      );
+    }
+  }
+
+  // --- app channels ---------------------------------------------------------------------------
+
+  /** The first local socket of an app connected: receive the app's traffic. */
+  appAdded(appId: string): void {
+    const timer = this.apps.get(appId);
+    if (timer) clearTimeout(timer);
+    if (this.apps.has(appId)) {
+      this.apps.set(appId, null);
+      return;
+    }
+    this.apps.set(appId, null);
+    this.sub.subscribe(this.channel(appId)).catch(() => undefined);
+  }
+
+  /** The last local socket of an app left: stop receiving its traffic after a grace period. */
+  appRemoved(appId: string): void {
+    if (!this.apps.has(appId)) return;
+    const timer = setTimeout(() => {
+      this.apps.delete(appId);
+      this.sub.unsubscribe(this.channel(appId)).catch(() => undefined);
+    }, 5000);
+    timer.unref();
+    this.apps.set(appId, timer);
+  }
+
+  private onMessage(channelBuf: Buffer, message: Buffer): void {
+    let msg: ClusterMessage;
+    try {
+      msg = JSON.parse(message.toString('utf8')) as ClusterMessage;
+    } catch {
+      this.opts.logger.warn({ channel: channelBuf.toString() }, 'ignoring a malformed cluster message');
+      return;
+    }
+    if (msg.v !== 1 || msg.node === this.nodeId) return;
+    if (msg.t === 'notify') {
+      this.opts.deliver(msg.n);
+    } else if (msg.t === 'rpc') {
+      this.answer(msg);
+    } else if (msg.t === 'rpc-reply') {
+      this.onReply(msg);
+    } else if (msg.t === 'count') {
+      const appId = channelBuf.toString('utf8').slice(this.key('app:').length);
+      for (const topic of msg.topics) this.opts.onCountChange(appId, topic);
+    }
+  }
+
+  // --- remote calls ---------------------------------------------------------------------------
+
+  /**
+   * Handles calls of `kind` from other nodes. The handler throws a HeraldError with code `not_here`
+   * (or any code) when this node cannot serve the call; the caller waits for a node that can.
+   */
+  onCall(kind: string, handler: (appId: string, payload: unknown) => Promise<unknown>): void {
+    this.rpcHandlers.set(kind, handler);
+  }
+
+  /**
+   * Asks the other nodes serving `appId` to run `kind`; resolves with the first success. Rejects with
+   * the last error when every node that received the call failed it (e.g. the device is on none of
+   * them), or with `timeout` after `timeoutMs`.
+   */
+  async call(appId: string, kind: string, payload: unknown, timeoutMs: number): Promise<unknown> {
+    const id = randomBytes(8).toString('hex');
+    const msg: ClusterMessage = { v: 1, t: 'rpc', node: this.nodeId, id, kind, appId, payload };
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.rpcPending.delete(id);
+        reject(
+          Object.assign(new Error(`no node answered ${kind} within ${timeoutMs} ms`), { code: 'timeout' }),
+        );
+      }, timeoutMs);
+      const done = {
+        expected: Number.POSITIVE_INFINITY,
+        misses: 0,
+        resolve: (v: unknown) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e: Error) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      this.rpcPending.set(id, done);
+      this.pub.publish(this.channel(appId), JSON.stringify(msg)).then(
+        (receivers) => {
+          // PUBLISH counts subscribers; this node's own subscription (if any) never answers.
+          done.expected = receivers - (this.apps.has(appId) ? 1 : 0);
+          this.settleMisses(id);
+        },
+        (err: Error) => {
+          this.rpcPending.delete(id);
+          done.reject(
+            Object.assign(new Error(`cluster unreachable: ${err.message}`), { code: 'unavailable' }),
+          );
+        },
+      );
+    });
+  }
+
+  private settleMisses(id: string): void {
+    const p = this.rpcPending.get(id);
+    if (!p || p.misses < p.expected) return;
+    this.rpcPending.delete(id);
+    const e = p.lastError ?? { code: 'not_found', message: 'no node could serve the call' };
+    p.reject(Object.assign(new Error(e.message), { code: e.code }));
+  }
+
+  private answer(msg: Extract<ClusterMessage, { t: 'rpc' }>): void {
+    const handler = this.rpcHandlers.get(msg.kind);
+    const reply = (r: { ok: boolean; result?: unknown; error?: { code: string; message: string } }) => {
+      const out: ClusterMessage = { v: 1, t: 'rpc-reply', node: this.nodeId, id: msg.id, ...r };
+      this.pub.publish(this.key(`node:${msg.node}`), JSON.stringify(out)).catch(() => undefined);
+    };
+    if (!handler) {
+      reply({ ok: false, error: { code: 'not_here', message: `no handler for ${msg.kind}` } });
+      return;
+    }
+    handler(msg.appId, msg.payload).then(
+      (result) => reply({ ok: true, result }),
+      (err: Error & { code?: string }) =>
+        reply({ ok: false, error: { code: err.code ?? 'internal_error', message: err.message } }),
+    );
+  }
+
+  private onReply(msg: Extract<ClusterMessage, { t: 'rpc-reply' }>): void {
+    const p = this.rpcPending.get(msg.id);
+    if (!p) return;
+    if (msg.ok) {
+      this.rpcPending.delete(msg.id);
+      p.resolve(msg.result);
+      return;
+    }
+    p.misses++;
+    // A real failure (the device was there but timed out) beats "not here".
+    if (msg.error && (msg.error.code !== 'not_here' || !p.lastError)) p.lastError = msg.error;
+    this.settleMisses(msg.id);
+  }
+
+  // --- presence -------------------------------------------------------------------------------
+
+  private localChange(c: TopicChange): void {
+    const k = `${c.appId}|${c.topic}`;
+    let p = this.pending.get(k);
+    if (!p) {
+      p = { appId: c.appId, topic: c.topic, add: new Set(), rem: new Set(), connections: c.connections };
+      this.pending.set(k, p);
+    }
+    p.connections = c.connections;
+    if (c.clientDelta === 1) {
+      p.rem.delete(c.clientId);
+      p.add.add(c.clientId);
+    } else if (c.clientDelta === -1) {
+      p.add.delete(c.clientId);
+      p.rem.add(c.clientId);
+    }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => void this.flush());
+    }
+  }
+
+  /** Writes this tick's presence changes in one pipeline, then tells every node. */
+  private async flush(): Promise<void> {
+    this.flushScheduled = false;
+    const batch = this.pending;
+    this.pending = new Map();
+    if (batch.size === 0) return;
+    if (this.resyncNeeded || !this.healthy()) {
+      // Redis is away or just came back: a full resync will publish everything; tell local watchers now.
+      for (const p of batch.values()) this.opts.onCountChange(p.appId, p.topic);
+      return;
+    }
+    const node = this.nodeId;
+    const m = this.pub.multi();
+    for (const p of batch.values()) {
+      const at = `${p.appId}|${p.topic}`;
+      const members = this.key(`pm:${at}|${node}`);
+      if (p.add.size) m.sadd(members, ...p.add);
+      if (p.rem.size) m.srem(members, ...p.rem);
+      if (p.connections > 0) {
+        m.hset(this.key(`pc:${at}`), node, p.connections);
+        m.sadd(this.key(`nk:${node}`), at);
+      } else {
+        m.del(members);
+        m.hdel(this.key(`pc:${at}`), node);
+        m.srem(this.key(`nk:${node}`), at);
+      }
+    }
+    try {
+      await m.exec();
+      await this.announce([...batch.values()]);
+    } catch (err) {
+      this.resyncNeeded = true;
+      this.opts.logger.warn({ err: (err as Error).message }, 'redis presence update failed; will resync');
+    }
+    for (const p of batch.values()) this.opts.onCountChange(p.appId, p.topic);
+  }
+
+  /** Publishes count-changed messages, one per app. */
+  private async announce(topics: { appId: string; topic: string }[]): Promise<void> {
+    const byApp = new Map<string, string[]>();
+    for (const t of topics) {
+      let list = byApp.get(t.appId);
+      if (!list) {
+        list = [];
+        byApp.set(t.appId, list);
+      }
+      list.push(t.topic);
+    }
+    const m = this.pub.pipeline();
+    for (const [appId, list] of byApp) {
+      for (let i = 0; i < list.length; i += 500) {
+        const msg: ClusterMessage = { v: 1, t: 'count', node: this.nodeId, topics: list.slice(i, i + 500) };
+        m.publish(this.channel(appId), JSON.stringify(msg));
+      }
+    }
+    await m.exec();
+  }
+
+  /** Heartbeat; resync after an outage; removal of dead nodes' entries. */
+  private async beat(): Promise<void> {
+    if (this.closed || this.pub.status !== 'ready') return;
+    const now = Date.now();
+    try {
+      await this.pub.zadd(this.key('nodes'), now, this.nodeId);
+      if (this.resyncNeeded) await this.resync();
+      const dead = await this.pub.zrangebyscore(this.key('nodes'), '-inf', now - this.opts.presenceTtlMs);
+      for (const node of dead) await this.reap(node);
+    } catch (err) {
+      this.opts.logger.debug({ err: (err as Error).message }, 'redis heartbeat failed');
+    }
+  }
+
+  /** Publishes this node's whole presence again (after Redis restarted or was unreachable). */
+  private async resync(): Promise<void> {
+    this.resyncNeeded = false;
+    const node = this.nodeId;
+    const old = await this.pub.smembers(this.key(`nk:${node}`));
+    const m = this.pub.multi();
+    const now = new Set<string>();
+    const touched: { appId: string; topic: string }[] = [];
+    for (const t of this.opts.localTopics()) {
+      const at = `${t.appId}|${t.topic}`;
+      now.add(at);
+      const members = this.key(`pm:${at}|${node}`);
+      m.del(members);
+      if (t.clients.size) m.sadd(members, ...t.clients.keys());
+      m.hset(this.key(`pc:${at}`), node, t.connections);
+      m.sadd(this.key(`nk:${node}`), at);
+      touched.push({ appId: t.appId, topic: t.topic });
+    }
+    for (const at of old) {
+      if (now.has(at)) continue;
+      m.del(this.key(`pm:${at}|${node}`));
+      m.hdel(this.key(`pc:${at}`), node);
+      m.srem(this.key(`nk:${node}`), at);
+      const bar = at.indexOf('|');
+      touched.push({ appId: at.slice(0, bar), topic: at.slice(bar + 1) });
+    }
+    try {
+      await m.exec();
+      // Re-subscribe app channels too, in case the subscriber connection came back first.
+      for (const appId of this.apps.keys()) await this.sub.subscribe(this.channel(appId));
+      await this.announce(touched);
+    } catch (err) {
+      this.resyncNeeded = true;
+      throw err;
+    }
+    for (const t of touched) this.opts.onCountChange(t.appId, t.topic);
+  }
+
+  /** Removes a dead node's presence; only the node that wins the ZREM does the work. */
+  private async reap(node: string): Promise<void> {
+    if (node === this.nodeId) return;
+    const won = await this.pub.zrem(this.key('nodes'), node);
+    if (won !== 1) return;
+    const entries = await this.pub.smembers(this.key(`nk:${node}`));
+    const m = this.pub.multi();
+    const touched: { appId: string; topic: string }[] = [];
+    for (const at of entries) {
+      m.del(this.key(`pm:${at}|${node}`));
+      m.hdel(this.key(`pc:${at}`), node);
+      const bar = at.indexOf('|');
+      touched.push({ appId: at.slice(0, bar), topic: at.slice(bar + 1) });
+    }
+    m.del(this.key(`nk:${node}`));
+    await m.exec();
+    this.opts.logger.warn(
+      { node, topics: entries.length },
+      'removed the presence of a node that stopped heartbeating',
+    );
+    await this.announce(touched);
+    for (const t of touched) this.opts.onCountChange(t.appId, t.topic);
+  }
+
+  /** The cluster-wide count, or this node's own when Redis is away. */
+  private async count(appId: string, topic: string): Promise<TopicCount> {
+    const at = `${appId}|${topic}`;
+    if (!this.healthy()) return this.localOnly(appId, topic);
+    try {
+      const tmp = this.key(`tmp:${this.nodeId}:${this.tmpCounter++}`);
+      const res = (await COUNT_SCRIPT.run(
+        this.pub,
+        1,
+        this.key('nodes'),
+        String(Date.now() - this.opts.presenceTtlMs),
+        this.key(`pm:${at}|`),
+        this.key(`pc:${at}`),
+        tmp,
+      )) as [number, number];
+      return { count: Number(res[0]), connections: Number(res[1]) };
+    } catch {
+      return this.localOnly(appId, topic);
+    }
+  }
+
+  /** Users with a socket on any live node; this node's own view while Redis is away. */
+  private async online(appId: string, users: readonly string[]): Promise<Set<string>> {
+    if (users.length === 0) return new Set();
+    const local = new Set(users.filter((u) => this.opts.hasUser(appId, u)));
+    if (!this.healthy()) return local;
+    try {
+      const res = (await ONLINE_SCRIPT.run(
+        this.pub,
+        1,
+        this.key('nodes'),
+        String(Date.now() - this.opts.presenceTtlMs),
+        this.key(`pm:${appId}|${ONLINE_TOPIC}|`),
+        ...users,
+      )) as string[];
+      for (const u of res) local.add(u);
+      return local;
+    } catch {
+      return local;
+    }
+  }
+
+  private localOnly(appId: string, topic: string): TopicCount {
+    return this.opts.localCount(appId, topic);
+  }
+
+  /** Leaves the cluster: removes this node's presence so no stale counts remain, and disconnects. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    for (const t of this.apps.values()) if (t) clearTimeout(t);
+    if (this.pending.size) await this.flush().catch(() => undefined);
+    if (this.pub.status === 'ready') {
+      try {
+        await this.pub.zadd(this.key('nodes'), 0, this.nodeId);
+        await this.reapSelf();
+      } catch {
+        // Redis away: the other nodes will reap this node after the presence TTL.
+      }
+    }
+    this.pub.disconnect();
+    this.sub.disconnect();
+  }
+
+  private async reapSelf(): Promise<void> {
+    const node = this.nodeId;
+    const entries = await this.pub.smembers(this.key(`nk:${node}`));
+    const m = this.pub.multi();
+    for (const at of entries) {
+      m.del(this.key(`pm:${at}|${node}`));
+      m.hdel(this.key(`pc:${at}`), node);
+    }
+    m.del(this.key(`nk:${node}`));
+    m.zrem(this.key('nodes'), node);
+    await m.exec();
+    await this.announce(
+      entries.map((at) => {
+        const bar = at.indexOf('|');
+        return { appId: at.slice(0, bar), topic: at.slice(bar + 1) };
+      }),
+    );
+  }
+}

@@ -1,0 +1,50 @@
+import type { TopicChange } from '../router/index.js';
+import type { Notification, TopicCount } from '../router/types.js';
+
+/**
+ * Carries notifications to every node (one node: straight to the local router). Messages between
+ * nodes are versioned (`v`), so that nodes of two versions can share a bus during a rolling upgrade.
+ */
+export interface Bus {
+  readonly kind: 'memory' | 'redis';
+  /**
+   * Sends a notification to every node, this one included. Resolves with the number of sockets
+   * reached when this node can know it (single node), otherwise `undefined`.
+   */
+  publish(n: Notification): Promise<number | undefined>;
+  /** Whether the bus currently reaches the other nodes. */
+  healthy(): boolean;
+  close(): Promise<void>;
+}
+
+/** What a bus calls to deliver a notification on this node. */
+export type LocalDeliver = (n: Notification) => number;
+
+/**
+ * Who is subscribed to what, for counts: this node alone (memory) or the whole cluster (Redis).
+ * It learns this node's changes through `local()` and calls `onChange(appId, topic)` whenever the
+ * cluster-wide count of a topic may have changed, here or on another node.
+ */
+export interface Presence {
+  local(change: TopicChange): void;
+  get(appId: string, topic: string): TopicCount | Promise<TopicCount>;
+  /** Which of these users have at least one connected socket (anywhere in the cluster). */
+  online(appId: string, users: readonly string[]): Promise<Set<string>>;
+  healthy(): boolean;
+  close(): Promise<void>;
+}
+
+/** Messages between nodes. A node ignores a version it does not know. */
+export type ClusterMessage =
+  | { v: 1; t: 'notify'; node: string; n: Notification }
+  | { v: 1; t: 'count'; node: string; topics: string[] }
+  | { v: 1; t: 'rpc'; node: string; id: string; kind: string; appId: string; payload: unknown }
+  | {
+      v: 1;
+      t: 'rpc-reply';
+      node: string;
+      id: string;
+      ok: boolean;
+      result?: unknown;
+      error?: { code: string; message: string };
+    };

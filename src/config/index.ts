@@ -1,0 +1,310 @@
+import { readFileSync } from 'node:fs';
+import { extname } from 'node:path';
+import YAML from 'yaml';
+import { type HistoryRule, parseHistoryRules } from '../history/index.js';
+import { parseDuration, parseDurationList } from './duration.js';
+import { OPTIONS, type OptionKey, type OptionSpec, type OptionType } from './options.js';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+/** One application in `apps` mode. */
+export interface AppConfig {
+  /** Namespace and appId: 1-64 chars of [A-Za-z0-9_.-]. */
+  id: string;
+  /** HS256 secret that signs client JWTs (at least 16 characters). */
+  secret: string;
+  /** API keys accepted as `Authorization: Bearer <key>` on the HTTP API for this app. */
+  apiKeys: string[];
+}
+
+export interface Config {
+  port: number;
+  host: string;
+  dataDir: string;
+  logLevel: LogLevel;
+  redisUrl: string | undefined;
+  redisPrefix: string;
+  presenceTtl: number;
+  historySize: number;
+  historyTtl: number;
+  historyRules: HistoryRule[];
+  receiptTtl: number;
+  offlineWebhookUrl: string | undefined;
+  databaseUrl: string | undefined;
+  databaseSchema: string;
+  shutdownTimeout: number;
+  corsOrigins: string[];
+  adminToken: string | undefined;
+  maxTopicsPerCall: number;
+  maxTopicsPerConnection: number;
+  countInterval: number;
+  pingInterval: number;
+  pingTimeout: number;
+  maxSocketBuffer: number;
+  maxClientMessageBytes: number;
+  bodyLimit: number;
+  batchBodyLimit: number;
+  maxBatch: number;
+  maxTargets: number;
+  maxPayloadBytes: number;
+  // webhooks (see OPTIONS for the meaning and defaults)
+  webhookTimeout: number;
+  webhookRetryDelays: readonly number[];
+  webhookConcurrency: number;
+  webhookMerchantConcurrency: number;
+  webhookSlowConcurrency: number;
+  webhookSlowThreshold: number;
+  webhookBreakerThreshold: number;
+  webhookBreakerOpen: number;
+  webhookBreakerDelay: number;
+  webhookRequireSuccessBody: boolean;
+  webhookAllowPrivateNetworks: boolean;
+  webhookDefaultSecret: string | undefined;
+  webhookLease: number;
+  webhookPollInterval: number;
+  webhookLogRetention: number;
+  webhookDispatch: boolean;
+  webhookIntakeToken: string | undefined;
+  webhookAlertWindow: number;
+  webhookAlertInterval: number;
+  webhookAlertCooldown: number;
+  webhookAlertQueueLength: number;
+  webhookAlertSuccessRate: number;
+  webhookAlertErrorRate: number;
+  webhookAlertResponseTime: number;
+  webhookAlertMinSamples: number;
+  telegramBotToken: string | undefined;
+  telegramChatIds: string[];
+  telegramApiBase: string;
+  alertWebhookUrl: string | undefined;
+  // payments (see OPTIONS for the meaning and defaults)
+  paymentTimeout: number;
+  paymentSweepInterval: number;
+  paymentBatchMax: number;
+  paymentCurrency: string;
+  commandTimeout: number;
+  machinePresenceInterval: number;
+  /** Empty: `open` mode. Otherwise `apps` mode with exactly these apps. */
+  apps: AppConfig[];
+}
+
+// Compile-time check that Config covers every option and nothing else.
+type _Covers = Exclude<OptionKey, keyof Config> extends never ? true : never;
+const _covers: _Covers = true;
+void _covers;
+
+export class ConfigError extends Error {
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(`Invalid configuration: ${key}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export const APP_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+
+function describeType(t: OptionType): string {
+  switch (t.kind) {
+    case 'int':
+      return `an integer${t.min !== undefined ? ` >= ${t.min}` : ''}${t.max !== undefined ? ` and <= ${t.max}` : ''}`;
+    case 'duration':
+      return 'a duration such as 500ms, 30s, 15m, 1h';
+    case 'durations':
+      return `a comma separated list of durations such as 15s,1m,5m${t.presets ? `, or one of ${Object.keys(t.presets).join(', ')}` : ''}`;
+    case 'bool':
+      return 'true or false';
+    case 'enum':
+      return `one of ${t.values.join(', ')}`;
+    case 'url':
+      return `a URL starting with ${t.protocols.map((p) => `${p}//`).join(' or ')}`;
+    case 'list':
+      return 'a comma separated list';
+    case 'json':
+      return 'JSON';
+    case 'string':
+      return t.pattern ? `a string matching ${t.pattern}` : 'a string';
+  }
+}
+
+function parseValue(spec: OptionSpec, raw: unknown, label: string): unknown {
+  const t = spec.type;
+  const bad = (): never => {
+    throw new ConfigError(label, `expected ${describeType(t)}, got ${JSON.stringify(raw)}`);
+  };
+  switch (t.kind) {
+    case 'int': {
+      const n =
+        typeof raw === 'number'
+          ? raw
+          : typeof raw === 'string' && /^-?\d+$/.test(raw.trim())
+            ? Number(raw)
+            : NaN;
+      if (!Number.isSafeInteger(n)) return bad();
+      if ((t.min !== undefined && n < t.min) || (t.max !== undefined && n > t.max)) return bad();
+      return n;
+    }
+    case 'duration': {
+      const d = typeof raw === 'string' || typeof raw === 'number' ? parseDuration(raw) : undefined;
+      if (d === undefined) return bad();
+      if ((t.min !== undefined && d < t.min) || (t.max !== undefined && d > t.max)) {
+        throw new ConfigError(
+          label,
+          `duration ${JSON.stringify(raw)} is out of range [${t.min}ms, ${t.max}ms]`,
+        );
+      }
+      return d;
+    }
+    case 'durations': {
+      const preset = typeof raw === 'string' ? t.presets?.[raw.trim()] : undefined;
+      if (preset) return [...preset];
+      const list =
+        typeof raw === 'string' || Array.isArray(raw)
+          ? parseDurationList(raw as string | string[])
+          : undefined;
+      if (!list || list.length === 0) return bad();
+      if (t.min !== undefined && list.some((d) => d < t.min!)) return bad();
+      return list;
+    }
+    case 'bool': {
+      if (typeof raw === 'boolean') return raw;
+      if (typeof raw === 'string' && /^(true|1|yes|on)$/i.test(raw.trim())) return true;
+      if (typeof raw === 'string' && /^(false|0|no|off)$/i.test(raw.trim())) return false;
+      return bad();
+    }
+    case 'enum': {
+      if (typeof raw !== 'string' || !t.values.includes(raw.trim())) return bad();
+      return raw.trim();
+    }
+    case 'url': {
+      if (typeof raw !== 'string') return bad();
+      let u: URL;
+      try {
+        u = new URL(raw.trim());
+      } catch {
+        return bad();
+      }
+      if (!t.protocols.includes(u.protocol)) return bad();
+      return raw.trim();
+    }
+    case 'list': {
+      if (Array.isArray(raw) && raw.every((x) => typeof x === 'string'))
+        return raw.map((s: string) => s.trim());
+      if (typeof raw !== 'string') return bad();
+      return raw
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s.length > 0);
+    }
+    case 'json': {
+      if (typeof raw !== 'string') return raw;
+      try {
+        return JSON.parse(raw);
+      } catch {
+        return bad();
+      }
+    }
+    case 'string': {
+      if (typeof raw !== 'string') return bad();
+      if (!t.allowEmpty && raw.length === 0) return bad();
+      if (t.pattern && !t.pattern.test(raw)) return bad();
+      return raw;
+    }
+  }
+}
+
+function parseApps(raw: unknown, label: string): AppConfig[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) throw new ConfigError(label, 'expected a list of { id, secret, apiKeys }');
+  const seen = new Set<string>();
+  return raw.map((entry: unknown, i: number): AppConfig => {
+    const at = `${label}[${i}]`;
+    if (typeof entry !== 'object' || entry === null) throw new ConfigError(at, 'expected an object');
+    const e = entry as Record<string, unknown>;
+    for (const k of Object.keys(e)) {
+      if (!['id', 'secret', 'apiKeys'].includes(k)) throw new ConfigError(`${at}.${k}`, 'unknown key');
+    }
+    if (typeof e.id !== 'string' || !APP_ID_RE.test(e.id)) {
+      throw new ConfigError(`${at}.id`, 'expected 1-64 characters of [A-Za-z0-9_.-]');
+    }
+    if (seen.has(e.id)) throw new ConfigError(`${at}.id`, `app ${e.id} is declared twice`);
+    seen.add(e.id);
+    if (typeof e.secret !== 'string' || e.secret.length < 16) {
+      throw new ConfigError(`${at}.secret`, 'expected a string of at least 16 characters');
+    }
+    const keys = e.apiKeys;
+    if (
+      !Array.isArray(keys) ||
+      keys.length === 0 ||
+      !keys.every((k) => typeof k === 'string' && k.length >= 16)
+    ) {
+      throw new ConfigError(
+        `${at}.apiKeys`,
+        'expected a non-empty list of strings of at least 16 characters',
+      );
+    }
+    return { id: e.id, secret: e.secret, apiKeys: keys as string[] };
+  });
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError('HERALD_CONFIG', `cannot read ${path}: ${(err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = extname(path) === '.json' ? JSON.parse(text) : YAML.parse(text);
+  } catch (err) {
+    throw new ConfigError('HERALD_CONFIG', `cannot parse ${path}: ${(err as Error).message}`);
+  }
+  if (parsed === null || parsed === undefined) return {};
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new ConfigError('HERALD_CONFIG', `${path} must hold an object of settings`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * Builds the configuration from defaults, then the config file (`HERALD_CONFIG`), then environment
+ * variables, then `overrides` (used by tests and embedding code). Throws ConfigError naming the bad key.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Config> = {}): Config {
+  const out: Record<string, unknown> = {};
+  const file = env.HERALD_CONFIG ? readConfigFile(env.HERALD_CONFIG) : {};
+  const known = new Set<string>([...Object.keys(OPTIONS), 'apps']);
+  for (const key of Object.keys(file)) {
+    if (!known.has(key)) throw new ConfigError(key, `unknown key in ${env.HERALD_CONFIG}`);
+  }
+  for (const [key, spec] of Object.entries(OPTIONS) as [OptionKey, OptionSpec][]) {
+    let value = spec.default;
+    if (file[key] !== undefined && file[key] !== null) value = parseValue(spec, file[key], key);
+    const fromEnv = env[spec.env];
+    if (fromEnv !== undefined && fromEnv !== '') value = parseValue(spec, fromEnv, spec.env);
+    out[key] = value;
+  }
+  let apps = parseApps(file.apps, 'apps');
+  if (env.HERALD_APPS) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(env.HERALD_APPS);
+    } catch {
+      throw new ConfigError('HERALD_APPS', 'expected JSON: [{"id":..,"secret":..,"apiKeys":[..]}]');
+    }
+    apps = parseApps(parsed, 'HERALD_APPS');
+  }
+  out.apps = apps;
+  try {
+    out.historyRules = parseHistoryRules(out.historyRules, (v) =>
+      typeof v === 'string' || typeof v === 'number' ? parseDuration(v) : undefined,
+    );
+  } catch (err) {
+    throw new ConfigError('HISTORY_RULES', (err as Error).message);
+  }
+  const config = { ...(out as unknown as Config), ...overrides };
+  if (overrides.apps) config.apps = parseApps(overrides.apps, 'apps');
+  return config;
+}

@@ -1,0 +1,446 @@
+/**
+ * The one table of Herald's settings. Each option has a config-file key, an environment variable,
+ * a type, a default and a line of documentation. `scripts/config-table.ts` renders it into the README.
+ * Add new settings here; nothing else reads `process.env`.
+ */
+export type OptionType =
+  | { kind: 'int'; min?: number; max?: number }
+  | { kind: 'string'; pattern?: RegExp; allowEmpty?: boolean }
+  | { kind: 'bool' }
+  | { kind: 'duration'; min?: number; max?: number }
+  | { kind: 'durations'; min?: number; presets?: Readonly<Record<string, readonly number[]>> }
+  | { kind: 'enum'; values: readonly string[] }
+  | { kind: 'url'; protocols: readonly string[] }
+  | { kind: 'list' }
+  | { kind: 'json' };
+
+export interface OptionSpec {
+  env: string;
+  type: OptionType;
+  /** Default value, already in its parsed form. `undefined` means "not set". */
+  default: unknown;
+  doc: string;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
+/** Retry schedules selectable by name in WEBHOOK_RETRY_DELAYS. */
+export const RETRY_PRESETS = {
+  /** The seed's rule: 3 retries with increasing delay. */
+  default: [15 * SECOND, MINUTE, 5 * MINUTE],
+  /** WeChat Pay's result-notification schedule: 15 retries over about 24 hours. */
+  wechat: [
+    15 * SECOND,
+    15 * SECOND,
+    30 * SECOND,
+    3 * MINUTE,
+    10 * MINUTE,
+    20 * MINUTE,
+    30 * MINUTE,
+    30 * MINUTE,
+    30 * MINUTE,
+    60 * MINUTE,
+    3 * HOUR,
+    3 * HOUR,
+    3 * HOUR,
+    6 * HOUR,
+    6 * HOUR,
+  ],
+} as const satisfies Record<string, readonly number[]>;
+
+export const OPTIONS = {
+  port: {
+    env: 'PORT',
+    type: { kind: 'int', min: 0, max: 65535 },
+    default: 3000,
+    doc: 'TCP port to listen on.',
+  },
+  host: { env: 'HOST', type: { kind: 'string' }, default: '0.0.0.0', doc: 'Address to bind.' },
+  dataDir: {
+    env: 'DATA_DIR',
+    type: { kind: 'string' },
+    default: './data',
+    doc: 'Folder of the embedded store (used when DATABASE_URL is not set).',
+  },
+  logLevel: {
+    env: 'LOG_LEVEL',
+    type: { kind: 'enum', values: LOG_LEVELS },
+    default: 'info',
+    doc: `Log level: ${LOG_LEVELS.join(', ')}.`,
+  },
+  redisUrl: {
+    env: 'REDIS_URL',
+    type: { kind: 'url', protocols: ['redis:', 'rediss:'] },
+    default: undefined,
+    doc: 'Redis for cluster mode (fan-out, presence, history). Unset: in-memory, single node.',
+  },
+  redisPrefix: {
+    env: 'REDIS_PREFIX',
+    type: { kind: 'string', pattern: /^[A-Za-z0-9_.:-]{1,64}$/ },
+    default: 'herald:',
+    doc: 'Prefix of every Redis key and channel.',
+  },
+  presenceTtl: {
+    env: 'PRESENCE_TTL',
+    type: { kind: 'duration', min: 2000, max: 300_000 },
+    default: 10_000,
+    doc: 'Cluster mode: a node silent for this long is dead and its subscribers leave the counts.',
+  },
+  historySize: {
+    env: 'HISTORY_SIZE',
+    type: { kind: 'int', min: 0, max: 100_000 },
+    default: 300,
+    doc: 'Notifications kept per stream (topic, user, device) for recovery after a reconnect; 0 turns history off.',
+  },
+  historyTtl: {
+    env: 'HISTORY_TTL',
+    type: { kind: 'duration', min: 1000, max: 86_400_000 },
+    default: 300_000,
+    doc: 'How long a notification stays in its stream history.',
+  },
+  historyRules: {
+    env: 'HISTORY_RULES',
+    type: { kind: 'json' },
+    default: [],
+    doc: 'Per app / stream prefix history, JSON list of `{ appId?, prefix?, size, ttl }`; the first match wins (e.g. `[{"prefix":"t:chat:","size":1000,"ttl":"10m"}]`).',
+  },
+  receiptTtl: {
+    env: 'RECEIPT_TTL',
+    type: { kind: 'duration', min: 1000, max: 7 * 86_400_000 },
+    default: 3_600_000,
+    doc: 'How long delivery receipts of notifications sent with `ack: true` can be read at GET /notify/:id.',
+  },
+  offlineWebhookUrl: {
+    env: 'OFFLINE_WEBHOOK_URL',
+    type: { kind: 'url', protocols: ['http:', 'https:'] },
+    default: undefined,
+    doc: 'Notifications for a user with no connected device are forwarded here (through the webhook engine) for mobile push.',
+  },
+  databaseUrl: {
+    env: 'DATABASE_URL',
+    type: { kind: 'url', protocols: ['postgres:', 'postgresql:'] },
+    default: undefined,
+    doc: 'PostgreSQL for durable state. Unset: the embedded PostgreSQL (PGlite) under DATA_DIR.',
+  },
+  databaseSchema: {
+    env: 'DATABASE_SCHEMA',
+    type: { kind: 'string', pattern: /^[a-z_][a-z0-9_]{0,62}$/ },
+    default: 'herald',
+    doc: 'PostgreSQL schema holding Herald tables.',
+  },
+  shutdownTimeout: {
+    env: 'SHUTDOWN_TIMEOUT',
+    type: { kind: 'duration', min: 0, max: 600_000 },
+    default: 10_000,
+    doc: 'How long SIGTERM may take to drain before the process exits anyway.',
+  },
+  corsOrigins: {
+    env: 'CORS_ORIGINS',
+    type: { kind: 'list' },
+    default: ['*'],
+    doc: 'Origins allowed for browsers (HTTP API and Socket.IO), comma separated; `*` allows any.',
+  },
+  adminToken: {
+    env: 'ADMIN_TOKEN',
+    type: { kind: 'string' },
+    default: undefined,
+    doc: 'Bearer token required by /admin and /console when set.',
+  },
+
+  // realtime gateway
+  maxTopicsPerCall: {
+    env: 'MAX_TOPICS_PER_CALL',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 100,
+    doc: 'Topics in one subscribe/unsubscribe/subscribeCount call.',
+  },
+  maxTopicsPerConnection: {
+    env: 'MAX_TOPICS_PER_CONNECTION',
+    type: { kind: 'int', min: 1, max: 1_000_000 },
+    default: 1000,
+    doc: 'Subscriptions (topics plus count watches) one connection may hold.',
+  },
+  countInterval: {
+    env: 'COUNT_INTERVAL',
+    type: { kind: 'duration', min: 0, max: 60_000 },
+    default: 100,
+    doc: 'Count updates for one topic are coalesced to at most one per this interval per watcher.',
+  },
+  pingInterval: {
+    env: 'PING_INTERVAL',
+    type: { kind: 'duration', min: 1000, max: 600_000 },
+    default: 25_000,
+    doc: 'Socket.IO heartbeat interval.',
+  },
+  pingTimeout: {
+    env: 'PING_TIMEOUT',
+    type: { kind: 'duration', min: 1000, max: 600_000 },
+    default: 20_000,
+    doc: 'Socket.IO heartbeat timeout.',
+  },
+  maxSocketBuffer: {
+    env: 'MAX_SOCKET_BUFFER',
+    type: { kind: 'int', min: 1024, max: 1 << 30 },
+    default: 4 * 1024 * 1024,
+    doc: 'Bytes queued for one slow client before it is disconnected (it reconnects and re-subscribes).',
+  },
+  maxClientMessageBytes: {
+    env: 'MAX_CLIENT_MESSAGE_BYTES',
+    type: { kind: 'int', min: 1024, max: 64 * 1024 * 1024 },
+    default: 64 * 1024,
+    doc: 'Largest message a client may send over the socket.',
+  },
+
+  // HTTP API
+  bodyLimit: {
+    env: 'BODY_LIMIT',
+    type: { kind: 'int', min: 1024, max: 64 * 1024 * 1024 },
+    default: 64 * 1024,
+    doc: 'Largest body accepted by POST /notify (413 above).',
+  },
+  batchBodyLimit: {
+    env: 'BATCH_BODY_LIMIT',
+    type: { kind: 'int', min: 1024, max: 256 * 1024 * 1024 },
+    default: 8 * 1024 * 1024,
+    doc: 'Largest body accepted by POST /notify/batch.',
+  },
+  maxBatch: {
+    env: 'MAX_BATCH',
+    type: { kind: 'int', min: 1, max: 100_000 },
+    default: 1000,
+    doc: 'Notifications in one POST /notify/batch.',
+  },
+  maxTargets: {
+    env: 'MAX_TARGETS',
+    type: { kind: 'int', min: 1, max: 1_000_000 },
+    default: 1000,
+    doc: 'Entries in each of users, devices and eventTopics of one notification.',
+  },
+  maxPayloadBytes: {
+    env: 'MAX_PAYLOAD_BYTES',
+    type: { kind: 'int', min: 16, max: 64 * 1024 * 1024 },
+    default: 64 * 1024,
+    doc: 'Largest `data` of one notification, as JSON.',
+  },
+
+  // webhooks
+  webhookTimeout: {
+    env: 'WEBHOOK_TIMEOUT',
+    type: { kind: 'duration', min: 100, max: 120_000 },
+    default: 5 * SECOND,
+    doc: 'Time one webhook request to a merchant may take (headers and body); then it counts as failed.',
+  },
+  webhookRetryDelays: {
+    env: 'WEBHOOK_RETRY_DELAYS',
+    type: { kind: 'durations', min: 1, presets: RETRY_PRESETS },
+    default: RETRY_PRESETS.default,
+    doc:
+      'Delays before each retry of a failed webhook (3 retries: 15s,1m,5m), or the preset `wechat` ' +
+      '(15s,15s,30s,3m,10m,20m,30m,30m,30m,60m,3h,3h,3h,6h,6h). A longer Retry-After wins (up to 1h).',
+  },
+  webhookConcurrency: {
+    env: 'WEBHOOK_CONCURRENCY',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 100,
+    doc: 'Webhook requests in flight at once on this node, plus as many again for slow merchants (slow lane).',
+  },
+  webhookMerchantConcurrency: {
+    env: 'WEBHOOK_MERCHANT_CONCURRENCY',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 10,
+    doc: 'Webhook requests in flight at once to one merchant from one node (at most 20 times this many claimed across the cluster).',
+  },
+  webhookSlowConcurrency: {
+    env: 'WEBHOOK_SLOW_CONCURRENCY',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 2,
+    doc: 'Webhook requests in flight at once to one merchant marked slow, across the cluster.',
+  },
+  webhookSlowThreshold: {
+    env: 'WEBHOOK_SLOW_THRESHOLD',
+    type: { kind: 'duration', min: 1, max: 600_000 },
+    default: 3 * SECOND,
+    doc: 'A merchant whose average response time over its last 100 requests is above this is marked slow.',
+  },
+  webhookBreakerThreshold: {
+    env: 'WEBHOOK_BREAKER_THRESHOLD',
+    type: { kind: 'int', min: 1, max: 1000 },
+    default: 5,
+    doc: "Consecutive failed requests that open a merchant's circuit breaker.",
+  },
+  webhookBreakerOpen: {
+    env: 'WEBHOOK_BREAKER_OPEN',
+    type: { kind: 'duration', min: 1, max: 86_400_000 },
+    default: 5 * MINUTE,
+    doc: 'How long an open breaker holds back a merchant before one trial request decides.',
+  },
+  webhookBreakerDelay: {
+    env: 'WEBHOOK_BREAKER_DELAY',
+    type: { kind: 'duration', min: 1, max: 86_400_000 },
+    default: MINUTE,
+    doc: 'Due webhooks of a merchant whose breaker is open wait this long (delay queue), without being sent.',
+  },
+  webhookRequireSuccessBody: {
+    env: 'WEBHOOK_REQUIRE_SUCCESS_BODY',
+    type: { kind: 'bool' },
+    default: false,
+    doc: 'A webhook succeeds only when the 2xx body is `success` (any case, spaces ignored); per merchant too.',
+  },
+  webhookAllowPrivateNetworks: {
+    env: 'WEBHOOK_ALLOW_PRIVATE_NETWORKS',
+    type: { kind: 'bool' },
+    default: false,
+    doc: 'Allow notify URLs on loopback, private, link-local and unique-local addresses (SSRF guard off).',
+  },
+  webhookDefaultSecret: {
+    env: 'WEBHOOK_DEFAULT_SECRET',
+    type: { kind: 'string', pattern: /^whsec_[A-Za-z0-9+/]{32,88}={0,2}$/ },
+    default: undefined,
+    doc: 'Signing secret (`whsec_` + base64 of 24-64 bytes) of merchants without their own. Unset: generated once and kept in the store.',
+  },
+  webhookLease: {
+    env: 'WEBHOOK_LEASE',
+    type: { kind: 'duration', min: 1000, max: 3_600_000 },
+    default: MINUTE,
+    doc: 'A claimed webhook whose node dies becomes due again after this long (must exceed WEBHOOK_TIMEOUT).',
+  },
+  webhookPollInterval: {
+    env: 'WEBHOOK_POLL_INTERVAL',
+    type: { kind: 'duration', min: 5, max: 60_000 },
+    default: 500,
+    doc: 'How often the dispatcher looks for due webhooks when it was not woken by new work.',
+  },
+  webhookLogRetention: {
+    env: 'WEBHOOK_LOG_RETENTION',
+    type: { kind: 'duration', min: 60_000, max: 3650 * 86_400_000 },
+    default: 30 * 24 * HOUR,
+    doc: 'Attempt logs and finished webhooks older than this are deleted automatically.',
+  },
+  webhookDispatch: {
+    env: 'WEBHOOK_DISPATCH',
+    type: { kind: 'bool' },
+    default: true,
+    doc: 'Run the webhook dispatcher on this node (intake and admin API work either way).',
+  },
+  webhookIntakeToken: {
+    env: 'WEBHOOK_INTAKE_TOKEN',
+    type: { kind: 'string' },
+    default: undefined,
+    doc: 'Bearer token required by POST /merchant-notify when set.',
+  },
+  webhookAlertWindow: {
+    env: 'WEBHOOK_ALERT_WINDOW',
+    type: { kind: 'duration', min: 1000, max: 86_400_000 },
+    default: 5 * MINUTE,
+    doc: 'Sliding window of the success-rate, error-rate and response-time alerts.',
+  },
+  webhookAlertInterval: {
+    env: 'WEBHOOK_ALERT_INTERVAL',
+    type: { kind: 'duration', min: 50, max: 3_600_000 },
+    default: 30 * SECOND,
+    doc: 'How often the queue-length and sliding-window alert rules are checked.',
+  },
+  webhookAlertCooldown: {
+    env: 'WEBHOOK_ALERT_COOLDOWN',
+    type: { kind: 'duration', min: 0, max: 7 * 86_400_000 },
+    default: HOUR,
+    doc: 'The same alert (slow merchant, queue length, rates) is not repeated within this period, cluster-wide.',
+  },
+  webhookAlertQueueLength: {
+    env: 'WEBHOOK_ALERT_QUEUE_LENGTH',
+    type: { kind: 'int', min: 1, max: 1_000_000_000 },
+    default: 1000,
+    doc: 'Alert when more webhooks than this wait to be delivered.',
+  },
+  webhookAlertSuccessRate: {
+    env: 'WEBHOOK_ALERT_SUCCESS_RATE',
+    type: { kind: 'int', min: 0, max: 100 },
+    default: 95,
+    doc: 'Alert when fewer than this percentage of attempts in the window succeed.',
+  },
+  webhookAlertErrorRate: {
+    env: 'WEBHOOK_ALERT_ERROR_RATE',
+    type: { kind: 'int', min: 0, max: 100 },
+    default: 5,
+    doc: 'Alert when more than this percentage of webhooks finished in the window ended `failed`.',
+  },
+  webhookAlertResponseTime: {
+    env: 'WEBHOOK_ALERT_RESPONSE_TIME',
+    type: { kind: 'duration', min: 1, max: 600_000 },
+    default: 10 * SECOND,
+    doc: 'Alert when the average merchant response time in the window is above this.',
+  },
+  webhookAlertMinSamples: {
+    env: 'WEBHOOK_ALERT_MIN_SAMPLES',
+    type: { kind: 'int', min: 1, max: 1_000_000 },
+    default: 20,
+    doc: 'Attempts the window must hold before the rate and response-time alerts are evaluated.',
+  },
+  telegramBotToken: {
+    env: 'TELEGRAM_BOT_TOKEN',
+    type: { kind: 'string' },
+    default: undefined,
+    doc: 'Telegram bot token for alerts (with TELEGRAM_CHAT_IDS).',
+  },
+  telegramChatIds: {
+    env: 'TELEGRAM_CHAT_IDS',
+    type: { kind: 'list' },
+    default: [],
+    doc: 'Telegram chat ids that receive alerts, comma separated.',
+  },
+  telegramApiBase: {
+    env: 'TELEGRAM_API_BASE',
+    type: { kind: 'url', protocols: ['http:', 'https:'] },
+    default: 'https://api.telegram.org',
+    doc: 'Base URL of the Telegram Bot API.',
+  },
+  alertWebhookUrl: {
+    env: 'ALERT_WEBHOOK_URL',
+    type: { kind: 'url', protocols: ['http:', 'https:'] },
+    default: undefined,
+    doc: 'URL that receives every alert as a JSON POST.',
+  },
+
+  // payments
+  paymentTimeout: {
+    env: 'PAYMENT_TIMEOUT',
+    type: { kind: 'duration', min: 1000, max: 30 * 86_400_000 },
+    default: 15 * 60_000,
+    doc: 'Orders still `created` or `paying` this long after their first event move to `closed` (reason `timeout`).',
+  },
+  paymentSweepInterval: {
+    env: 'PAYMENT_SWEEP_INTERVAL',
+    type: { kind: 'duration', min: 50, max: 600_000 },
+    default: 5000,
+    doc: 'How often each node looks for timed-out orders, undelivered merchant notifications and dead machines.',
+  },
+  paymentBatchMax: {
+    env: 'PAYMENT_BATCH_MAX',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 256,
+    doc: 'Payment events stored in one transaction when many arrive at once (group commit).',
+  },
+  paymentCurrency: {
+    env: 'PAYMENT_CURRENCY',
+    type: { kind: 'string', pattern: /^[A-Z]{3}$/ },
+    default: 'CNY',
+    doc: 'ISO 4217 currency of payment events that give an amount without a currency.',
+  },
+  commandTimeout: {
+    env: 'COMMAND_TIMEOUT',
+    type: { kind: 'duration', min: 100, max: 120_000 },
+    default: 10_000,
+    doc: 'How long POST /devices/:deviceId/commands waits for the answer when the call gives no timeoutMs.',
+  },
+  machinePresenceInterval: {
+    env: 'MACHINE_PRESENCE_INTERVAL',
+    type: { kind: 'duration', min: 100, max: 3_600_000 },
+    default: 30_000,
+    doc: 'How often a node confirms its connected machines in the store; one unconfirmed for 3 intervals is offline.',
+  },
+} as const satisfies Record<string, OptionSpec>;
+
+export type OptionKey = keyof typeof OPTIONS;

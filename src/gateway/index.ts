@@ -1,0 +1,518 @@
+import type { Server as HttpServer, IncomingMessage } from 'node:http';
+import { type Namespace, Server, type Socket } from 'socket.io';
+import type { AccessControl, ClientIdentity } from '../auth/index.js';
+import type { Config } from '../config/index.js';
+import { type ErrorBody, HeraldError, isHeraldError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics/index.js';
+import type { CountNotifier } from '../router/counts.js';
+import type { Frame } from '../router/frame.js';
+import type { Router } from '../router/index.js';
+import type { Conn } from '../router/types.js';
+import { parseTopics, readIdentity } from './validate.js';
+
+export const APP_NAMESPACE_RE = /^\/[A-Za-z0-9_.-]{1,64}$/;
+
+/** How long shutdown waits for clients to complete the close of their connection before cutting it. */
+const DRAIN_GRACE_MS = 1000;
+/** `WebSocket.CLOSED` of the ws package. */
+const WS_CLOSED = 3;
+
+/** The parts of `ws` a WebSocket transport exposes that the direct write path needs. */
+interface RawWebSocket {
+  readyState: number;
+  bufferedAmount: number;
+  _socket: { write(data: Buffer): boolean } | null;
+  _sender: { _bufferedBytes: number };
+  terminate?: () => void;
+}
+interface EngineTransport {
+  name: string;
+  /** The `ws` WebSocket (absent for long-polling). */
+  socket?: RawWebSocket;
+}
+interface EngineSocket {
+  readyState: string;
+  writeBuffer: unknown[];
+  transport: EngineTransport;
+  write(data: string, options: Record<string, unknown>): unknown;
+  sendPacket(...args: unknown[]): unknown;
+  close(): void;
+  /** Frames waiting for the end of this turn of the event loop (see `queueFrame`). */
+  [OUT]?: Frame[] | undefined;
+}
+
+const OUT = Symbol('herald.out');
+const WS_OPEN = 1;
+
+/**
+ * Connections with frames queued in this turn of the event loop. Frames for one connection are
+ * coalesced into one socket write when the turn ends (setImmediate: after every request read in this
+ * poll phase), so several notifications to the same socket cost one system call, which is what a
+ * write costs on loopback and most of what it costs on a network.
+ */
+let queued: EngineSocket[] = [];
+let flushScheduled = false;
+/** The list being written, FLUSH_CHUNK connections per turn, and how far it got. */
+let flushing: EngineSocket[] | undefined;
+let flushPos = 0;
+
+/**
+ * Connections written per turn of the event loop: at least FLUSH_CHUNK, and at least an eighth of all
+ * those waiting. A fan-out to 10,000 sockets is 10,000 system calls; in chunks, HTTP requests and
+ * heartbeats are served in between (the loop's delay stays low), and notifications that arrive
+ * meanwhile join the frames still queued for the sockets not yet written (one write carries them
+ * all). The share of the backlog keeps it bounded when notifications to distinct sockets arrive
+ * faster than they can be written: the flush then takes more of the loop, which slows intake instead
+ * of queueing without end. (Half the backlog per turn was measured to cost a 10k broadcast most of
+ * its coalescing: bigger turns, fewer notifications arriving in between.)
+ */
+const FLUSH_CHUNK = 1000;
+const FLUSH_BACKLOG_SHARE = 8;
+
+function scheduleFlush(): void {
+  if (flushScheduled) return;
+  flushScheduled = true;
+  setImmediate(flushQueued);
+}
+
+function flushQueued(): void {
+  flushScheduled = false;
+  if (!flushing) {
+    flushing = queued;
+    queued = [];
+    flushPos = 0;
+  }
+  const list = flushing;
+  const backlog = list.length - flushPos + queued.length;
+  const end = Math.min(
+    list.length,
+    flushPos + Math.max(FLUSH_CHUNK, Math.ceil(backlog / FLUSH_BACKLOG_SHARE)),
+  );
+  // A connection met again here (its frames were written early by sendPacket) has nothing queued.
+  for (; flushPos < end; flushPos++) flushEngine(list[flushPos] as EngineSocket);
+  if (flushPos < list.length) {
+    scheduleFlush();
+    return;
+  }
+  flushing = undefined;
+  if (queued.length > 0) scheduleFlush();
+}
+
+/** Writes the frames queued for one connection: one write on the WebSocket's TCP socket. */
+function flushEngine(engine: EngineSocket): void {
+  const out = engine[OUT];
+  if (!out) return;
+  engine[OUT] = undefined;
+  if (engine.readyState !== 'open') return; // closed meanwhile: dropped like any unsent data
+  const ws = engine.transport.socket;
+  const raw = ws?._socket;
+  if (
+    engine.transport.name === 'websocket' &&
+    ws &&
+    raw &&
+    ws.readyState === WS_OPEN &&
+    engine.writeBuffer.length === 0
+  ) {
+    if (out.length === 1) raw.write((out[0] as Frame).ws[0]);
+    else {
+      const parts = new Array<Buffer>(out.length);
+      for (let i = 0; i < out.length; i++) parts[i] = (out[i] as Frame).ws[0];
+      raw.write(Buffer.concat(parts));
+    }
+    return;
+  }
+  // The transport changed under us: hand the frames to engine.io, in order.
+  for (const f of out) engine.write(f.packet, { wsPreEncodedFrame: f.ws });
+}
+
+/**
+ * engine.io's sendPacket, preceded by a flush of the frames this connection has queued, so that
+ * a packet engine.io sends (an ack, a ping, an error, a server event) never overtakes them.
+ */
+function sendPacketAfterQueued(this: EngineSocket, ...args: unknown[]): unknown {
+  if (this[OUT]) flushEngine(this);
+  return (Object.getPrototypeOf(this) as EngineSocket).sendPacket.apply(this, args);
+}
+
+/** The source of the listener engine.io's WebSocketResponse adds to the TCP socket (engine.io 6.6). */
+const WS_RESPONSE_CLOSE = '() => this.emit("close")';
+
+/** The parts of the upgrade request that Socket.IO reads when a namespace connects (its handshake). */
+interface SlimRequest {
+  headers: IncomingMessage['headers'];
+  url: string | undefined;
+  _query: unknown;
+  connection: { encrypted: boolean };
+}
+
+/**
+ * Per-connection set-up of an engine.io socket, once, when it opens:
+ * - the upgrade request (an IncomingMessage with its stream state, raw headers and socket links,
+ *   about 1 KB) is replaced by the few fields Socket.IO's handshake reads, so that an idle connection
+ *   does not keep it (Socket.IO's own advice for memory, without losing the headers that identify a
+ *   client when it connects to a namespace later);
+ * - the direct write path's fields are set at once, so every engine socket has the same shape.
+ */
+function prepareEngineSocket(engine: EngineSocket & { request: IncomingMessage | SlimRequest }): void {
+  const req = engine.request as IncomingMessage & { _query?: unknown };
+  // engine.io's WebSocketResponse (kept for middlewares that wait for a response 'close') holds the
+  // request through a 'close' listener on the TCP socket for the socket's whole life. No middleware of
+  // Herald's needs it; when the listener is recognised it is removed, otherwise left as it is.
+  const raw = req.socket;
+  if (engine.transport.name === 'websocket' && raw) {
+    for (const fn of raw.listeners('close')) {
+      if (fn.toString() === WS_RESPONSE_CLOSE) raw.removeListener('close', fn as () => void);
+    }
+  }
+  const slim: SlimRequest = {
+    headers: req.headers,
+    url: req.url,
+    _query: req._query,
+    connection: { encrypted: Boolean((req.socket as { encrypted?: boolean } | null)?.encrypted) },
+  };
+  engine.request = slim;
+  engine[OUT] = undefined;
+  engine.sendPacket = sendPacketAfterQueued;
+}
+
+/**
+ * Writes a pre-encoded frame to a connection: straight to the WebSocket's TCP socket at the end of
+ * this turn, coalesced with the other frames queued for it; through engine.io when the transport is
+ * long-polling, mid-upgrade, or engine.io itself has packets waiting (keeps them in order).
+ */
+function queueFrame(engine: EngineSocket, frame: Frame): void {
+  let out = engine[OUT];
+  if (!out) {
+    const ws = engine.transport.socket;
+    if (
+      engine.writeBuffer.length > 0 ||
+      engine.transport.name !== 'websocket' ||
+      !ws?._socket ||
+      ws.readyState !== WS_OPEN ||
+      ws._sender._bufferedBytes !== 0
+    ) {
+      engine.write(frame.packet, { wsPreEncodedFrame: frame.ws });
+      return;
+    }
+    if (engine.sendPacket !== sendPacketAfterQueued) engine.sendPacket = sendPacketAfterQueued;
+    out = [];
+    engine[OUT] = out;
+    queued.push(engine);
+    scheduleFlush();
+  }
+  out.push(frame);
+}
+
+/** A connected socket as the router sees it. */
+export class SocketConn implements Conn {
+  readonly topics = new Set<string>();
+  readonly watches = new Set<string>();
+  private dropped = false;
+
+  constructor(
+    readonly socket: Socket,
+    readonly appId: string,
+    readonly clientId: string,
+    readonly deviceId: string | undefined,
+    private readonly maxBuffer: number,
+    private readonly onSlow: (conn: SocketConn) => void,
+  ) {}
+
+  get id(): string {
+    return this.socket.id;
+  }
+
+  /** Frames written while a recovery replays history; sent after the replay, in order. */
+  private held: Frame[] | undefined;
+
+  /** Holds live frames back (recovery: replayed history must come before anything new). */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Sends the held frames and resumes normal writes. */
+  release(): void {
+    const held = this.held;
+    this.held = undefined;
+    if (held) for (const f of held) this.sendNow(f);
+  }
+
+  write(frame: Frame): boolean {
+    if (this.dropped) return false;
+    if (this.held) {
+      this.held.push(frame);
+      return true;
+    }
+    return this.sendNow(frame);
+  }
+
+  /** Writes at once, also while held (the replay itself). */
+  sendNow(frame: Frame): boolean {
+    if (this.dropped) return false;
+    const engine = this.socket.conn as unknown as EngineSocket;
+    if (engine.readyState !== 'open') return false;
+    const buffered =
+      (engine.transport.socket?.bufferedAmount ?? 0) +
+      engine.writeBuffer.length * frame.packet.length +
+      (engine[OUT]?.length ?? 0) * frame.ws[0].length;
+    if (buffered > this.maxBuffer) {
+      this.dropped = true;
+      this.onSlow(this);
+      return false;
+    }
+    queueFrame(engine, frame);
+    return true;
+  }
+}
+
+/** What an event handler gets and returns. */
+export interface EventContext {
+  conn: SocketConn;
+  socket: Socket;
+}
+export type EventHandler = (ctx: EventContext, args: unknown[]) => Promise<Record<string, unknown>>;
+
+export interface GatewayDeps {
+  config: Config;
+  access: AccessControl;
+  router: Router;
+  counts: CountNotifier;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+type Ack = (response: { ok: true } & Record<string, unknown>) => void;
+type ErrAck = (response: { ok: false; error: ErrorBody }) => void;
+
+function toErrorBody(err: unknown): ErrorBody {
+  if (isHeraldError(err)) return err.toBody();
+  return { code: 'internal_error', message: 'Internal error; it has been logged.' };
+}
+
+/**
+ * The realtime gateway: Socket.IO with one namespace per app (`/<appId>`), identity at handshake,
+ * the subscription protocol, and per-socket delivery through the router.
+ */
+export class Gateway {
+  readonly io: Server;
+  private readonly apps: Namespace;
+  private readonly handlers = new Map<string, EventHandler>();
+  private accepting = true;
+
+  constructor(
+    httpServer: HttpServer,
+    private readonly deps: GatewayDeps,
+  ) {
+    const { config } = deps;
+    const origins = config.corsOrigins;
+    this.io = new Server(httpServer, {
+      cors: { origin: origins.includes('*') ? true : origins, credentials: true },
+      pingInterval: config.pingInterval,
+      pingTimeout: config.pingTimeout,
+      maxHttpBufferSize: config.maxClientMessageBytes,
+      cleanupEmptyChildNamespaces: true,
+      serveClient: false,
+      perMessageDeflate: false,
+      httpCompression: false,
+      allowRequest: (_req, callback) => {
+        if (this.accepting) callback(null, true);
+        else callback('shutting_down', false);
+      },
+    });
+    this.io.engine.on('connection', prepareEngineSocket);
+    // The main namespace is not an app: tell clients where to go.
+    this.io.of('/').use((_socket, next) => {
+      next(
+        this.connectError(
+          new HeraldError('invalid_app_id', 'Connect to /<appId>, e.g. io("http://host:3000/my-app").'),
+        ),
+      );
+    });
+    this.apps = this.io.of(APP_NAMESPACE_RE);
+    this.apps.use((socket, next) => {
+      this.authenticate(socket).then(
+        (identity) => {
+          socket.data.identity = identity;
+          next();
+        },
+        (err: unknown) => {
+          if (!isHeraldError(err)) deps.logger.error({ err }, 'handshake failed');
+          next(this.connectError(err));
+        },
+      );
+    });
+    this.apps.on('connection', (socket) => this.onConnection(socket));
+
+    this.handle('subscribe', async ({ conn }, args) => {
+      const topics = parseTopics(args[0], config.maxTopicsPerCall);
+      this.subscribe(conn, topics);
+      return { topics: [...topics] };
+    });
+    this.handle('unsubscribe', async ({ conn }, args) => {
+      const topics = parseTopics(args[0], config.maxTopicsPerCall);
+      deps.router.unsubscribe(conn, topics);
+      return { topics };
+    });
+    this.handle('subscribeCount', async ({ conn }, args) => {
+      const topics = parseTopics(args[0], config.maxTopicsPerCall);
+      this.checkCap(conn, topics.filter((t) => !conn.watches.has(t)).length);
+      deps.router.watch(conn, topics);
+      const counts = await deps.counts.sendCurrent(conn, topics);
+      return { topics, counts };
+    });
+    this.handle('unsubscribeCount', async ({ conn }, args) => {
+      const topics = parseTopics(args[0], config.maxTopicsPerCall);
+      deps.router.unwatch(conn, topics);
+      return { topics };
+    });
+  }
+
+  /** Registers a client -> server event. The handler's result is sent as `{ ok: true, ...result }`. */
+  handle(event: string, handler: EventHandler): void {
+    this.handlers.set(event, handler);
+  }
+
+  /** Subscribes a connection to validated topics, all or none (the per-connection cap applies). */
+  subscribe(conn: SocketConn, topics: readonly string[]): void {
+    this.checkCap(conn, topics.filter((t) => !conn.topics.has(t)).length);
+    this.deps.router.subscribe(conn, topics);
+  }
+
+  private checkCap(conn: SocketConn, adding: number): void {
+    const max = this.deps.config.maxTopicsPerConnection;
+    const held = conn.topics.size + conn.watches.size;
+    if (held + adding > max) {
+      throw new HeraldError(
+        'subscription_limit',
+        `This connection holds ${held} subscriptions and count watches; the limit is ${max}. Unsubscribe first.`,
+      );
+    }
+  }
+
+  private connectError(err: unknown): Error & { data: ErrorBody } {
+    const body = toErrorBody(err);
+    const e = new Error(body.message) as Error & { data: ErrorBody };
+    e.data = body;
+    return e;
+  }
+
+  private async authenticate(socket: Socket): Promise<ClientIdentity> {
+    const appId = socket.nsp.name.slice(1);
+    const { access } = this.deps;
+    if (!this.accepting) throw new HeraldError('shutting_down');
+    if (!access.knows(appId))
+      throw new HeraldError('unknown_app', `No app ${JSON.stringify(appId)} is configured.`);
+    const raw = readIdentity({
+      headers: socket.handshake.headers,
+      auth: (socket.handshake.auth ?? {}) as Record<string, unknown>,
+      query: socket.handshake.query as Record<string, unknown>,
+    });
+    const granted = await access.verifyClient(appId, raw.token);
+    if (granted) {
+      if (raw.deviceId !== undefined && granted.deviceId !== undefined && raw.deviceId !== granted.deviceId) {
+        throw new HeraldError('invalid_token', 'The deviceId does not match the one in the token.');
+      }
+      if (raw.clientId !== undefined && raw.clientId !== granted.clientId) {
+        throw new HeraldError('invalid_token', 'The clientId does not match the token subject.');
+      }
+      const identity: ClientIdentity = {
+        clientId: granted.clientId,
+        deviceId: granted.deviceId ?? raw.deviceId,
+      };
+      if (granted.merchantId !== undefined) identity.merchantId = granted.merchantId;
+      return identity;
+    }
+    // Open mode: a client without an id is anonymous; it can subscribe and watch counts.
+    if (raw.clientId?.startsWith('anon:')) {
+      throw new HeraldError(
+        'invalid_client_id',
+        'Client ids starting with "anon:" are reserved for anonymous clients.',
+      );
+    }
+    return { clientId: raw.clientId ?? `anon:${socket.id}`, deviceId: raw.deviceId };
+  }
+
+  private onConnection(socket: Socket): void {
+    const { router, logger, metrics, config } = this.deps;
+    const identity = socket.data.identity as ClientIdentity;
+    const appId = socket.nsp.name.slice(1);
+    const conn = new SocketConn(
+      socket,
+      appId,
+      identity.clientId,
+      identity.deviceId,
+      config.maxSocketBuffer,
+      (c) => {
+        metrics.slowClients.inc();
+        logger.warn(
+          { appId, clientId: c.clientId, socketId: c.id },
+          'closing a connection whose send buffer is full',
+        );
+        setImmediate(() => c.socket.disconnect(true));
+      },
+    );
+    router.add(conn);
+    socket.on('disconnect', () => router.remove(conn));
+    socket.onAny((event: string, ...args: unknown[]) => {
+      const handler = this.handlers.get(event);
+      const last = args[args.length - 1];
+      const ack = typeof last === 'function' ? (args.pop() as Ack & ErrAck) : undefined;
+      if (!handler) {
+        this.reply(
+          socket,
+          event,
+          ack,
+          new HeraldError('unknown_event', `Unknown event ${JSON.stringify(event)}.`),
+        );
+        return;
+      }
+      handler({ conn, socket }, args).then(
+        (result) => ack?.({ ok: true, ...result }),
+        (err: unknown) => {
+          if (!isHeraldError(err))
+            logger.error({ err, appId, clientId: conn.clientId, event }, 'event handler failed');
+          this.reply(socket, event, ack, err);
+        },
+      );
+    });
+  }
+
+  private reply(socket: Socket, event: string, ack: ErrAck | undefined, err: unknown): void {
+    const body = toErrorBody(err);
+    this.deps.metrics.clientErrors.inc({ code: body.code });
+    if (ack) ack({ ok: false, error: body });
+    else socket.emit('error', { ...body, event });
+  }
+
+  /** Stops accepting connections, asks every client to reconnect elsewhere, and closes them. */
+  async drain(): Promise<void> {
+    this.accepting = false;
+    for (const conn of this.deps.router.allConns()) {
+      const s = (conn as SocketConn).socket;
+      // A transport close (not a server disconnect) makes socket.io-client reconnect by itself.
+      s.emit('serverShutdown', { reconnect: true });
+    }
+    // Let the shutdown notices reach the sockets before their transports close.
+    await new Promise((r) => setTimeout(r, 50));
+    // Every Engine.IO connection, not only app sockets: other namespaces (the console) and clients that
+    // joined none yet would otherwise keep the HTTP server from closing.
+    const engine = this.io.engine as unknown as { clients: Record<string, EngineSocket> };
+    const clients = Object.values(engine.clients);
+    const websockets = clients.flatMap((c) => (c.transport.socket?.terminate ? [c.transport.socket] : []));
+    for (const client of clients) client.close();
+    // A client that does not answer the WebSocket close handshake (gone without a FIN) would hold the
+    // shutdown up for the ws close timeout (30 s): after a grace period its connection is cut.
+    const open = () => websockets.filter((ws) => ws.readyState !== WS_CLOSED);
+    const deadline = Date.now() + DRAIN_GRACE_MS;
+    while (open().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    for (const ws of open()) ws.terminate?.();
+  }
+
+  async close(): Promise<void> {
+    this.accepting = false;
+    await new Promise<void>((resolve) => {
+      this.io.close(() => resolve());
+    });
+  }
+}

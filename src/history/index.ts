@@ -1,0 +1,223 @@
+import { randomBytes } from 'node:crypto';
+import { HeraldError } from '../errors.js';
+import { streamsOf } from '../router/index.js';
+import type { Notification } from '../router/types.js';
+
+export interface StreamPosition {
+  offset: number;
+  epoch: string;
+}
+
+export interface RecoveryResult {
+  /** True when every notification after the given position was still held, in the same epoch. */
+  recovered: boolean;
+  /** The stream's current position (for the client to continue from). */
+  offset: number;
+  epoch: string;
+  /** Missed notifications, oldest first (as many as are still held, also when not recovered). */
+  entries: Notification[];
+}
+
+/** How much history one stream keeps. `size: 0` keeps none (no offsets either). */
+export interface HistoryRule {
+  appId?: string;
+  /** Stream prefix, e.g. `t:chat:` (topics starting with chat:), `u:` (all users), `d:`, `b`. */
+  prefix?: string;
+  size: number;
+  ttlMs: number;
+}
+
+/**
+ * Per-stream history for recovery after a reconnect: every notification appended to a stream gets the
+ * next offset; the stream's epoch changes when its history is lost (restart of a single node, Redis
+ * data loss), so a client can tell "nothing missed" from "cannot know".
+ */
+export interface History {
+  /** Assigns offsets in each stream of `n` (sets `n.pos`) and stores it. */
+  append(n: Notification): Promise<void>;
+  /** What a client at `from` missed in a stream. */
+  since(appId: string, stream: string, from: StreamPosition): Promise<RecoveryResult>;
+  /** The stream's current position (a client that starts following it now starts here). */
+  position(appId: string, stream: string): Promise<StreamPosition | undefined>;
+  close(): Promise<void>;
+}
+
+export const newEpoch = (): string => randomBytes(4).toString('hex');
+
+/** Picks the first matching rule, else the defaults. */
+export class HistoryPolicy {
+  constructor(
+    private readonly rules: readonly HistoryRule[],
+    private readonly size: number,
+    private readonly ttlMs: number,
+  ) {}
+
+  for(appId: string, stream: string): { size: number; ttlMs: number } {
+    for (const r of this.rules) {
+      if (r.appId !== undefined && r.appId !== appId) continue;
+      if (r.prefix !== undefined && !stream.startsWith(r.prefix)) continue;
+      return { size: r.size, ttlMs: r.ttlMs };
+    }
+    return { size: this.size, ttlMs: this.ttlMs };
+  }
+
+  enabled(): boolean {
+    return this.size > 0 || this.rules.some((r) => r.size > 0);
+  }
+}
+
+interface Entry {
+  offset: number;
+  ts: number;
+  n: Notification;
+}
+
+interface Stream {
+  epoch: string;
+  offset: number;
+  entries: Entry[];
+  touched: number;
+}
+
+/** How long an idle stream keeps its offset and epoch after its entries expired. */
+const META_TTL_MS = 3_600_000;
+
+/** Single-node history, in memory. A restart starts new epochs, so clients learn they cannot recover. */
+export class MemoryHistory implements History {
+  private readonly apps = new Map<string, Map<string, Stream>>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(private readonly policy: HistoryPolicy) {
+    this.sweeper = setInterval(() => this.sweep(), 30_000);
+    this.sweeper.unref();
+  }
+
+  private stream(appId: string, key: string, create: boolean): Stream | undefined {
+    let app = this.apps.get(appId);
+    if (!app) {
+      if (!create) return undefined;
+      app = new Map();
+      this.apps.set(appId, app);
+    }
+    let s = app.get(key);
+    if (!s && create) {
+      s = { epoch: newEpoch(), offset: 0, entries: [], touched: Date.now() };
+      app.set(key, s);
+    }
+    return s;
+  }
+
+  async append(n: Notification): Promise<void> {
+    const now = Date.now();
+    for (const key of streamsOf(n)) {
+      const { size, ttlMs } = this.policy.for(n.appId, key);
+      if (size <= 0) continue;
+      const s = this.stream(n.appId, key, true) as Stream;
+      s.offset++;
+      s.touched = now;
+      s.entries.push({ offset: s.offset, ts: now, n });
+      const cutoff = now - ttlMs;
+      let drop = Math.max(0, s.entries.length - size);
+      while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
+      if (drop > 0) s.entries.splice(0, drop);
+      n.pos ??= {};
+      n.pos[key] = [s.offset, s.epoch];
+    }
+  }
+
+  async since(appId: string, key: string, from: StreamPosition): Promise<RecoveryResult> {
+    const s = this.stream(appId, key, false);
+    if (!s) {
+      // Never seen (or forgotten): a client that saw nothing has missed nothing.
+      const fresh = this.stream(appId, key, this.policy.for(appId, key).size > 0);
+      const epoch = fresh?.epoch ?? '';
+      return { recovered: from.offset === 0, offset: 0, epoch, entries: [] };
+    }
+    const { ttlMs } = this.policy.for(appId, key);
+    const cutoff = Date.now() - ttlMs;
+    const live = s.entries.filter((e) => e.ts >= cutoff && e.offset > from.offset);
+    const sameEpoch = from.epoch === s.epoch || (from.offset === 0 && from.epoch === '');
+    const first = live[0];
+    const contiguous = from.offset >= s.offset || (first !== undefined && first.offset === from.offset + 1);
+    return {
+      recovered: sameEpoch && contiguous,
+      offset: s.offset,
+      epoch: s.epoch,
+      entries: sameEpoch ? live.map((e) => e.n) : [],
+    };
+  }
+
+  async position(appId: string, key: string): Promise<StreamPosition | undefined> {
+    if (this.policy.for(appId, key).size <= 0) return undefined;
+    const s = this.stream(appId, key, true) as Stream;
+    return { offset: s.offset, epoch: s.epoch };
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [appId, app] of this.apps) {
+      for (const [key, s] of app) {
+        const cutoff = now - this.policy.for(appId, key).ttlMs;
+        let drop = 0;
+        while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
+        if (drop) s.entries.splice(0, drop);
+        if (s.entries.length === 0 && now - s.touched > META_TTL_MS) app.delete(key);
+      }
+      if (app.size === 0) this.apps.delete(appId);
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sweeper);
+  }
+}
+
+/** No history: notifications carry no offsets and recovery always reports `recovered: false`. */
+export class NoHistory implements History {
+  async append(): Promise<void> {}
+  async since(): Promise<RecoveryResult> {
+    return { recovered: false, offset: 0, epoch: '', entries: [] };
+  }
+  async position(): Promise<StreamPosition | undefined> {
+    return undefined;
+  }
+  async close(): Promise<void> {}
+}
+
+/** Parses HISTORY_RULES (JSON list of { appId?, prefix?, size, ttl }). */
+export function parseHistoryRules(raw: unknown, parseTtl: (v: unknown) => number | undefined): HistoryRule[] {
+  if (raw === undefined || raw === null || raw === '') return [];
+  let list: unknown = raw;
+  if (typeof raw === 'string') {
+    try {
+      list = JSON.parse(raw);
+    } catch {
+      throw new HeraldError(
+        'validation_failed',
+        'HISTORY_RULES must be JSON: [{"prefix":"t:chat:","size":100,"ttl":"2m"}]',
+      );
+    }
+  }
+  if (!Array.isArray(list)) throw new HeraldError('validation_failed', 'HISTORY_RULES must be a list');
+  return list.map((r: unknown, i: number) => {
+    const o = r as Record<string, unknown>;
+    const size = o?.size;
+    const ttlMs = parseTtl(o?.ttl);
+    if (
+      typeof size !== 'number' ||
+      !Number.isInteger(size) ||
+      size < 0 ||
+      size > 100_000 ||
+      ttlMs === undefined
+    ) {
+      throw new HeraldError(
+        'validation_failed',
+        `HISTORY_RULES[${i}] needs size (0-100000) and ttl (a duration)`,
+      );
+    }
+    const rule: HistoryRule = { size, ttlMs };
+    if (typeof o.appId === 'string') rule.appId = o.appId;
+    if (typeof o.prefix === 'string') rule.prefix = o.prefix;
+    return rule;
+  });
+}

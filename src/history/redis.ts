@@ -1,0 +1,126 @@
+import type { Redis } from 'ioredis';
+import { Script } from '../bus/script.js';
+import { streamsOf } from '../router/index.js';
+import type { Notification } from '../router/types.js';
+import {
+  type History,
+  type HistoryPolicy,
+  newEpoch,
+  type RecoveryResult,
+  type StreamPosition,
+} from './index.js';
+
+/**
+ * Appends one notification to several streams: per stream, the next offset and the epoch (kept in a
+ * small hash, created with a new epoch when missing, e.g. after Redis lost its data), then an entry in
+ * a Redis Stream whose id is the offset, trimmed to the stream's size.
+ * ARGV: keyPrefix, entry JSON, new-epoch candidate, now, then triples (stream, size, ttlMs).
+ */
+const APPEND_SCRIPT = new Script(`
+local out = {}
+local i = 5
+while i <= #ARGV do
+  local s, size, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local meta = ARGV[1] .. s .. '|m'
+  local off = redis.call('HINCRBY', meta, 'o', 1)
+  local ep = redis.call('HGET', meta, 'e')
+  if not ep then
+    ep = ARGV[3]
+    redis.call('HSET', meta, 'e', ep)
+  end
+  redis.call('PEXPIRE', meta, math.max(ttl * 12, 3600000))
+  local sk = ARGV[1] .. s .. '|s'
+  redis.call('XADD', sk, 'MAXLEN', size, off .. '-1', 't', ARGV[4], 'n', ARGV[2])
+  redis.call('PEXPIRE', sk, ttl)
+  out[#out + 1] = off
+  out[#out + 1] = ep
+  i = i + 3
+end
+return out
+`);
+
+/** Cluster history in Redis, so a client recovers on whichever node it reconnects to. */
+export class RedisHistory implements History {
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+    private readonly policy: HistoryPolicy,
+  ) {}
+
+  private base(appId: string): string {
+    return `${this.prefix}h:${appId}|`;
+  }
+
+  async append(n: Notification): Promise<void> {
+    const args: (string | number)[] = [];
+    for (const key of streamsOf(n)) {
+      const { size, ttlMs } = this.policy.for(n.appId, key);
+      if (size > 0) args.push(key, size, ttlMs);
+    }
+    if (args.length === 0) return;
+    const entry = JSON.stringify({ id: n.id, ts: n.ts, data: n.data, ack: n.ack === true });
+    const res = (await APPEND_SCRIPT.run(
+      this.redis,
+      0,
+      this.base(n.appId),
+      entry,
+      newEpoch(),
+      Date.now(),
+      ...args,
+    )) as (number | string)[];
+    n.pos ??= {};
+    for (let i = 0, k = 0; k < args.length; i += 2, k += 3) {
+      n.pos[args[k] as string] = [Number(res[i]), String(res[i + 1])];
+    }
+  }
+
+  async since(appId: string, key: string, from: StreamPosition): Promise<RecoveryResult> {
+    const base = this.base(appId);
+    const { ttlMs, size } = this.policy.for(appId, key);
+    const meta = await this.redis.hmget(`${base}${key}|m`, 'o', 'e');
+    let offset = Number(meta[0] ?? 0);
+    let epoch = meta[1] ?? '';
+    if (!meta[1]) {
+      if (size <= 0) return { recovered: false, offset: 0, epoch: '', entries: [] };
+      // Never written (or lost): start the epoch now so the client can follow it from here.
+      epoch = newEpoch();
+      const created = await this.redis.hsetnx(`${base}${key}|m`, 'e', epoch);
+      if (!created) epoch = (await this.redis.hget(`${base}${key}|m`, 'e')) ?? epoch;
+      offset = 0;
+      return { recovered: from.offset === 0, offset, epoch, entries: [] };
+    }
+    const sameEpoch = from.epoch === epoch || (from.offset === 0 && from.epoch === '');
+    if (!sameEpoch) return { recovered: false, offset, epoch, entries: [] };
+    if (from.offset >= offset) return { recovered: true, offset, epoch, entries: [] };
+    const rows = (await this.redis.xrange(`${base}${key}|s`, `${from.offset + 1}-0`, '+')) as [
+      string,
+      string[],
+    ][];
+    const cutoff = Date.now() - ttlMs;
+    const entries: { offset: number; n: Notification }[] = [];
+    for (const [id, fields] of rows) {
+      const f: Record<string, string> = {};
+      for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
+      if (Number(f.t) < cutoff || !f.n) continue;
+      const e = JSON.parse(f.n) as { id: string; ts: number; data: string; ack: boolean };
+      const n: Notification = { v: 1, id: e.id, appId, ts: e.ts, data: e.data };
+      if (e.ack) n.ack = true;
+      const off = Number(id.split('-')[0]);
+      n.pos = { [key]: [off, epoch] };
+      entries.push({ offset: off, n });
+    }
+    const first = entries[0];
+    const recovered = first !== undefined && first.offset === from.offset + 1;
+    return { recovered, offset, epoch, entries: entries.map((e) => e.n) };
+  }
+
+  async position(appId: string, key: string): Promise<StreamPosition | undefined> {
+    if (this.policy.for(appId, key).size <= 0) return undefined;
+    const metaKey = `${this.base(appId)}${key}|m`;
+    await this.redis.hsetnx(metaKey, 'e', newEpoch());
+    const [o, e] = await this.redis.hmget(metaKey, 'o', 'e');
+    return { offset: Number(o ?? 0), epoch: e ?? '' };
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,115 @@
+import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+export interface GatewayStats {
+  stats(): { appId: string; connections: number; subscriptions: number; topics: number }[];
+}
+
+/**
+ * Prometheus metrics of one node. Each Herald instance has its own registry, so that several
+ * instances in one process (tests) do not share counters.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly eventLoop: IntervalHistogram;
+  readonly connections: Gauge<'app'>;
+  readonly subscriptions: Gauge<'app'>;
+  readonly published: Counter<'app'>;
+  readonly deliveries: Counter<'app'>;
+  readonly notifyToEmit: Histogram;
+  readonly clientErrors: Counter<'code'>;
+  readonly httpErrors: Counter<'code'>;
+  readonly countUpdates: Counter;
+  readonly slowClients: Counter;
+
+  constructor(gateway: GatewayStats) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.eventLoop = monitorEventLoopDelay({ resolution: 10 });
+    this.eventLoop.enable();
+    const loop = this.eventLoop;
+
+    this.connections = new Gauge({
+      name: 'herald_connections',
+      help: 'Connected sockets on this node, per app.',
+      labelNames: ['app'],
+      registers,
+      collect() {
+        this.reset();
+        for (const s of gateway.stats()) this.set({ app: s.appId }, s.connections);
+      },
+    });
+    this.subscriptions = new Gauge({
+      name: 'herald_subscriptions',
+      help: 'Topic subscriptions held by sockets on this node, per app.',
+      labelNames: ['app'],
+      registers,
+      collect() {
+        this.reset();
+        for (const s of gateway.stats()) this.set({ app: s.appId }, s.subscriptions);
+      },
+    });
+    this.published = new Counter({
+      name: 'herald_notifications_published_total',
+      help: 'Notifications accepted by the HTTP API of this node.',
+      labelNames: ['app'],
+      registers,
+    });
+    this.deliveries = new Counter({
+      name: 'herald_deliveries_total',
+      help: 'Notifications written to sockets on this node.',
+      labelNames: ['app'],
+      registers,
+    });
+    this.notifyToEmit = new Histogram({
+      name: 'herald_notify_to_emit_seconds',
+      help: 'Time from accepting a notification to writing it to the last local socket.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.clientErrors = new Counter({
+      name: 'herald_client_errors_total',
+      help: 'Errors returned to socket clients, by code.',
+      labelNames: ['code'],
+      registers,
+    });
+    this.httpErrors = new Counter({
+      name: 'herald_http_errors_total',
+      help: 'Error responses of the HTTP API, by code.',
+      labelNames: ['code'],
+      registers,
+    });
+    this.countUpdates = new Counter({
+      name: 'herald_count_updates_total',
+      help: 'Count updates written to watchers.',
+      registers,
+    });
+    this.slowClients = new Counter({
+      name: 'herald_slow_clients_dropped_total',
+      help: 'Connections closed because their send buffer exceeded MAX_SOCKET_BUFFER.',
+      registers,
+    });
+    new Gauge({
+      name: 'herald_event_loop_delay_max_seconds',
+      help: 'Largest event-loop delay since the previous scrape (read before the p99 gauge resets the histogram).',
+      registers,
+      collect() {
+        this.set(loop.max / 1e9);
+      },
+    });
+    new Gauge({
+      name: 'herald_event_loop_delay_p99_seconds',
+      help: 'p99 event-loop delay since the previous scrape.',
+      registers,
+      collect() {
+        this.set(loop.percentile(99) / 1e9);
+        loop.reset();
+      },
+    });
+  }
+
+  close(): void {
+    this.eventLoop.disable();
+    this.registry.clear();
+  }
+}

@@ -1,0 +1,397 @@
+import { encodeEvent, type Frame } from './frame.js';
+import type { Conn, Meta, Notification, TopicCount } from './types.js';
+
+export { encodeEvent, type Frame } from './frame.js';
+export type { Conn, Meta, Notification, TopicCount } from './types.js';
+
+interface TopicEntry {
+  conns: Set<Conn>;
+  /** clientId -> number of that client's sockets subscribed. */
+  clients: Map<string, number>;
+}
+
+/** Everything one node knows about one app's sockets. */
+class AppIndex {
+  readonly conns = new Set<Conn>();
+  readonly users = new Map<string, Set<Conn>>();
+  readonly devices = new Map<string, Set<Conn>>();
+  readonly topics = new Map<string, TopicEntry>();
+  readonly watchers = new Map<string, Set<Conn>>();
+  subscriptions = 0;
+}
+
+/**
+ * A pseudo-topic whose subscribers are every connected client of an app: presence uses it to answer
+ * "is this user connected anywhere" (offline fallback). Clients cannot name it (control character).
+ */
+export const ONLINE_TOPIC = '\u0000online';
+
+/** The streams a notification belongs to, for history: `b`, or `t:<topic>`, `u:<user>`, `d:<device>`. */
+export function streamsOf(n: Pick<Notification, 'broadcast' | 'topics' | 'users' | 'devices'>): string[] {
+  if (n.broadcast) return ['b'];
+  const out: string[] = [];
+  for (const t of n.topics ?? []) out.push(`t:${t}`);
+  for (const u of n.users ?? []) out.push(`u:${u}`);
+  for (const d of n.devices ?? []) out.push(`d:${d}`);
+  return out;
+}
+
+/** The `meta` a socket reached through `stream` receives. */
+export function metaFor(n: Notification, stream: string, topic: string | undefined, replay = false): Meta {
+  const meta: Meta = { id: n.id, ts: n.ts };
+  if (topic !== undefined) meta.topic = topic;
+  const pos = n.pos?.[stream];
+  if (pos) {
+    meta.stream = stream;
+    meta.offset = pos[0];
+    meta.epoch = pos[1];
+  }
+  if (n.ack) meta.ack = true;
+  if (replay) meta.replay = true;
+  return meta;
+}
+
+function addTo<K, V>(map: Map<K, Set<V>>, key: K, value: V): void {
+  let set = map.get(key);
+  if (!set) {
+    set = new Set();
+    map.set(key, set);
+  }
+  set.add(value);
+}
+
+function removeFrom<K, V>(map: Map<K, Set<V>>, key: K, value: V): void {
+  const set = map.get(key);
+  if (!set) return;
+  set.delete(value);
+  if (set.size === 0) map.delete(key);
+}
+
+/** A change of this node's subscribers of one topic. */
+export interface TopicChange {
+  appId: string;
+  topic: string;
+  clientId: string;
+  /** +1: the client's first local socket joined; -1: its last local socket left; 0: another socket of it. */
+  clientDelta: 1 | -1 | 0;
+  /** Local sockets subscribed to the topic after the change. */
+  connections: number;
+}
+
+export interface RouterEvents {
+  /** The local subscribers of a topic changed. */
+  onTopicChange?: (change: TopicChange) => void;
+  /** The first local socket of an app connected. */
+  onAppAdded?: (appId: string) => void;
+  /** The last local socket of an app left. */
+  onAppRemoved?: (appId: string) => void;
+}
+
+/**
+ * The local router: indexes this node's sockets by app, user, device and topic, and delivers a
+ * notification to each matching socket exactly once, encoding it once per distinct `meta`.
+ */
+export class Router {
+  private readonly apps = new Map<string, AppIndex>();
+  private readonly events: RouterEvents;
+
+  constructor(events: RouterEvents = {}) {
+    this.events = events;
+  }
+
+  private app(appId: string): AppIndex {
+    let a = this.apps.get(appId);
+    if (!a) {
+      a = new AppIndex();
+      this.apps.set(appId, a);
+      this.events.onAppAdded?.(appId);
+    }
+    return a;
+  }
+
+  add(conn: Conn): void {
+    const a = this.app(conn.appId);
+    a.conns.add(conn);
+    const first = !a.users.has(conn.clientId);
+    addTo(a.users, conn.clientId, conn);
+    if (conn.deviceId !== undefined) addTo(a.devices, conn.deviceId, conn);
+    this.events.onTopicChange?.({
+      appId: conn.appId,
+      topic: ONLINE_TOPIC,
+      clientId: conn.clientId,
+      clientDelta: first ? 1 : 0,
+      connections: a.conns.size,
+    });
+  }
+
+  /** Removes a socket and all its subscriptions and watches. */
+  remove(conn: Conn): void {
+    const a = this.apps.get(conn.appId);
+    if (!a?.conns.has(conn)) return;
+    this.unsubscribe(conn, [...conn.topics]);
+    this.unwatch(conn, [...conn.watches]);
+    a.conns.delete(conn);
+    removeFrom(a.users, conn.clientId, conn);
+    if (conn.deviceId !== undefined) removeFrom(a.devices, conn.deviceId, conn);
+    this.events.onTopicChange?.({
+      appId: conn.appId,
+      topic: ONLINE_TOPIC,
+      clientId: conn.clientId,
+      clientDelta: a.users.has(conn.clientId) ? 0 : -1,
+      connections: a.conns.size,
+    });
+    if (a.conns.size === 0 && a.topics.size === 0 && a.watchers.size === 0) {
+      this.apps.delete(conn.appId);
+      this.events.onAppRemoved?.(conn.appId);
+    }
+  }
+
+  /** Subscribes; returns the topics that were newly subscribed. */
+  subscribe(conn: Conn, topics: readonly string[]): string[] {
+    const a = this.app(conn.appId);
+    const added: string[] = [];
+    const changes: TopicChange[] = [];
+    for (const topic of topics) {
+      if (conn.topics.has(topic)) continue;
+      conn.topics.add(topic);
+      let e = a.topics.get(topic);
+      if (!e) {
+        e = { conns: new Set(), clients: new Map() };
+        a.topics.set(topic, e);
+      }
+      e.conns.add(conn);
+      const before = e.clients.get(conn.clientId) ?? 0;
+      e.clients.set(conn.clientId, before + 1);
+      a.subscriptions++;
+      added.push(topic);
+      changes.push({
+        appId: conn.appId,
+        topic,
+        clientId: conn.clientId,
+        clientDelta: before === 0 ? 1 : 0,
+        connections: e.conns.size,
+      });
+    }
+    for (const c of changes) this.events.onTopicChange?.(c);
+    return added;
+  }
+
+  /** Unsubscribes; returns the topics that were subscribed before. */
+  unsubscribe(conn: Conn, topics: readonly string[]): string[] {
+    const a = this.apps.get(conn.appId);
+    if (!a) return [];
+    const removed: string[] = [];
+    const changes: TopicChange[] = [];
+    for (const topic of topics) {
+      if (!conn.topics.delete(topic)) continue;
+      const e = a.topics.get(topic);
+      let clientDelta: -1 | 0 = 0;
+      let connections = 0;
+      if (e) {
+        e.conns.delete(conn);
+        const n = (e.clients.get(conn.clientId) ?? 1) - 1;
+        if (n <= 0) {
+          e.clients.delete(conn.clientId);
+          clientDelta = -1;
+        } else e.clients.set(conn.clientId, n);
+        connections = e.conns.size;
+        if (e.conns.size === 0) a.topics.delete(topic);
+      }
+      a.subscriptions--;
+      removed.push(topic);
+      changes.push({ appId: conn.appId, topic, clientId: conn.clientId, clientDelta, connections });
+    }
+    for (const c of changes) this.events.onTopicChange?.(c);
+    return removed;
+  }
+
+  watch(conn: Conn, topics: readonly string[]): string[] {
+    const a = this.app(conn.appId);
+    const added: string[] = [];
+    for (const topic of topics) {
+      if (conn.watches.has(topic)) continue;
+      conn.watches.add(topic);
+      addTo(a.watchers, topic, conn);
+      added.push(topic);
+    }
+    return added;
+  }
+
+  unwatch(conn: Conn, topics: readonly string[]): string[] {
+    const a = this.apps.get(conn.appId);
+    if (!a) return [];
+    const removed: string[] = [];
+    for (const topic of topics) {
+      if (!conn.watches.delete(topic)) continue;
+      removeFrom(a.watchers, topic, conn);
+      removed.push(topic);
+    }
+    return removed;
+  }
+
+  /** This node's subscribers of a topic. */
+  localCount(appId: string, topic: string): TopicCount {
+    const e = this.apps.get(appId)?.topics.get(topic);
+    return e ? { count: e.clients.size, connections: e.conns.size } : { count: 0, connections: 0 };
+  }
+
+  /** Client ids with at least one local socket subscribed to the topic. */
+  localClients(appId: string, topic: string): ReadonlyMap<string, number> {
+    return this.apps.get(appId)?.topics.get(topic)?.clients ?? new Map();
+  }
+
+  /** Local sockets watching counts of a topic. */
+  watchersOf(appId: string, topic: string): ReadonlySet<Conn> {
+    return this.apps.get(appId)?.watchers.get(topic) ?? new Set();
+  }
+
+  /**
+   * Delivers to every matching local socket once. Each socket is reached through one stream: the
+   * first listed topic it is subscribed to, else its user, else its device (`meta.topic` and, when the
+   * notification has history positions, `meta.stream`/`offset`/`epoch` say which). Returns the number
+   * of sockets written.
+   */
+  deliver(n: Notification): number {
+    const a = this.apps.get(n.appId);
+    if (!a) return 0;
+    const topics = n.topics ?? [];
+    const users = n.users ?? [];
+    const devices = n.devices ?? [];
+
+    if (n.broadcast) return this.writeAll(a.conns, n, 'b', undefined);
+
+    // Fast path: one topic and nothing else needs no de-duplication.
+    if (topics.length === 1 && users.length === 0 && devices.length === 0) {
+      const topic = topics[0] as string;
+      const e = a.topics.get(topic);
+      return e ? this.writeAll(e.conns, n, `t:${topic}`, topic) : 0;
+    }
+    // Fast path: one user, or one device, alone.
+    if (topics.length === 0 && users.length + devices.length === 1) {
+      if (users.length === 1) {
+        const set = a.users.get(users[0] as string);
+        return set ? this.writeAll(set, n, `u:${users[0]}`, undefined) : 0;
+      }
+      const set = a.devices.get(devices[0] as string);
+      return set ? this.writeAll(set, n, `d:${devices[0]}`, undefined) : 0;
+    }
+
+    // General case: the union, each socket once, grouped by the stream that matched it.
+    const seen = new Set<Conn>();
+    const groups = new Map<string, { topic: string | undefined; conns: Conn[] }>();
+    const take = (conn: Conn, stream: string, topic: string | undefined) => {
+      if (seen.has(conn)) return;
+      seen.add(conn);
+      let g = groups.get(stream);
+      if (!g) {
+        g = { topic, conns: [] };
+        groups.set(stream, g);
+      }
+      g.conns.push(conn);
+    };
+    for (const topic of topics) {
+      const e = a.topics.get(topic);
+      if (e) for (const c of e.conns) take(c, `t:${topic}`, topic);
+    }
+    for (const user of users) {
+      const set = a.users.get(user);
+      if (set) for (const c of set) take(c, `u:${user}`, undefined);
+    }
+    for (const device of devices) {
+      const set = a.devices.get(device);
+      if (set) for (const c of set) take(c, `d:${device}`, undefined);
+    }
+    let written = 0;
+    for (const [stream, g] of groups) written += this.writeAll(g.conns, n, stream, g.topic);
+    return written;
+  }
+
+  private writeAll(
+    conns: Iterable<Conn>,
+    n: Notification,
+    stream: string,
+    topic: string | undefined,
+  ): number {
+    let frame: Frame | undefined;
+    let written = 0;
+    for (const c of conns) {
+      if (!frame)
+        frame = encodeEvent(n.appId, 'dataUpdate', [n.data, JSON.stringify(metaFor(n, stream, topic))]);
+      if (c.write(frame)) written++;
+    }
+    return written;
+  }
+
+  /** Connections per app, for metrics and the console. */
+  stats(): { appId: string; connections: number; subscriptions: number; topics: number }[] {
+    return [...this.apps].map(([appId, a]) => ({
+      appId,
+      connections: a.conns.size,
+      subscriptions: a.subscriptions,
+      topics: a.topics.size,
+    }));
+  }
+
+  connectionCount(): number {
+    let n = 0;
+    for (const a of this.apps.values()) n += a.conns.size;
+    return n;
+  }
+
+  /** Every topic with local subscribers, with its local client tallies (for re-publishing presence). */
+  *allTopics(): IterableIterator<{
+    appId: string;
+    topic: string;
+    clients: ReadonlyMap<string, number>;
+    connections: number;
+  }> {
+    for (const [appId, a] of this.apps) {
+      for (const [topic, e] of a.topics)
+        yield { appId, topic, clients: e.clients, connections: e.conns.size };
+      if (a.conns.size > 0) {
+        const users = new Map<string, number>();
+        for (const [user, set] of a.users) users.set(user, set.size);
+        yield { appId, topic: ONLINE_TOPIC, clients: users, connections: a.conns.size };
+      }
+    }
+  }
+
+  /** Whether a user has a socket on this node. */
+  hasUser(appId: string, clientId: string): boolean {
+    return this.apps.get(appId)?.users.has(clientId) ?? false;
+  }
+
+  /** Apps with at least one local socket. */
+  appIds(): string[] {
+    return [...this.apps.keys()];
+  }
+
+  /** Every local socket, for shutdown. */
+  *allConns(): IterableIterator<Conn> {
+    for (const a of this.apps.values()) yield* a.conns;
+  }
+
+  /** This node's sockets of a device in an app, the most recently connected last (commands to machines). */
+  connsOfDevice(appId: string, deviceId: string): Conn[] {
+    const set = this.apps.get(appId)?.devices.get(deviceId);
+    return set ? [...set] : [];
+  }
+
+  /**
+   * Read-only search for the console: this node's sockets whose client id or device id contains
+   * `query` (exact matches first), optionally in one app, at most `limit` sockets.
+   */
+  findConns(query: string, appId?: string, limit = 50): Conn[] {
+    const exact: Conn[] = [];
+    const partial: Conn[] = [];
+    const apps = appId === undefined ? [...this.apps.values()] : [this.apps.get(appId)].filter((a) => !!a);
+    for (const a of apps) {
+      for (const c of a.conns) {
+        if (c.clientId === query || c.deviceId === query) exact.push(c);
+        else if (partial.length < limit && (c.clientId.includes(query) || c.deviceId?.includes(query)))
+          partial.push(c);
+      }
+    }
+    return [...exact, ...partial].slice(0, limit);
+  }
+}

@@ -1,0 +1,113 @@
+import { randomUUID } from 'node:crypto';
+import type { Bus } from '../bus/types.js';
+import { HeraldError } from '../errors.js';
+import type { History } from '../history/index.js';
+import type { Receipts } from '../history/receipts.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics/index.js';
+import type { Notification } from './types.js';
+
+/** A notification as a producer gives it (the body of POST /notify, already schema-checked). */
+export interface NotifyInput {
+  appId: string;
+  users?: string[];
+  devices?: string[];
+  eventTopics?: string[];
+  broadcast?: boolean;
+  data: unknown;
+  /** Ask receivers for delivery receipts (GET /notify/:id). */
+  ack?: boolean;
+}
+
+export interface NotifyResult {
+  id: string;
+  ts: number;
+  delivered?: number;
+}
+
+function unique(list: string[] | undefined): string[] | undefined {
+  if (!list || list.length === 0) return undefined;
+  return list.length === 1 ? list : [...new Set(list)];
+}
+
+/**
+ * Turns an accepted notification into a bus message: checks the rules a schema cannot express,
+ * serialises `data` once, and publishes. Used by the HTTP API and by in-process producers.
+ */
+export interface NotifyDeps {
+  bus: Bus;
+  metrics: Metrics;
+  maxPayloadBytes: number;
+  /** Assigns stream offsets and keeps the notification for recovery. */
+  history?: History;
+  /** Remembers notifications sent with `ack: true`. */
+  receipts?: Receipts;
+  /** Called after publishing, e.g. for the offline fallback. Must not throw. */
+  afterPublish?: (n: Notification) => void;
+  logger?: Logger;
+}
+
+export class NotifyService {
+  private readonly bus: Bus;
+  private readonly metrics: Metrics;
+  private readonly maxPayloadBytes: number;
+  private lastHistoryError = 0;
+
+  constructor(private readonly deps: NotifyDeps) {
+    this.bus = deps.bus;
+    this.metrics = deps.metrics;
+    this.maxPayloadBytes = deps.maxPayloadBytes;
+  }
+
+  prepare(input: NotifyInput): Notification {
+    const users = unique(input.users);
+    const devices = unique(input.devices);
+    const topics = unique(input.eventTopics);
+    if (!users && !devices && !topics && input.broadcast !== true) throw new HeraldError('no_target');
+    if (input.data === undefined) {
+      throw new HeraldError('validation_failed', 'data is required.', [
+        { path: '/data', message: 'Required' },
+      ]);
+    }
+    const data = JSON.stringify(input.data);
+    if (Buffer.byteLength(data) > this.maxPayloadBytes) {
+      throw new HeraldError(
+        'payload_too_large',
+        `data is larger than ${this.maxPayloadBytes} bytes as JSON.`,
+      );
+    }
+    const n: Notification = { v: 1, id: randomUUID(), appId: input.appId, ts: Date.now(), data };
+    if (input.broadcast === true) n.broadcast = true;
+    if (users) n.users = users;
+    if (devices) n.devices = devices;
+    if (topics) n.topics = topics;
+    if (input.ack === true) n.ack = true;
+    return n;
+  }
+
+  async publish(input: NotifyInput): Promise<NotifyResult> {
+    const n = this.prepare(input);
+    if (this.deps.history) {
+      try {
+        await this.deps.history.append(n);
+      } catch (err) {
+        // History is for recovery; a notification without offsets is still delivered live.
+        const now = Date.now();
+        if (now - this.lastHistoryError > 5000) {
+          this.lastHistoryError = now;
+          this.deps.logger?.warn(
+            { err: (err as Error).message },
+            'history unavailable: delivering without offsets',
+          );
+        }
+      }
+    }
+    if (n.ack && this.deps.receipts) await this.deps.receipts.expect(n);
+    const delivered = await this.bus.publish(n);
+    this.deps.afterPublish?.(n);
+    this.metrics.published.inc({ app: n.appId });
+    const result: NotifyResult = { id: n.id, ts: n.ts };
+    if (delivered !== undefined) result.delivered = delivered;
+    return result;
+  }
+}

@@ -1,0 +1,61 @@
+import type { Frame } from './frame.js';
+
+/**
+ * A notification as it travels from the HTTP API over the bus to every node. `data` is carried as
+ * JSON text, serialised once at intake, so that no node parses or serialises it again.
+ */
+export interface Notification {
+  v: 1;
+  id: string;
+  appId: string;
+  /** Milliseconds since the epoch when the notification was accepted. */
+  ts: number;
+  users?: string[];
+  devices?: string[];
+  topics?: string[];
+  broadcast?: boolean;
+  /** The `data` object exactly as published, as JSON text. */
+  data: string;
+  /** Receivers acknowledge it (delivery receipts, GET /notify/:id). */
+  ack?: boolean;
+  /** Position of this notification in each stream it was appended to: stream -> [offset, epoch]. */
+  pos?: Record<string, [number, string]>;
+}
+
+/** What a socket of the gateway looks like to the router. */
+export interface Conn {
+  readonly id: string;
+  readonly appId: string;
+  readonly clientId: string;
+  readonly deviceId: string | undefined;
+  /** Topics this connection is subscribed to. */
+  readonly topics: Set<string>;
+  /** Topics whose counts this connection watches. */
+  readonly watches: Set<string>;
+  /** Writes an encoded frame; returns false when the connection is gone or was dropped as too slow. */
+  write(frame: Frame): boolean;
+}
+
+export interface TopicCount {
+  /** Distinct client ids subscribed to the topic. */
+  count: number;
+  /** Sockets subscribed to the topic. */
+  connections: number;
+}
+
+/** Meta data sent as the second argument of `dataUpdate`. */
+export interface Meta {
+  id?: string;
+  ts: number;
+  topic?: string;
+  /** The stream through which this socket was reached: `t:<topic>`, `u:<clientId>`, `d:<deviceId>` or `b`. */
+  stream?: string;
+  /** Offset of the notification in that stream (recovery). */
+  offset?: number;
+  /** Epoch of that stream; it changes when the stream's history is lost. */
+  epoch?: string;
+  /** The receiver should send a receipt (`receipt` event with the id). */
+  ack?: boolean;
+  /** Sent again by a recovery after a reconnect. */
+  replay?: boolean;
+}

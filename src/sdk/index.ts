@@ -1,0 +1,414 @@
+/**
+ * Herald client SDK for browsers and Node, over socket.io-client.
+ *
+ * ```ts
+ * import { connect } from 'herald/sdk';
+ * const herald = connect({ url: 'http://localhost:3000', appId: 'chat-app', clientId: 'alice', deviceId: 'web-1' });
+ * await herald.subscribe(['chat:room-general']);
+ * await herald.subscribeCount('chat:room-general');
+ * herald.on('chat:room-general', (data) => console.log(data));
+ * ```
+ *
+ * Socket.IO forgets subscriptions when a connection drops; the SDK keeps the set of topics and count
+ * watches and subscribes again after every reconnect.
+ */
+import { io, type ManagerOptions, type Socket, type SocketOptions } from 'socket.io-client';
+
+export interface Meta {
+  /** Notification id (absent on count updates). */
+  id?: string;
+  /** Milliseconds since the epoch when the notification was accepted. */
+  ts: number;
+  /** The topic through which this socket was reached, if any. */
+  topic?: string;
+  [key: string]: unknown;
+}
+
+export interface CountUpdate {
+  type: 'count';
+  topic: string;
+  count: number;
+  connections: number;
+}
+
+export interface TopicCount {
+  count: number;
+  connections: number;
+}
+
+export type DataHandler = (data: unknown, meta: Meta) => void;
+
+/** Where the client stands in one stream (`t:<topic>`, `u:<clientId>`, `d:<deviceId>`, `b`). */
+export interface StreamPosition {
+  offset: number;
+  epoch: string;
+}
+
+/** Outcome of recovery for one stream after a reconnect. */
+export interface RecoveryResult {
+  stream: string;
+  /** False when notifications may have been missed (too old, history lost): reload the app state. */
+  recovered: boolean;
+  /** Notifications replayed (already delivered to the handlers, in order, before new ones). */
+  replayed: number;
+}
+export type Status = 'connecting' | 'connected' | 'disconnected' | 'closed';
+
+export interface ConnectOptions {
+  /** Server base URL, e.g. `http://localhost:3000`. */
+  url: string;
+  /** Application id (namespace). */
+  appId: string;
+  /** The user. */
+  clientId?: string;
+  /** This device of the user. */
+  deviceId?: string;
+  /** JWT for apps mode; a function is called again before every reconnect (token refresh). */
+  token?: string | (() => string | Promise<string>);
+  /** Reconnect back-off. @default { initialDelayMs: 500, maxDelayMs: 10000, jitter: 0.5 } */
+  reconnect?: { initialDelayMs?: number; maxDelayMs?: number; jitter?: number; attempts?: number };
+  /**
+   * Declare the connection dead and reconnect when no server heartbeat arrives for this long.
+   * @default pingInterval + pingTimeout of the server (Socket.IO's own rule)
+   */
+  heartbeatTimeoutMs?: number;
+  /** How long subscribe/unsubscribe wait for the server's ack. @default 10000 */
+  ackTimeoutMs?: number;
+  /**
+   * Recover missed notifications after a reconnect (server history, offsets and epochs).
+   * @default true
+   */
+  recover?: boolean;
+  /**
+   * Acknowledge notifications published with `ack: true` (delivery receipts).
+   * @default true
+   */
+  receipts?: boolean;
+  /** Extra socket.io-client options (transports, path, ...). */
+  socketOptions?: Partial<ManagerOptions & SocketOptions>;
+}
+
+/** An error answered by the server, with its stable code. */
+export class HeraldClientError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'HeraldClientError';
+  }
+}
+
+type Ack =
+  | {
+      ok: true;
+      topics: string[];
+      counts?: Record<string, TopicCount>;
+      streams?: Record<string, StreamPosition & { recovered: boolean; replayed: number; error?: string }>;
+    }
+  | { ok: false; error: { code: string; message: string } };
+
+export interface HeraldClient {
+  /** The underlying socket.io-client socket. */
+  readonly socket: Socket;
+  readonly status: Status;
+  /** Topics the SDK keeps subscribed. */
+  readonly topics: ReadonlySet<string>;
+  /** Topics whose counts the SDK keeps watching. */
+  readonly countTopics: ReadonlySet<string>;
+  subscribe(topics: string | string[]): Promise<string[]>;
+  unsubscribe(topics: string | string[]): Promise<string[]>;
+  /** Watches counts; resolves with the current values (also delivered as `dataUpdate` count events). */
+  subscribeCount(topics: string | string[]): Promise<Record<string, TopicCount>>;
+  unsubscribeCount(topics: string | string[]): Promise<string[]>;
+  /** Every `dataUpdate` (notifications and count updates). Returns an unsubscribe function. */
+  on(handler: DataHandler): () => void;
+  /** `dataUpdate`s of one topic: notifications reached through it and its count updates. */
+  on(topic: string, handler: DataHandler): () => void;
+  /** Count updates only, optionally of one topic. */
+  onCount(handler: (update: CountUpdate) => void, topic?: string): () => void;
+  /** Connection status changes. */
+  onStatus(handler: (status: Status, reason?: string) => void): () => void;
+  /** Recovery results after each reconnect (one entry per stream the client was following). */
+  onRecover(handler: (results: RecoveryResult[]) => void): () => void;
+  /** The last position seen in each stream. */
+  readonly positions: ReadonlyMap<string, StreamPosition>;
+  close(): void;
+}
+
+const MAX_PER_CALL = 100;
+
+function toList(topics: string | string[]): string[] {
+  return typeof topics === 'string' ? [topics] : [...topics];
+}
+
+function chunks<T>(list: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < list.length; i += size) out.push(list.slice(i, i + size));
+  return out;
+}
+
+function isCount(data: unknown): data is CountUpdate {
+  return typeof data === 'object' && data !== null && (data as { type?: unknown }).type === 'count';
+}
+
+/** Connects to `<url>/<appId>` and returns a client that keeps its subscriptions across reconnects. */
+export function connect(options: ConnectOptions): HeraldClient {
+  const base = options.url.replace(/\/+$/, '');
+  const backoff = options.reconnect ?? {};
+  const ackTimeout = options.ackTimeoutMs ?? 10_000;
+  const topics = new Set<string>();
+  const countTopics = new Set<string>();
+  const handlers = new Set<DataHandler>();
+  const topicHandlers = new Map<string, Set<DataHandler>>();
+  const statusHandlers = new Set<(s: Status, reason?: string) => void>();
+  const recoverHandlers = new Set<(r: RecoveryResult[]) => void>();
+  const positions = new Map<string, StreamPosition>();
+  const useRecovery = options.recover !== false;
+  const sendReceipts = options.receipts !== false;
+  // Ids of recent notifications: a notification reached through two streams, or replayed after it
+  // was already received, is handed to the app once.
+  const recent = new Set<string>();
+  const recentOrder: string[] = [];
+  let pendingReceipts: string[] = [];
+  let status: Status = 'connecting';
+  let heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+
+  const socket = io(`${base}/${options.appId}`, {
+    reconnection: true,
+    reconnectionDelay: backoff.initialDelayMs ?? 500,
+    reconnectionDelayMax: backoff.maxDelayMs ?? 10_000,
+    randomizationFactor: backoff.jitter ?? 0.5,
+    reconnectionAttempts: backoff.attempts ?? Number.POSITIVE_INFINITY,
+    ...options.socketOptions,
+    auth: (cb: (data: object) => void) => {
+      const auth: Record<string, string> = {};
+      if (options.clientId) auth.clientId = options.clientId;
+      if (options.deviceId) auth.deviceId = options.deviceId;
+      const t = options.token;
+      if (typeof t === 'function') {
+        Promise.resolve(t()).then(
+          (token) => cb({ ...auth, token }),
+          () => cb(auth),
+        );
+      } else {
+        if (t) auth.token = t;
+        cb(auth);
+      }
+    },
+  });
+
+  const setStatus = (s: Status, reason?: string) => {
+    if (status === s) return;
+    status = s;
+    for (const h of statusHandlers) h(s, reason);
+  };
+
+  const armHeartbeat = () => {
+    if (heartbeatTimer) clearTimeout(heartbeatTimer);
+    if (!options.heartbeatTimeoutMs || status === 'closed') return;
+    heartbeatTimer = setTimeout(() => {
+      // No ping from the server: the link is dead even if TCP has not noticed. Reconnect.
+      socket.io.engine?.close();
+    }, options.heartbeatTimeoutMs);
+  };
+
+  const request = async (event: string, list: string[]): Promise<Ack[]> => {
+    const out: Ack[] = [];
+    for (const part of chunks(list, MAX_PER_CALL)) {
+      const ack = (await socket.timeout(ackTimeout).emitWithAck(event, part)) as Ack;
+      if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+      out.push(ack);
+    }
+    return out;
+  };
+
+  const learn = (ack: Ack) => {
+    if (!ack.ok || !ack.streams) return;
+    for (const [stream, p] of Object.entries(ack.streams)) {
+      if (p.error) continue;
+      const known = positions.get(stream);
+      if (!known || known.epoch !== p.epoch || known.offset < p.offset)
+        positions.set(stream, { offset: p.offset, epoch: p.epoch });
+    }
+  };
+
+  /** Subscribes through `recover` so that the server also says where each topic's stream stands. */
+  const subscribeTopics = async (list: string[]): Promise<Ack[]> => {
+    if (!useRecovery) return request('subscribe', list);
+    const out: Ack[] = [];
+    for (const part of chunks(list, MAX_PER_CALL)) {
+      const ack = (await socket.timeout(ackTimeout).emitWithAck('recover', { topics: part })) as Ack;
+      if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+      learn(ack);
+      out.push(ack);
+    }
+    return out;
+  };
+
+  const resync = (reconnect: boolean) => {
+    // After a reconnect the server knows nothing of this socket: subscribe again and, with history,
+    // ask for what was missed in every stream the client follows.
+    const redo = async () => {
+      if (useRecovery) {
+        const streams: Record<string, StreamPosition> = {};
+        for (const [stream, p] of positions) {
+          if (!stream.startsWith('t:') || topics.has(stream.slice(2))) streams[stream] = p;
+        }
+        const ack = (await socket
+          .timeout(ackTimeout)
+          .emitWithAck('recover', { topics: [...topics], streams: reconnect ? streams : {} })) as Ack;
+        if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+        const given = new Set(Object.keys(reconnect ? streams : {}));
+        learn(ack);
+        if (reconnect && given.size) {
+          const results: RecoveryResult[] = Object.entries(ack.streams ?? {})
+            .filter(([stream]) => given.has(stream))
+            .map(([stream, r]) => ({ stream, recovered: r.recovered, replayed: r.replayed }));
+          for (const h of recoverHandlers) h(results);
+        }
+      } else if (topics.size) {
+        await request('subscribe', [...topics]);
+      }
+      if (reconnect && countTopics.size) await request('subscribeCount', [...countTopics]);
+    };
+    redo().catch(() => {
+      // The server refused (e.g. a limit changed): the app learns through its own calls and `error`.
+    });
+  };
+
+  let firstConnect = true;
+  socket.on('connect', () => {
+    setStatus('connected');
+    armHeartbeat();
+    if (!firstConnect || useRecovery) resync(!firstConnect);
+    firstConnect = false;
+  });
+  socket.io.on('ping', armHeartbeat);
+  socket.on('disconnect', (reason) => {
+    if (heartbeatTimer) clearTimeout(heartbeatTimer);
+    if (status !== 'closed') setStatus('disconnected', reason);
+    // A server-side disconnect does not reconnect by itself in Socket.IO; the SDK always does.
+    if (reason === 'io server disconnect' && status !== 'closed') socket.connect();
+  });
+  socket.io.on('reconnect_attempt', () => setStatus('connecting'));
+  socket.on('dataUpdate', (data: unknown, meta: Meta) => {
+    if (
+      meta &&
+      typeof meta.stream === 'string' &&
+      typeof meta.offset === 'number' &&
+      typeof meta.epoch === 'string'
+    ) {
+      const known = positions.get(meta.stream);
+      if (!known || known.epoch !== meta.epoch || known.offset < meta.offset) {
+        positions.set(meta.stream, { offset: meta.offset, epoch: meta.epoch });
+      }
+    }
+    if (meta && typeof meta.id === 'string') {
+      if (recent.has(meta.id)) return;
+      recent.add(meta.id);
+      recentOrder.push(meta.id);
+      if (recentOrder.length > 2000) recent.delete(recentOrder.shift() as string);
+      if (meta.ack && sendReceipts) {
+        pendingReceipts.push(meta.id);
+        if (pendingReceipts.length === 1) {
+          queueMicrotask(() => {
+            const ids = pendingReceipts;
+            pendingReceipts = [];
+            for (const part of chunks(ids, 100)) socket.emit('receipt', part);
+          });
+        }
+      }
+    }
+    for (const h of handlers) h(data, meta);
+    const topic = isCount(data) ? data.topic : meta?.topic;
+    if (topic !== undefined) {
+      const set = topicHandlers.get(topic);
+      if (set) for (const h of set) h(data, meta);
+    }
+  });
+
+  const client: HeraldClient = {
+    socket,
+    get status() {
+      return status;
+    },
+    topics,
+    countTopics,
+    async subscribe(t) {
+      const list = toList(t);
+      const fresh = list.filter((x) => !topics.has(x));
+      for (const x of fresh) topics.add(x);
+      try {
+        const acks = await subscribeTopics(list);
+        return acks.flatMap((a) => (a.ok ? a.topics : []));
+      } catch (err) {
+        for (const x of fresh) topics.delete(x);
+        throw err;
+      }
+    },
+    async unsubscribe(t) {
+      const list = toList(t);
+      for (const x of list) topics.delete(x);
+      const acks = await request('unsubscribe', list);
+      return acks.flatMap((a) => (a.ok ? a.topics : []));
+    },
+    async subscribeCount(t) {
+      const list = toList(t);
+      const fresh = list.filter((x) => !countTopics.has(x));
+      for (const x of fresh) countTopics.add(x);
+      try {
+        const acks = await request('subscribeCount', list);
+        return Object.assign({}, ...acks.map((a) => (a.ok ? (a.counts ?? {}) : {}))) as Record<
+          string,
+          TopicCount
+        >;
+      } catch (err) {
+        for (const x of fresh) countTopics.delete(x);
+        throw err;
+      }
+    },
+    async unsubscribeCount(t) {
+      const list = toList(t);
+      for (const x of list) countTopics.delete(x);
+      const acks = await request('unsubscribeCount', list);
+      return acks.flatMap((a) => (a.ok ? a.topics : []));
+    },
+    on(a: string | DataHandler, b?: DataHandler) {
+      if (typeof a === 'function') {
+        handlers.add(a);
+        return () => handlers.delete(a);
+      }
+      if (!b) throw new TypeError('on(topic, handler) needs a handler');
+      let set = topicHandlers.get(a);
+      if (!set) {
+        set = new Set();
+        topicHandlers.set(a, set);
+      }
+      set.add(b);
+      return () => set.delete(b);
+    },
+    onCount(handler, topic) {
+      const h: DataHandler = (data) => {
+        if (isCount(data) && (topic === undefined || data.topic === topic)) handler(data);
+      };
+      handlers.add(h);
+      return () => handlers.delete(h);
+    },
+    onStatus(handler) {
+      statusHandlers.add(handler);
+      return () => statusHandlers.delete(handler);
+    },
+    onRecover(handler) {
+      recoverHandlers.add(handler);
+      return () => recoverHandlers.delete(handler);
+    },
+    positions,
+    close() {
+      setStatus('closed');
+      if (heartbeatTimer) clearTimeout(heartbeatTimer);
+      socket.close();
+    },
+  };
+  return client;
+}

@@ -1,0 +1,326 @@
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { AccessControl } from './auth/index.js';
+import { MemoryBus, MemoryPresence } from './bus/memory.js';
+import { RedisCluster } from './bus/redis.js';
+import type { Bus, Presence } from './bus/types.js';
+import type { Config } from './config/index.js';
+import { registerConsole } from './console/index.js';
+import { HeraldError } from './errors.js';
+import { Gateway } from './gateway/index.js';
+import { registerRecovery } from './gateway/recovery.js';
+import { type History, HistoryPolicy, MemoryHistory, NoHistory } from './history/index.js';
+import { MemoryReceipts, type Receipts, RedisReceipts } from './history/receipts.js';
+import { RedisHistory } from './history/redis.js';
+import { createHttp } from './http/index.js';
+import { notifyRoutes } from './http/notify.js';
+import { opsRoutes } from './http/ops.js';
+import { createLogger, type Logger } from './logger.js';
+import { Metrics } from './metrics/index.js';
+import { paymentRoutes } from './payments/http.js';
+import { Payments } from './payments/index.js';
+import { CountNotifier } from './router/counts.js';
+import { Router } from './router/index.js';
+import { NotifyService } from './router/notify.js';
+import { offlineForwarder } from './router/offline.js';
+import type { Notification } from './router/types.js';
+import { openStore, type Store } from './store/index.js';
+import { WebhookEngine, webhookRoutes } from './webhooks/index.js';
+
+export const VERSION: string = (() => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    };
+    return pkg.version;
+  } catch {
+    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version as string;
+  }
+})();
+
+export interface HeraldOptions {
+  config: Config;
+  logger?: Logger;
+}
+
+/** A running Herald node. */
+export interface Herald {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly store: Store;
+  readonly router: Router;
+  readonly gateway: Gateway;
+  readonly notify: NotifyService;
+  readonly metrics: Metrics;
+  readonly access: AccessControl;
+  /** Merchant webhooks: `webhooks.enqueue(...)` for in-process producers. */
+  readonly webhooks: WebhookEngine;
+  /** Payment tracking: order state machine, machine presence and commands. */
+  readonly payments: Payments;
+  /** The bound address after start(). */
+  address(): AddressInfo;
+  /** Base URL, e.g. http://127.0.0.1:3000 */
+  url(): string;
+  /** Graceful shutdown: stop accepting, hand clients over, drain, close. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Wires every part from the config and starts listening. This is the only place that knows which
+ * implementation of each back-end (bus, store) is in use.
+ */
+export async function startHerald(options: HeraldOptions): Promise<Herald> {
+  const { config } = options;
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const startedAt = Date.now();
+  const access = new AccessControl(config.apps);
+  if (access.mode === 'open') {
+    logger.warn(
+      'open mode: no apps are configured, so any appId is accepted without credentials. ' +
+        'Declare apps (HERALD_CONFIG or HERALD_APPS) to require API keys and client tokens.',
+    );
+  } else {
+    logger.info({ apps: access.appIds() }, 'apps mode');
+  }
+
+  const store = await openStore(config);
+  logger.info({ store: store.kind }, 'store ready');
+
+  let draining = false;
+  let stopping: Promise<void> | undefined;
+
+  // Parts that refer to each other are created in dependency order; the router is the hub. The
+  // presence and bus back-ends are chosen here, once: memory (one node) or Redis (cluster).
+  let counts: CountNotifier | undefined;
+  let presence: Presence | undefined;
+  let cluster: RedisCluster | undefined;
+  const router = new Router({
+    onTopicChange: (change) => presence?.local(change),
+    onAppAdded: (appId) => cluster?.appAdded(appId),
+    onAppRemoved: (appId) => cluster?.appRemoved(appId),
+  });
+  const metrics = new Metrics(router);
+  const deliverLocal = (n: Notification): number => {
+    const written = router.deliver(n);
+    if (written > 0) metrics.deliveries.inc({ app: n.appId }, written);
+    metrics.notifyToEmit.observe(Math.max(0, Date.now() - n.ts) / 1000);
+    return written;
+  };
+  const countChanged = (appId: string, topic: string) => counts?.changed(appId, topic);
+  let bus: Bus;
+  if (config.redisUrl) {
+    cluster = new RedisCluster({
+      url: config.redisUrl,
+      prefix: config.redisPrefix,
+      presenceTtlMs: config.presenceTtl,
+      deliver: deliverLocal,
+      onCountChange: countChanged,
+      localCount: (appId, topic) => router.localCount(appId, topic),
+      hasUser: (appId, clientId) => router.hasUser(appId, clientId),
+      localTopics: () => router.allTopics(),
+      logger: logger.child({ part: 'cluster' }),
+    });
+    await cluster.start();
+    bus = cluster.bus;
+    presence = cluster.presence;
+    logger.info({ node: cluster.nodeId, prefix: config.redisPrefix }, 'cluster mode on redis');
+  } else {
+    bus = new MemoryBus(deliverLocal);
+    presence = new MemoryPresence(
+      (appId, topic) => router.localCount(appId, topic),
+      countChanged,
+      (appId, clientId) => router.hasUser(appId, clientId),
+    );
+  }
+  const presenceNow = presence;
+  counts = new CountNotifier(
+    { get: (appId, topic) => presenceNow.get(appId, topic) },
+    (appId, topic) => router.watchersOf(appId, topic),
+    config.countInterval,
+    (err) => logger.error({ err }, 'count update failed'),
+    (n) => metrics.countUpdates.inc(n),
+  );
+
+  // History (recovery after reconnects) and delivery receipts: in memory on one node, in Redis in a cluster.
+  const historyPolicy = new HistoryPolicy(config.historyRules, config.historySize, config.historyTtl);
+  const history: History = !historyPolicy.enabled()
+    ? new NoHistory()
+    : cluster
+      ? new RedisHistory(cluster.commands, config.redisPrefix, historyPolicy)
+      : new MemoryHistory(historyPolicy);
+  const receipts: Receipts = cluster
+    ? new RedisReceipts(cluster.commands, config.redisPrefix, config.receiptTtl)
+    : new MemoryReceipts(config.receiptTtl);
+
+  const notify = new NotifyService({
+    bus,
+    metrics,
+    maxPayloadBytes: config.maxPayloadBytes,
+    history,
+    receipts,
+    logger,
+    afterPublish: (n) => afterPublish?.(n),
+  });
+  let afterPublish: ((n: Notification) => void) | undefined;
+
+  const http = await createHttp({ config, logger, metrics, version: VERSION });
+  const gateway = new Gateway(http.server, { config, access, router, counts, metrics, logger });
+  registerRecovery({
+    gateway,
+    history,
+    receipts,
+    maxTopicsPerCall: config.maxTopicsPerCall,
+    maxTopicsPerConnection: config.maxTopicsPerConnection,
+    subscribe: (conn, topics) => gateway.subscribe(conn, topics),
+  });
+
+  const readiness = {
+    draining: () => draining,
+    async checks() {
+      const out: Record<string, { ok: boolean; critical: boolean; error?: string }> = {};
+      const critical = store.kind === 'embedded';
+      try {
+        await store.ping(2000);
+        out.store = { ok: true, critical };
+      } catch (err) {
+        out.store = { ok: false, critical, error: (err as Error).message };
+      }
+      out.bus = bus.healthy()
+        ? { ok: true, critical: false }
+        : { ok: false, critical: false, error: `${bus.kind} unreachable: serving local sockets only` };
+      return out;
+    },
+  };
+  opsRoutes(http, { metrics, readiness, startedAt });
+  notifyRoutes(http, {
+    config,
+    access,
+    notify,
+    receipts,
+    assertAccepting: () => {
+      if (draining) throw new HeraldError('shutting_down');
+    },
+  });
+
+  // ---- merchant webhooks (src/webhooks): engine, POST /merchant-notify and /admin/merchant-notify/* ----
+  const webhooks = new WebhookEngine({ config, store, logger, registry: metrics.registry, version: VERSION });
+  await webhookRoutes(http, {
+    config,
+    engine: webhooks,
+    logger,
+    assertAccepting: () => {
+      if (draining) throw new HeraldError('shutting_down');
+    },
+    onError: (code) => metrics.httpErrors.inc({ code }),
+  });
+  // ---- end merchant webhooks ----
+
+  if (config.offlineWebhookUrl) {
+    afterPublish = offlineForwarder({
+      url: config.offlineWebhookUrl,
+      presence: presenceNow,
+      sink: webhooks,
+      logger,
+    });
+  }
+
+  // ---- payment tracking (src/payments): events, order state machine, presence, commands ----
+  const payments = new Payments({
+    config,
+    store,
+    router,
+    gateway,
+    notify,
+    access,
+    logger,
+    metrics,
+    notifier: webhooks,
+    remote: cluster,
+  });
+  paymentRoutes(http, {
+    config,
+    access,
+    payments,
+    assertAccepting: () => {
+      if (draining) throw new HeraldError('shutting_down');
+    },
+  });
+  // ---- end payment tracking ----
+
+  // ---- web console (src/console): /console, /admin/api/*, the /admin/console namespace ----
+  await registerConsole({
+    http,
+    io: gateway.io,
+    config,
+    router,
+    metrics,
+    notify,
+    access,
+    store,
+    bus,
+    readiness,
+    logger,
+    version: VERSION,
+    startedAt,
+    assertAccepting: () => {
+      if (draining) throw new HeraldError('shutting_down');
+    },
+  });
+  // ---- end web console ----
+
+  try {
+    await http.listen({ port: config.port, host: config.host });
+  } catch (err) {
+    await payments.stop().catch(() => undefined);
+    await webhooks.stop().catch(() => undefined);
+    counts.close();
+    await bus.close().catch(() => undefined);
+    await store.close().catch(() => undefined);
+    metrics.close();
+    throw err;
+  }
+  const address = http.server.address() as AddressInfo;
+  logger.info({ port: address.port, host: config.host, version: VERSION }, 'herald listening');
+  webhooks.start();
+  await payments.start();
+
+  const stop = (): Promise<void> => {
+    if (stopping) return stopping;
+    stopping = (async () => {
+      draining = true;
+      logger.info('shutting down: draining clients');
+      await gateway.drain();
+      counts?.close();
+      await http.close().catch((err: unknown) => logger.warn({ err }, 'http close'));
+      await gateway.close().catch(() => undefined);
+      // Queued payment events are answered and handed to the webhook engine before it stops.
+      await payments.stop().catch((err: unknown) => logger.warn({ err }, 'payments stop'));
+      // In-flight webhooks finish (or give their lease back) before the store closes.
+      await webhooks.stop().catch((err: unknown) => logger.warn({ err }, 'webhooks stop'));
+      await history.close().catch(() => undefined);
+      if (receipts instanceof MemoryReceipts) receipts.close();
+      await bus.close().catch((err: unknown) => logger.warn({ err }, 'bus close'));
+      await store.close().catch((err: unknown) => logger.warn({ err }, 'store close'));
+      metrics.close();
+      logger.info('shut down');
+    })();
+    return stopping;
+  };
+
+  return {
+    config,
+    logger,
+    store,
+    router,
+    gateway,
+    notify,
+    metrics,
+    access,
+    webhooks,
+    payments,
+    address: () => address,
+    url: () =>
+      `http://${address.address.includes(':') ? `[${address.address}]` : address.address}:${address.port}`,
+    stop,
+  };
+}

@@ -1,0 +1,220 @@
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { Queryable, QueryResult, Store } from './types.js';
+
+interface WorkerInit {
+  dir: string;
+  schema: string;
+  templatePath: string | undefined;
+}
+
+type WorkerRequest =
+  | { id: number; op: 'query'; sql: string; params: unknown[] }
+  | { id: number; op: 'exec'; sql: string }
+  | { id: number; op: 'close' };
+
+type WorkerResponse =
+  | { id: number; ok: true; rows: unknown[]; rowCount: number }
+  | { id: number; ok: false; message: string; code?: string; detail?: string }
+  | { id: 0; ready: true; ms: number }
+  | { id: 0; fatal: string };
+
+/** An error raised by SQL, with PostgreSQL's SQLSTATE code when there is one. */
+export class SqlError extends Error {
+  constructor(
+    message: string,
+    readonly code?: string,
+    readonly detail?: string,
+  ) {
+    super(message);
+    this.name = 'SqlError';
+  }
+}
+
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+}
+
+function pgliteVersion(): string {
+  try {
+    const require = createRequire(import.meta.url);
+    let dir = dirname(require.resolve('@electric-sql/pglite'));
+    while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+    return (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Refuses a second live process on the same data folder: PGlite is single-process. */
+function takeLock(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const lock = join(dir, 'herald.lock');
+  if (existsSync(lock)) {
+    const pid = Number(readFileSync(lock, 'utf8').trim());
+    let alive = false;
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch {
+        alive = false;
+      }
+    }
+    if (alive) {
+      throw new Error(
+        `DATA_DIR ${dir} is in use by process ${pid}; the embedded store serves one process. ` +
+          'Use another DATA_DIR, or DATABASE_URL for several nodes.',
+      );
+    }
+  }
+  writeFileSync(lock, String(process.pid));
+  return lock;
+}
+
+/**
+ * The embedded store: PGlite in a worker thread, data under `<dataDir>/pg`. One connection, so
+ * statements are serialised; a transaction holds the connection until it ends.
+ */
+export class EmbeddedStore implements Store {
+  readonly kind = 'embedded' as const;
+  private readonly worker: Worker;
+  private readonly pending = new Map<
+    number,
+    { resolve: (r: QueryResult<unknown>) => void; reject: (e: Error) => void }
+  >();
+  private nextId = 1;
+  private readonly mutex = new Mutex();
+  private closed = false;
+  private readonly lockFile: string;
+
+  private constructor(worker: Worker, lockFile: string) {
+    this.worker = worker;
+    this.lockFile = lockFile;
+    worker.on('message', (msg: WorkerResponse) => {
+      if (!('ok' in msg)) return;
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (msg.ok) p.resolve({ rows: msg.rows, rowCount: msg.rowCount });
+      else p.reject(new SqlError(msg.message, msg.code, msg.detail));
+    });
+    worker.on('error', (err) => this.failAll(err));
+    worker.on('exit', () => this.failAll(new Error('embedded store worker exited')));
+  }
+
+  static async open(dataDir: string, schema: string): Promise<EmbeddedStore> {
+    const dir = resolve(dataDir);
+    const lockFile = takeLock(dir);
+    const workerUrl = new URL('./pglite-worker.js', import.meta.url);
+    const init: WorkerInit = {
+      dir: join(dir, 'pg'),
+      schema,
+      templatePath: join(tmpdir(), `herald-pglite-${pgliteVersion()}.tar`),
+    };
+    const worker = new Worker(workerUrl, { workerData: init });
+    try {
+      await new Promise<void>((resolveReady, reject) => {
+        const onMsg = (msg: WorkerResponse) => {
+          if (msg.id !== 0) return;
+          worker.off('message', onMsg);
+          if ('fatal' in msg) reject(new Error(`embedded store failed to open ${init.dir}: ${msg.fatal}`));
+          else resolveReady();
+        };
+        worker.on('message', onMsg);
+        worker.once('error', reject);
+        worker.once('exit', (code) => reject(new Error(`embedded store worker exited with code ${code}`)));
+      });
+    } catch (err) {
+      await worker.terminate();
+      rmSync(lockFile, { force: true });
+      throw err;
+    }
+    return new EmbeddedStore(worker, lockFile);
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    this.closed = true;
+  }
+
+  private send(req: Omit<WorkerRequest, 'id'> & { op: WorkerRequest['op'] }): Promise<QueryResult<unknown>> {
+    if (this.closed) return Promise.reject(new SqlError('the embedded store is closed'));
+    const id = this.nextId++;
+    return new Promise((resolvePromise, reject) => {
+      this.pending.set(id, { resolve: resolvePromise, reject });
+      this.worker.postMessage({ ...req, id } as WorkerRequest);
+    });
+  }
+
+  private raw<T>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<T>> {
+    return this.send({ op: 'query', sql, params: [...params] } as WorkerRequest) as Promise<QueryResult<T>>;
+  }
+
+  query<T = Record<string, unknown>>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<T>> {
+    return this.mutex.run(() => this.raw<T>(sql, params));
+  }
+
+  /** Runs several statements separated by semicolons (no parameters). */
+  exec(sql: string): Promise<void> {
+    return this.mutex.run(async () => {
+      await this.send({ op: 'exec', sql } as WorkerRequest);
+    });
+  }
+
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return this.mutex.run(async () => {
+      await this.raw('BEGIN');
+      const tx: Queryable = { query: (sql, params) => this.raw(sql, params ?? []) };
+      try {
+        const out = await fn(tx);
+        await this.raw('COMMIT');
+        return out;
+      } catch (err) {
+        await this.raw('ROLLBACK').catch(() => undefined);
+        throw err;
+      }
+    });
+  }
+
+  async ping(timeoutMs = 2000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.query('SELECT 1'),
+        new Promise((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`store did not answer within ${timeoutMs}ms`)),
+            timeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.mutex.run(() => this.send({ op: 'close' } as WorkerRequest));
+    } catch {
+      // already gone
+    }
+    this.closed = true;
+    await this.worker.terminate();
+    rmSync(this.lockFile, { force: true });
+  }
+}

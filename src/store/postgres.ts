@@ -1,0 +1,114 @@
+import pg from 'pg';
+import { SqlError } from './embedded.js';
+import type { Queryable, QueryResult, Store } from './types.js';
+
+const INT8 = 20;
+
+function wrap(err: unknown): Error {
+  const e = err as Error & { code?: string; detail?: string };
+  return new SqlError(e.message, e.code, e.detail);
+}
+
+/** PostgreSQL through a `pg` connection pool; every connection has the Herald schema on its search path. */
+export class PostgresStore implements Store {
+  readonly kind = 'postgres' as const;
+
+  private constructor(private readonly pool: pg.Pool) {}
+
+  static async open(url: string, schema: string, opts: { max?: number } = {}): Promise<PostgresStore> {
+    const types = {
+      getTypeParser: (oid: number, format?: 'text' | 'binary') =>
+        oid === INT8 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format),
+    };
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: opts.max ?? 10,
+      options: `-c search_path="${schema}",public`,
+      connectionTimeoutMillis: 5000,
+      idleTimeoutMillis: 30_000,
+      types: types as pg.CustomTypesConfig,
+    });
+    // An idle client that loses its connection emits here; the pool replaces it. Without a listener
+    // the process would crash.
+    pool.on('error', () => undefined);
+    try {
+      await pool.query(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
+    } catch (err) {
+      // Several nodes may race to create the schema; the loser sees a unique violation.
+      const code = (err as { code?: string }).code;
+      if (code !== '23505' && code !== '42P06') {
+        await pool.end().catch(() => undefined);
+        throw wrap(err);
+      }
+    }
+    return new PostgresStore(pool);
+  }
+
+  async query<T = Record<string, unknown>>(
+    sql: string,
+    params: readonly unknown[] = [],
+  ): Promise<QueryResult<T>> {
+    try {
+      const res = await this.pool.query(sql, params as unknown[]);
+      return { rows: res.rows as T[], rowCount: res.rowCount ?? res.rows.length };
+    } catch (err) {
+      throw wrap(err);
+    }
+  }
+
+  async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw wrap(err);
+    }
+    const tx: Queryable = {
+      query: async <R>(sql: string, params: readonly unknown[] = []) => {
+        try {
+          const res = await client.query(sql, params as unknown[]);
+          return { rows: res.rows as R[], rowCount: res.rowCount ?? res.rows.length };
+        } catch (err) {
+          throw wrap(err);
+        }
+      },
+    };
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const out = await fn(tx);
+      await client.query('COMMIT');
+      return out;
+    } catch (err) {
+      try {
+        await client.query('ROLLBACK');
+      } catch {
+        broken = true;
+      }
+      throw err instanceof SqlError ? err : err instanceof Error && !('code' in err) ? err : wrap(err);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  async ping(timeoutMs = 2000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.query('SELECT 1'),
+        new Promise((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`store did not answer within ${timeoutMs}ms`)),
+            timeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
