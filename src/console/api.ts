@@ -1,0 +1,160 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { type AccessControl, bearer, safeEqual } from '../auth/index.js';
+import type { Config } from '../config/index.js';
+import { HeraldError } from '../errors.js';
+import { notifySchema } from '../http/schemas.js';
+import type { Router } from '../router/index.js';
+import type { NotifyInput, NotifyService } from '../router/notify.js';
+import { APPS_MODE_NEEDS_TOKEN } from './messages.js';
+import { busiestTopics, type StatsSampler } from './stats.js';
+import type { ClientSocket } from './types.js';
+
+export interface ConsoleApiDeps {
+  config: Pick<Config, 'adminToken' | 'maxTargets' | 'apps'>;
+  access: AccessControl;
+  router: Router;
+  notify: NotifyService;
+  sampler: StatsSampler;
+  /** Throws `shutting_down` while the node drains. */
+  assertAccepting: () => void;
+}
+
+/**
+ * Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time. Without a token the console is open
+ * in open mode (where anyone may use any app anyway) and closed in apps mode, where it would bypass
+ * the apps' API keys.
+ */
+export function checkAdmin(token: string | undefined, request: FastifyRequest, mode: 'open' | 'apps'): void {
+  if (token === undefined) {
+    if (mode === 'apps') throw new HeraldError('forbidden', APPS_MODE_NEEDS_TOKEN);
+    return;
+  }
+  const given = bearer(request.headers.authorization);
+  if (given === undefined || !safeEqual(given, token)) {
+    throw new HeraldError('unauthorized', 'Send Authorization: Bearer <ADMIN_TOKEN>.');
+  }
+}
+
+const hide = { hide: true };
+
+/** Routes of payment tracking the console may call for an app through `/admin/api/as-app/:appId/*`. */
+const AS_APP_ROUTES = /^(payments\/(orders|stats)|devices)(\/|$)/;
+
+/**
+ * The small JSON API of the console, under `/admin/api`, protected by ADMIN_TOKEN when it is set.
+ * Errors have Herald's usual body `{ error: { code, message } }`.
+ */
+export async function consoleApi(app: FastifyInstance, deps: ConsoleApiDeps): Promise<void> {
+  const { config, router, sampler } = deps;
+
+  await app.register(
+    async (scope) => {
+      // Public: tells the console whether to ask for a token (the token itself is never revealed).
+      scope.get('/auth', { schema: hide }, async () => ({ required: config.adminToken !== undefined }));
+
+      await scope.register(async (admin) => {
+        admin.addHook('onRequest', async (request) =>
+          checkAdmin(config.adminToken, request, deps.access.mode),
+        );
+
+        admin.get('/overview', { schema: hide }, async () => sampler.last ?? (await sampler.sample()));
+        admin.get('/history', { schema: hide }, async () => sampler.history());
+
+        admin.get(
+          '/topics',
+          {
+            schema: {
+              ...hide,
+              querystring: Type.Object({
+                appId: Type.Optional(Type.String({ maxLength: 64 })),
+                limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })),
+              }),
+            },
+          },
+          async (request) => {
+            const q = request.query as { appId?: string; limit?: number };
+            return busiestTopics(router, q.limit ?? 20, q.appId || undefined);
+          },
+        );
+
+        admin.get(
+          '/clients',
+          {
+            schema: {
+              ...hide,
+              querystring: Type.Object({
+                q: Type.String({ minLength: 1, maxLength: 128 }),
+                appId: Type.Optional(Type.String({ maxLength: 64 })),
+              }),
+            },
+          },
+          async (request): Promise<ClientSocket[]> => {
+            const q = request.query as { q: string; appId?: string };
+            return router.findConns(q.q, q.appId || undefined, 50).map((c) => ({
+              appId: c.appId,
+              clientId: c.clientId,
+              socketId: c.id,
+              deviceId: c.deviceId ?? null,
+              topics: [...c.topics].sort(),
+              watches: [...c.watches].sort(),
+            }));
+          },
+        );
+
+        admin.post(
+          '/publish',
+          { schema: { ...hide, body: notifySchema(config) } },
+          async (request, reply) => {
+            deps.assertAccepting();
+            const body = request.body as NotifyInput;
+            if (!deps.access.knows(body.appId)) {
+              throw new HeraldError('unknown_app', `No app ${JSON.stringify(body.appId)} is configured.`);
+            }
+            return reply.code(202).send(await deps.notify.publish(body));
+          },
+        );
+
+        // Payment tracking answers to an app's API key (apps mode). The console holds the admin token,
+        // not API keys: this forwards GET /payments/orders|stats, GET /devices and POST
+        // /devices/:id/commands for `appId` with one of its keys (`-`: no app, open mode only), so an
+        // admin can act for any app. The answer is passed through unchanged.
+        admin.route({
+          method: ['GET', 'POST'],
+          url: '/as-app/:appId/*',
+          schema: hide,
+          handler: async (request, reply) => {
+            const params = request.params as { appId: string; '*': string };
+            const path = params['*'].replace(/^\/+/, '');
+            if (!AS_APP_ROUTES.test(path)) {
+              throw new HeraldError('not_found', `The console does not forward ${request.method} /${path}.`);
+            }
+            const appId = params.appId === '-' ? undefined : params.appId;
+            const headers: Record<string, string> = {};
+            if (appId !== undefined && deps.access.mode === 'apps') {
+              const key = config.apps.find((a) => a.id === appId)?.apiKeys[0];
+              if (!key)
+                throw new HeraldError('unknown_app', `No app ${JSON.stringify(appId)} is configured.`);
+              headers.authorization = `Bearer ${key}`;
+            }
+            const search = new URLSearchParams(request.url.split('?')[1] ?? '');
+            if (appId !== undefined && request.method === 'GET' && !search.has('appId'))
+              search.set('appId', appId);
+            const qs = search.toString();
+            if (request.method === 'POST') headers['content-type'] = 'application/json';
+            const res = await app.inject({
+              method: request.method as 'GET' | 'POST',
+              url: `/${path}${qs ? `?${qs}` : ''}`,
+              headers,
+              ...(request.method === 'POST' ? { payload: JSON.stringify(request.body ?? {}) } : {}),
+            });
+            const type = res.headers['content-type'];
+            if (typeof type === 'string') reply.type(type);
+            return reply.code(res.statusCode).send(res.body);
+          },
+        });
+      });
+    },
+    { prefix: '/admin/api' },
+  );
+}

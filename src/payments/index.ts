@@ -1,0 +1,667 @@
+/**
+ * Payment tracking: machines and payment back-ends report payment events, a durable per-order state
+ * machine decides the outcome, and every transition is pushed to the merchant's app (with a spoken
+ * announcement), to the reporting machine, to `order:<orderId>:status` subscribers and, through the
+ * webhook engine, to the merchant's server. Also machine presence and commands down to machines.
+ */
+import { randomUUID } from 'node:crypto';
+import { Counter, Histogram } from 'prom-client';
+import type { Namespace, Socket } from 'socket.io';
+import type { AccessControl, ClientIdentity } from '../auth/index.js';
+import type { Config } from '../config/index.js';
+import { type ErrorCode, HeraldError, isHeraldError } from '../errors.js';
+import { type Gateway, SocketConn } from '../gateway/index.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics/index.js';
+import type { Router } from '../router/index.js';
+import type { NotifyService } from '../router/notify.js';
+import type { Store } from '../store/index.js';
+import { announcement } from './announce.js';
+import { PaymentIntake } from './intake.js';
+import {
+  applyEvents,
+  claimTimedOut,
+  DuplicateConflict,
+  eventKey,
+  findOrders,
+  type HistoryEntry,
+  listOrders,
+  markWebhooks,
+  type OrderFilter,
+  orderHistory,
+  pendingWebhooks,
+  type Stats,
+  stats,
+  timeoutEvent,
+} from './ledger.js';
+import { MachinePresence, type MachinePresenceInfo } from './presence.js';
+import { parseEvent, TOPIC_SAFE_ID_RE } from './schema.js';
+import type { EventSource, MerchantNotifier, Order, ReportResult, Transition } from './types.js';
+
+export { announcement } from './announce.js';
+export * from './state-machine.js';
+export type * from './types.js';
+
+export interface PaymentsDeps {
+  config: Config;
+  store: Store;
+  router: Router;
+  gateway: Gateway;
+  notify: NotifyService;
+  access: AccessControl;
+  logger: Logger;
+  metrics: Metrics;
+  /** The webhook engine (or anything with its `enqueue`); without it merchant servers are not called. */
+  notifier?: MerchantNotifier | undefined;
+  /** Cluster mode: reach machines connected to other nodes (commands). */
+  remote?: RemoteCalls | undefined;
+}
+
+/** The cluster's remote calls (see RedisCluster.call / onCall). */
+export interface RemoteCalls {
+  call(appId: string, kind: string, payload: unknown, timeoutMs: number): Promise<unknown>;
+  onCall(kind: string, handler: (appId: string, payload: unknown) => Promise<unknown>): void;
+}
+
+interface RemoteCommand {
+  deviceId: string;
+  command: string;
+  args: unknown;
+  timeoutMs: number;
+}
+
+/** Engine errors worth handing the notification over again later; any other refusal is final. */
+const TRANSIENT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'store_unavailable',
+  'internal_error',
+  'shutting_down',
+  'not_ready',
+  'rate_limited',
+]);
+
+type EnqueueResult = 'sent' | 'failed' | 'retry';
+
+/** Orders closed per sweep transaction. */
+const SWEEP_BATCH = 200;
+
+/** Reads a machine's merchant id from the handshake: `x-merchant-id` header, else auth, else query. */
+export function readMerchantId(handshake: Socket['handshake']): string | undefined {
+  const first = (v: unknown) => (Array.isArray(v) ? v[0] : v);
+  const candidates = [
+    first(handshake.headers['x-merchant-id']),
+    (handshake.auth as Record<string, unknown> | undefined)?.merchantId,
+    first(handshake.query?.merchantId),
+  ];
+  for (const c of candidates) {
+    if (c === undefined || c === null || c === '') continue;
+    if (typeof c !== 'string' || !TOPIC_SAFE_ID_RE.test(c)) throw new HeraldError('invalid_merchant_id');
+    return c;
+  }
+  return undefined;
+}
+
+/** The payload merchant servers receive for a transition (through the webhook engine). */
+export function webhookPayload(t: Transition): Record<string, unknown> {
+  return {
+    type: 'payment.status',
+    appId: t.appId,
+    orderId: t.orderId,
+    merchantId: t.merchantId,
+    status: t.to,
+    previous: t.from,
+    amount: t.amount,
+    currency: t.currency,
+    ...(t.to === 'refunded' ? { refundedAmount: t.refundedAmount } : {}),
+    reason: t.reason,
+    deviceId: t.deviceId,
+    eventId: t.eventId,
+    occurredAt: t.occurredAt.toISOString(),
+    ts: t.at,
+  };
+}
+
+/** The `data` of the dataUpdate apps and machines receive for a transition. */
+export function realtimePayload(t: Transition): Record<string, unknown> {
+  const spoken = t.to === 'refunded' ? (t.refundedAmount ?? t.amount) : t.amount;
+  return {
+    type: 'payment',
+    status: t.to,
+    previous: t.from,
+    orderId: t.orderId,
+    merchantId: t.merchantId,
+    deviceId: t.deviceId,
+    amount: t.amount,
+    currency: t.currency,
+    ...(t.to === 'refunded' ? { refundedAmount: t.refundedAmount } : {}),
+    announcement: announcement(t.to, spoken, t.currency, t.reason),
+    reason: t.reason,
+    version: t.version,
+    eventId: t.eventId,
+    occurredAt: t.occurredAt.toISOString(),
+    ts: t.at,
+  };
+}
+
+/** One node's payment tracking. Create it, register its routes, `start()` it; `stop()` before the store closes. */
+export class Payments {
+  readonly intake: PaymentIntake;
+  readonly presence: MachinePresence;
+  private readonly deps: PaymentsDeps;
+  private readonly log: Logger;
+  private readonly eventsTotal: Counter<'outcome'>;
+  private readonly batchSeconds: Histogram;
+  private readonly webhooksTotal: Counter<'result'>;
+  private timer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
+  private lastPresenceTick = 0;
+  private readonly inflight = new Set<Promise<unknown>>();
+  private readonly markQueue: { appId: string; eventId: string; status: 'sent' | 'failed' }[] = [];
+  private marking: Promise<void> | undefined;
+  private stopped = false;
+  private warnedNoNotifier = false;
+
+  constructor(deps: PaymentsDeps) {
+    this.deps = deps;
+    const { config, store, metrics } = deps;
+    this.log = deps.logger.child({ part: 'payments' });
+    const registers = [metrics.registry];
+    this.eventsTotal = new Counter({
+      name: 'herald_payment_events_total',
+      help: 'Payment events answered, by outcome (transition, stale, duplicate, invalid).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.batchSeconds = new Histogram({
+      name: 'herald_payment_store_seconds',
+      help: 'Duration of the transactions that store payment events.',
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    });
+    this.webhooksTotal = new Counter({
+      name: 'herald_payment_webhooks_total',
+      help: 'Merchant notifications handed to the webhook engine, by result (enqueued, duplicate, failed, refused).',
+      labelNames: ['result'],
+      registers,
+    });
+    this.intake = new PaymentIntake({
+      store,
+      logger: this.log,
+      defaultCurrency: config.paymentCurrency,
+      batchMax: config.paymentBatchMax,
+      lanes: store.kind === 'postgres' ? 4 : 1,
+      onCommitted: (transitions) => this.committed(transitions),
+      onOutcome: (outcome) => this.eventsTotal.inc({ outcome }),
+      onBatch: (_n, seconds) => this.batchSeconds.observe(seconds),
+    });
+    this.presence = new MachinePresence({
+      store,
+      logger: this.log,
+      intervalMs: config.machinePresenceInterval,
+      publish: (change) => this.publishPresence(change),
+    });
+    this.attach();
+  }
+
+  /** Whether merchant servers are notified (a webhook engine was given). */
+  get notifiesMerchants(): boolean {
+    return this.deps.notifier !== undefined;
+  }
+
+  /** Validates and stores one event, from any source; resolves after it is stored. */
+  async report(raw: unknown, source: EventSource, pathPrefix = ''): Promise<ReportResult> {
+    const event = parseEvent(raw, this.deps.config.paymentCurrency, pathPrefix);
+    return this.intake.submit(event, source);
+  }
+
+  private attach(): void {
+    const { gateway } = this.deps;
+    gateway.handle('payment:report', async ({ conn, socket }, args) => {
+      const raw = args[0];
+      if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+        throw new HeraldError('invalid_event', 'payment:report takes one payment event object.');
+      }
+      const ev: Record<string, unknown> = { ...(raw as Record<string, unknown>) };
+      const mismatch = (field: string, expected: string) =>
+        new HeraldError(
+          'invalid_event',
+          `${field} must be ${JSON.stringify(expected)}, as at the handshake.`,
+          [{ path: `/${field}`, message: 'does not match the connection' }],
+        );
+      if (ev.appId === undefined) ev.appId = conn.appId;
+      else if (ev.appId !== conn.appId) throw mismatch('appId', conn.appId);
+      if (conn.deviceId !== undefined) {
+        if (ev.deviceId === undefined) ev.deviceId = conn.deviceId;
+        else if (ev.deviceId !== conn.deviceId) throw mismatch('deviceId', conn.deviceId);
+      }
+      const merchantId = socket.data.merchantId as string | undefined;
+      if (merchantId !== undefined) {
+        if (ev.merchantId === undefined) ev.merchantId = merchantId;
+        else if (ev.merchantId !== merchantId) throw mismatch('merchantId', merchantId);
+      }
+      return { ...(await this.report(ev, 'socket')) };
+    });
+    gateway.handle('machine:heartbeat', async () => ({ ts: Date.now() }));
+    // Child namespaces (one per app) are created on demand; watch each for machines.
+    gateway.io.on('new_namespace', (nsp: Namespace) => {
+      nsp.on('connection', (socket: Socket) => this.onSocket(socket));
+    });
+  }
+
+  private onSocket(socket: Socket): void {
+    const identity = socket.data.identity as ClientIdentity | undefined;
+    const deviceId = identity?.deviceId;
+    if (deviceId === undefined) return;
+    let merchantId: string | undefined;
+    try {
+      merchantId = readMerchantId(socket.handshake);
+      // Apps mode: a token that names a merchant decides; a different claim at the handshake is refused.
+      if (identity?.merchantId !== undefined) {
+        if (merchantId !== undefined && merchantId !== identity.merchantId) {
+          throw new HeraldError('invalid_token', 'The merchantId does not match the one in the token.');
+        }
+        merchantId = identity.merchantId;
+      }
+    } catch (err) {
+      const body = (err as HeraldError).toBody();
+      socket.emit('error', { ...body, event: 'connect' });
+      return;
+    }
+    if (merchantId === undefined) return;
+    const appId = socket.nsp.name.slice(1);
+    socket.data.merchantId = merchantId;
+    this.presence.connected(appId, deviceId, merchantId, socket.id);
+    socket.on('disconnect', () => this.presence.disconnected(appId, deviceId, socket.id));
+  }
+
+  /** Starts the periodic sweep (timeouts, pending merchant notifications, presence). */
+  async start(): Promise<void> {
+    this.serveRemoteCommands();
+    if (this.deps.store.kind === 'embedded') {
+      await this.presence.resetAfterRestart().catch((err: unknown) => {
+        this.log.warn({ err }, 'could not reset machine presence after a restart');
+      });
+    }
+    if (!this.deps.notifier) {
+      this.log.info('no webhook engine: merchant servers (notifyUrl) are not notified by this node');
+    }
+    this.timer = setInterval(() => {
+      if (this.sweeping) return;
+      this.sweeping = this.sweep().then(
+        () => {
+          this.sweeping = undefined;
+        },
+        () => {
+          this.sweeping = undefined;
+        },
+      );
+    }, this.deps.config.paymentSweepInterval);
+    this.timer.unref();
+  }
+
+  /** One pass of the sweep; public for tests and tools. */
+  async sweep(): Promise<{ closed: number; webhooks: number }> {
+    let closed = 0;
+    let webhooks = 0;
+    try {
+      closed = await this.closeTimedOut();
+    } catch (err) {
+      this.log.error({ err }, 'timeout sweep failed');
+    }
+    try {
+      webhooks = await this.retryWebhooks();
+    } catch (err) {
+      this.log.error({ err }, 'merchant notification retry failed');
+    }
+    if (Date.now() - this.lastPresenceTick >= this.deps.config.machinePresenceInterval) {
+      this.lastPresenceTick = Date.now();
+      await this.presence.tick().catch((err: unknown) => this.log.warn({ err }, 'presence refresh failed'));
+    }
+    return { closed, webhooks };
+  }
+
+  /** Closes orders that stayed `created`/`paying` longer than PAYMENT_TIMEOUT; returns how many. */
+  private async closeTimedOut(): Promise<number> {
+    const { store, config } = this.deps;
+    let total = 0;
+    for (let round = 0; round < 50 && !this.stopped; round++) {
+      const now = new Date();
+      let known = new Set<string>();
+      let renamed = false;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const { transitions, claimed } = await store.transaction(async (tx) => {
+            const orders = await claimTimedOut(tx, config.paymentTimeout, SWEEP_BATCH);
+            if (orders.size === 0) return { transitions: [] as Transition[], claimed: 0 };
+            const items = [...orders.values()].map((o) => {
+              const event = timeoutEvent(o, now);
+              // An event id a reporter happened to use already: make this one unique.
+              if (renamed && known.has(eventKey(o.appId, event.eventId))) event.eventId += `:${randomUUID()}`;
+              return { event, source: 'timeout' as const };
+            });
+            const r = await applyEvents(tx, orders, items, {
+              defaultCurrency: config.paymentCurrency,
+              knownDuplicates: new Set(),
+            });
+            return { transitions: r.transitions, claimed: orders.size };
+          });
+          if (claimed === 0) return total;
+          const at = Date.now();
+          for (const t of transitions) t.at = at;
+          total += transitions.length;
+          this.eventsTotal.inc({ outcome: 'transition' }, transitions.length);
+          this.committed(transitions);
+          if (claimed < SWEEP_BATCH) return total;
+          break;
+        } catch (err) {
+          if (err instanceof DuplicateConflict && attempt < 3) {
+            known = new Set([...known, ...err.keys]);
+            renamed = true;
+            continue;
+          }
+          throw err;
+        }
+      }
+    }
+    return total;
+  }
+
+  /** Hands again to the webhook engine the merchant notifications that did not reach it. */
+  private async retryWebhooks(): Promise<number> {
+    const { notifier, store, config } = this.deps;
+    if (!notifier) return 0;
+    // Old enough that the hand-over right after the commit has surely finished (or failed).
+    const minAge = Math.max(2000, 5 * config.paymentSweepInterval);
+    const list = await pendingWebhooks(store, minAge, 500, config.paymentCurrency);
+    if (list.length === 0) return 0;
+    this.log.info(
+      { count: list.length },
+      'handing pending merchant notifications to the webhook engine again',
+    );
+    const done = await Promise.all(list.map((t) => this.enqueueWebhook(t)));
+    await markWebhooks(
+      store,
+      list.filter((_, i) => done[i] === 'sent'),
+      'sent',
+    );
+    await markWebhooks(
+      store,
+      list.filter((_, i) => done[i] === 'failed'),
+      'failed',
+    );
+    return done.filter((d) => d === 'sent').length;
+  }
+
+  /** After a commit: realtime notifications, then merchant notifications. */
+  private committed(transitions: Transition[]): void {
+    for (const t of transitions) {
+      const data = realtimePayload(t);
+      this.deps.notify
+        .publish({
+          appId: t.appId,
+          users: [t.merchantId],
+          devices: t.deviceId !== null ? [t.deviceId] : undefined,
+          eventTopics: [`order:${t.orderId}:status`],
+          data,
+          // Delivery receipts: GET /notify/:id tells whether the merchant's app heard the announcement.
+          ack: true,
+        })
+        .catch((err: unknown) =>
+          this.log.error({ err, appId: t.appId, orderId: t.orderId }, 'payment notification failed'),
+        );
+      if (t.notifyUrl !== null) this.webhook(t);
+    }
+  }
+
+  private webhook(t: Transition): void {
+    if (!this.deps.notifier) {
+      if (!this.warnedNoNotifier) {
+        this.warnedNoNotifier = true;
+        this.log.warn(
+          { orderId: t.orderId },
+          'an order has a notifyUrl but no webhook engine is wired; its notifications stay pending',
+        );
+      }
+      return;
+    }
+    const p = this.enqueueWebhook(t).then((r) => {
+      if (r !== 'retry') this.mark({ appId: t.appId, eventId: t.eventId }, r);
+    });
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p));
+  }
+
+  /**
+   * Hands a notification to the engine: `sent` when it accepted it (or already had it), `failed` when it
+   * refused it for good, `retry` when the sweep should offer it again.
+   */
+  private async enqueueWebhook(t: Transition): Promise<EnqueueResult> {
+    const notifier = this.deps.notifier;
+    if (!notifier || t.notifyUrl === null) return 'retry';
+    try {
+      const r = await notifier.enqueue({
+        orderNo: t.orderId,
+        notifyUrl: t.notifyUrl,
+        payload: webhookPayload(t),
+        merchantId: t.merchantId,
+        eventType: `payment.${t.to}`,
+        // Scoped by app: two apps may use the same order ids.
+        idempotencyKey: `${t.appId}:${t.orderId}:${t.to}`,
+      });
+      this.webhooksTotal.inc({ result: r.duplicate ? 'duplicate' : 'enqueued' });
+      return 'sent';
+    } catch (err) {
+      const final = isHeraldError(err) && !TRANSIENT_CODES.has(err.code);
+      this.webhooksTotal.inc({ result: final ? 'refused' : 'failed' });
+      if (final) {
+        this.log.error(
+          { err, appId: t.appId, orderId: t.orderId, state: t.to, notifyUrl: t.notifyUrl },
+          'the webhook engine refused a merchant notification; it will not be sent',
+        );
+        return 'failed';
+      }
+      this.log.warn(
+        { err, appId: t.appId, orderId: t.orderId, state: t.to },
+        'the webhook engine could not take a merchant notification; the sweep will offer it again',
+      );
+      return 'retry';
+    }
+  }
+
+  private mark(e: { appId: string; eventId: string }, status: 'sent' | 'failed'): void {
+    this.markQueue.push({ ...e, status });
+    if (this.marking) return;
+    this.marking = (async () => {
+      await new Promise((r) => setImmediate(r));
+      while (this.markQueue.length > 0) {
+        const list = this.markQueue.splice(0, 1000);
+        for (const status of ['sent', 'failed'] as const) {
+          await markWebhooks(
+            this.deps.store,
+            list.filter((x) => x.status === status),
+            status,
+          ).catch((err: unknown) =>
+            // Left pending: the sweep offers them again and the engine answers duplicate.
+            this.log.warn({ err }, 'could not record merchant notifications as handed over'),
+          );
+        }
+      }
+      this.marking = undefined;
+    })();
+  }
+
+  private publishPresence(change: MachinePresenceInfo): void {
+    this.deps.notify
+      .publish({
+        appId: change.appId,
+        eventTopics: [`devices:${change.merchantId}`],
+        data: {
+          type: 'device',
+          deviceId: change.deviceId,
+          merchantId: change.merchantId,
+          online: change.online,
+          lastSeenAt: change.lastSeenAt,
+        },
+      })
+      .catch((err: unknown) => this.log.warn({ err }, 'presence notification failed'));
+  }
+
+  /**
+   * Sends a command to a machine, on this node or (cluster mode) on whichever node it is connected to,
+   * and resolves with its answer. Throws `device_offline` when it is connected nowhere,
+   * `command_timeout` when it does not answer in time.
+   */
+  async command(
+    appId: string,
+    deviceId: string,
+    command: string,
+    args: unknown,
+    timeoutMs = this.deps.config.commandTimeout,
+  ): Promise<{ id: string; deviceId: string; reply: unknown }> {
+    try {
+      return await this.commandLocal(appId, deviceId, command, args, timeoutMs);
+    } catch (err) {
+      const remote = this.deps.remote;
+      if (!remote || !isHeraldError(err) || err.code !== 'device_offline') throw err;
+      try {
+        const payload: RemoteCommand = { deviceId, command, args, timeoutMs };
+        return (await remote.call(appId, 'payments.command', payload, timeoutMs + 2000)) as {
+          id: string;
+          deviceId: string;
+          reply: unknown;
+        };
+      } catch (remoteErr) {
+        const e = remoteErr as Error & { code?: string };
+        if (e.code === 'command_timeout' || e.code === 'timeout')
+          throw new HeraldError('command_timeout', e.message);
+        if (e.code === 'not_here' || e.code === 'not_found' || e.code === 'device_offline') {
+          throw new HeraldError(
+            'device_offline',
+            `Device ${deviceId} of app ${appId} is not connected to any node.`,
+          );
+        }
+        throw new HeraldError('internal_error', e.message);
+      }
+    }
+  }
+
+  /** Answers commands forwarded by other nodes for machines connected here. */
+  private serveRemoteCommands(): void {
+    this.deps.remote?.onCall('payments.command', async (appId, payload) => {
+      const p = payload as RemoteCommand;
+      try {
+        return await this.commandLocal(appId, p.deviceId, p.command, p.args, p.timeoutMs);
+      } catch (err) {
+        if (isHeraldError(err) && err.code === 'device_offline') {
+          throw Object.assign(new Error(err.message), { code: 'not_here' });
+        }
+        throw err;
+      }
+    });
+  }
+
+  /** A command to a machine connected to this node. */
+  private async commandLocal(
+    appId: string,
+    deviceId: string,
+    command: string,
+    args: unknown,
+    timeoutMs = this.deps.config.commandTimeout,
+  ): Promise<{ id: string; deviceId: string; reply: unknown }> {
+    const conns = this.deps.router
+      .connsOfDevice(appId, deviceId)
+      .filter((c): c is SocketConn => c instanceof SocketConn && c.socket.connected);
+    const target =
+      [...conns].reverse().find((c) => this.presence.isMachineSocket(appId, deviceId, c.id)) ?? conns.at(-1);
+    if (!target) {
+      throw new HeraldError(
+        'device_offline',
+        `Device ${deviceId} of app ${appId} is not connected to this node.`,
+      );
+    }
+    const id = randomUUID();
+    const socket = target.socket;
+    const reply = await new Promise<unknown>((resolve, reject) => {
+      let settled = false;
+      const onDisconnect = () =>
+        settle(() =>
+          reject(
+            new HeraldError(
+              'command_timeout',
+              `Device ${deviceId} disconnected before answering command ${id}; it may or may not have run it.`,
+            ),
+          ),
+        );
+      const settle = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        socket.off('disconnect', onDisconnect);
+        fn();
+      };
+      socket.on('disconnect', onDisconnect);
+      socket
+        .timeout(timeoutMs)
+        .emit('command', { id, command, args: args ?? null }, (err: Error | null, answer: unknown) =>
+          settle(() =>
+            err
+              ? reject(
+                  new HeraldError(
+                    'command_timeout',
+                    `Device ${deviceId} did not answer command ${id} within ${timeoutMs} ms; it may or may not have run it.`,
+                  ),
+                )
+              : resolve(answer),
+          ),
+        );
+    });
+    this.log.info({ appId, deviceId, commandId: id, command }, 'command answered');
+    return { id, deviceId, reply: reply ?? null };
+  }
+
+  // ---- queries ----
+
+  /** The order with its history; without appId, the id must be unique across apps. */
+  async order(orderId: string, appId?: string): Promise<(Order & { events: HistoryEntry[] }) | undefined> {
+    const found = await findOrders(this.deps.store, orderId, appId);
+    if (found.length === 0) return undefined;
+    if (found.length > 1) {
+      throw new HeraldError(
+        'validation_failed',
+        `Order ${orderId} exists in several apps (${found.map((o) => o.appId).join(', ')}); pass appId.`,
+        [{ path: '/appId', message: 'Required: the order id is not unique across apps' }],
+      );
+    }
+    const order = found[0] as Order;
+    return { ...order, events: await orderHistory(this.deps.store, order.appId, orderId) };
+  }
+
+  orders(f: OrderFilter, page: number, limit: number): Promise<{ orders: Order[]; total: number }> {
+    return listOrders(this.deps.store, f, page, limit);
+  }
+
+  stats(f: Omit<OrderFilter, 'state'>, minutes: number): Promise<Stats> {
+    return stats(this.deps.store, f, minutes);
+  }
+
+  devices(
+    f: { appId?: string | undefined; merchantId?: string | undefined; online?: boolean | undefined },
+    page: number,
+    limit: number,
+  ): Promise<{ devices: MachinePresenceInfo[]; total: number }> {
+    return this.presence.list(this.deps.store, f, page, limit);
+  }
+
+  /**
+   * Stops the sweep, answers every queued event, waits for merchant notifications in flight, and
+   * marks this node's machines offline. Call before the store closes. Idempotent.
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.sweeping;
+    await this.intake.close();
+    await Promise.allSettled([...this.inflight]);
+    while (this.marking) await this.marking;
+    await this.presence.close();
+  }
+}

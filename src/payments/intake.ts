@@ -1,0 +1,187 @@
+import { HeraldError, isHeraldError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { SqlError, type Store } from '../store/index.js';
+import {
+  applyEvents,
+  DuplicateConflict,
+  type Item,
+  type ItemOutcome,
+  lockOrders,
+  OrderConflict,
+  orderKey,
+} from './ledger.js';
+import type { EventSource, PaymentEvent, ReportResult, Transition } from './types.js';
+
+export interface IntakeOptions {
+  store: Store;
+  logger: Logger;
+  defaultCurrency: string;
+  /** Most events stored in one transaction. */
+  batchMax: number;
+  /**
+   * Batches in flight at once. Events of one order always go to the same lane, so one node applies
+   * them in arrival order; several lanes only help a store with several connections (PostgreSQL).
+   */
+  lanes: number;
+  /** Called after each commit, before the reporters are answered, with the transitions to notify. */
+  onCommitted: (transitions: Transition[]) => void;
+  /** Called once per stored event with its outcome, for metrics. */
+  onOutcome?: (outcome: 'transition' | 'stale' | 'duplicate' | 'invalid') => void;
+  /** Called after each transaction with the number of events and its duration in seconds. */
+  onBatch?: (events: number, seconds: number) => void;
+}
+
+interface Pending extends Item {
+  resolve: (r: ReportResult) => void;
+  reject: (e: HeraldError) => void;
+}
+
+/** SQLSTATEs worth running the transaction again for: serialization failure, deadlock. */
+const RETRY_SQLSTATES = new Set(['40001', '40P01']);
+const MAX_ATTEMPTS = 8;
+
+function storeError(err: unknown): HeraldError {
+  if (isHeraldError(err)) return err;
+  const code = err instanceof SqlError ? err.code : undefined;
+  if (code === undefined || code.startsWith('08') || code.startsWith('57P') || code === '53300') {
+    return new HeraldError('store_unavailable');
+  }
+  return new HeraldError('internal_error');
+}
+
+function hash(text: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+
+/**
+ * The one pipeline for payment events, whatever their source. Events wait in a queue while a
+ * transaction is running and are stored together in the next one (group commit): under load one
+ * transaction stores hundreds of events with a handful of statements, and a lone event is stored
+ * at once. A reporter is answered only after the transaction that stored its event has committed.
+ */
+export class PaymentIntake {
+  private readonly lanes: Lane[];
+  private closed = false;
+
+  constructor(private readonly opts: IntakeOptions) {
+    this.lanes = Array.from({ length: Math.max(1, opts.lanes) }, () => new Lane(this));
+  }
+
+  /** Stores one validated event; resolves with its result or rejects with a HeraldError. */
+  submit(event: PaymentEvent, source: EventSource): Promise<ReportResult> {
+    if (this.closed) return Promise.reject(new HeraldError('shutting_down'));
+    const lane = this.lanes[hash(orderKey(event.appId, event.orderId)) % this.lanes.length] as Lane;
+    return new Promise((resolve, reject) => lane.push({ event, source, resolve, reject }));
+  }
+
+  /** Refuses new events and resolves when every queued one has been answered. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.lanes.map((l) => l.idle()));
+  }
+
+  /** Stores a batch, retrying on conflicts; answers every item. */
+  async process(batch: Pending[]): Promise<void> {
+    const { store, logger } = this.opts;
+    let known = new Set<string>();
+    for (let attempt = 1; ; attempt++) {
+      const started = performance.now();
+      let outcomes: ItemOutcome[];
+      let transitions: Transition[];
+      try {
+        ({ outcomes, transitions } = await store.transaction(async (tx) => {
+          const orders = await lockOrders(
+            tx,
+            batch.map((p) => p.event),
+          );
+          return applyEvents(tx, orders, batch, {
+            defaultCurrency: this.opts.defaultCurrency,
+            knownDuplicates: known,
+          });
+        }));
+      } catch (err) {
+        if (err instanceof DuplicateConflict && attempt < MAX_ATTEMPTS) {
+          known = new Set([...known, ...err.keys]);
+          continue;
+        }
+        const retryable =
+          err instanceof OrderConflict ||
+          (err instanceof SqlError && err.code !== undefined && RETRY_SQLSTATES.has(err.code));
+        if (retryable && attempt < MAX_ATTEMPTS) {
+          await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
+          continue;
+        }
+        if (batch.length > 1 && !(err instanceof SqlError && err.code === undefined)) {
+          // One event may be what the store refuses: store the others one by one.
+          logger.warn({ err, events: batch.length }, 'payment batch failed; storing its events one by one');
+          for (const p of batch) await this.process([p]);
+          return;
+        }
+        logger.error(
+          { err, eventIds: batch.map((p) => p.event.eventId) },
+          'payment events could not be stored',
+        );
+        const he = storeError(err);
+        for (const p of batch) p.reject(he);
+        return;
+      }
+      this.opts.onBatch?.(batch.length, (performance.now() - started) / 1000);
+      const at = Date.now();
+      for (const t of transitions) t.at = at;
+      try {
+        this.opts.onCommitted(transitions);
+      } catch (err) {
+        logger.error({ err }, 'payment notifications failed');
+      }
+      outcomes.forEach((o, i) => {
+        const p = batch[i] as Pending;
+        if (o.ok) {
+          this.opts.onOutcome?.(o.result.duplicate ? 'duplicate' : o.result.stale ? 'stale' : 'transition');
+          p.resolve(o.result);
+        } else {
+          this.opts.onOutcome?.('invalid');
+          p.reject(o.error);
+        }
+      });
+      return;
+    }
+  }
+
+  get batchMax(): number {
+    return this.opts.batchMax;
+  }
+}
+
+/** A FIFO of events stored by one transaction at a time. */
+class Lane {
+  private readonly queue: Pending[] = [];
+  private running: Promise<void> | undefined;
+
+  constructor(private readonly intake: PaymentIntake) {}
+
+  push(p: Pending): void {
+    this.queue.push(p);
+    if (!this.running) this.running = this.run();
+  }
+
+  private async run(): Promise<void> {
+    // Let the events that arrive in the same turn of the event loop join the first batch.
+    await new Promise((r) => setImmediate(r));
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, this.intake.batchMax);
+      try {
+        await this.intake.process(batch);
+      } catch {
+        // process() answers every item itself; this only guards the lane against a bug there.
+        for (const p of batch) p.reject(new HeraldError('internal_error'));
+      }
+    }
+    this.running = undefined;
+  }
+
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+}

@@ -1,0 +1,256 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '../logger.js';
+import type { Queryable, Store } from '../store/index.js';
+
+/** A machine's presence as published to `devices:<merchantId>` and listed by GET /devices. */
+export interface MachinePresenceInfo {
+  appId: string;
+  deviceId: string;
+  merchantId: string;
+  online: boolean;
+  lastSeenAt: string;
+  connectedAt: string | null;
+  disconnectedAt: string | null;
+}
+
+export interface PresenceOptions {
+  store: Store;
+  logger: Logger;
+  /** How often this node confirms its machines in the store; unconfirmed for 3 intervals is offline. */
+  intervalMs: number;
+  /** Publishes an online/offline change. */
+  publish: (change: MachinePresenceInfo) => void;
+}
+
+interface LocalMachine {
+  appId: string;
+  deviceId: string;
+  merchantId: string;
+  /** Socket ids of this machine on this node. */
+  sockets: Set<string>;
+}
+
+interface Change {
+  appId: string;
+  deviceId: string;
+  merchantId: string;
+  online: boolean;
+}
+
+interface MachineRow {
+  app_id: string;
+  device_id: string;
+  merchant_id: string;
+  online: boolean;
+  last_seen_at: Date;
+  connected_at: Date | null;
+  disconnected_at: Date | null;
+}
+
+const iso = (d: Date | null): string | null => (d === null ? null : new Date(d).toISOString());
+
+function toInfo(r: MachineRow): MachinePresenceInfo {
+  return {
+    appId: r.app_id,
+    deviceId: r.device_id,
+    merchantId: r.merchant_id,
+    online: r.online,
+    lastSeenAt: new Date(r.last_seen_at).toISOString(),
+    connectedAt: iso(r.connected_at),
+    disconnectedAt: iso(r.disconnected_at),
+  };
+}
+
+const key = (appId: string, deviceId: string) => `${appId}\u0000${deviceId}`;
+
+/**
+ * Machine presence: which machines (sockets with a deviceId and a merchantId) are connected, kept in
+ * the store so that every node (and GET /devices) sees all of them. Each row names the node that holds
+ * the machine; that node refreshes `last_seen_at` every interval, so the machines of a node that died
+ * turn offline after 3 intervals. Changes are written in batches and published after they are stored;
+ * an offline change is published only by the node that still held the machine (not after it moved).
+ */
+export class MachinePresence {
+  readonly nodeId = randomUUID();
+  private readonly local = new Map<string, LocalMachine>();
+  private readonly dirty = new Map<string, Change>();
+  private flushing: Promise<void> | undefined;
+
+  constructor(private readonly opts: PresenceOptions) {}
+
+  /** Milliseconds without confirmation after which a machine is offline. */
+  get staleMs(): number {
+    return this.opts.intervalMs * 3;
+  }
+
+  /** Whether a socket is a machine's. */
+  isMachineSocket(appId: string, deviceId: string, socketId: string): boolean {
+    return this.local.get(key(appId, deviceId))?.sockets.has(socketId) ?? false;
+  }
+
+  connected(appId: string, deviceId: string, merchantId: string, socketId: string): void {
+    const k = key(appId, deviceId);
+    let m = this.local.get(k);
+    if (!m || m.merchantId !== merchantId) {
+      m = { appId, deviceId, merchantId, sockets: new Set(m?.sockets ?? []) };
+      this.local.set(k, m);
+      this.dirty.set(k, { appId, deviceId, merchantId, online: true });
+    }
+    m.sockets.add(socketId);
+    this.schedule();
+  }
+
+  disconnected(appId: string, deviceId: string, socketId: string): void {
+    const k = key(appId, deviceId);
+    const m = this.local.get(k);
+    if (!m?.sockets.delete(socketId) || m.sockets.size > 0) return;
+    this.local.delete(k);
+    this.dirty.set(k, { appId, deviceId, merchantId: m.merchantId, online: false });
+    this.schedule();
+  }
+
+  /** Machines connected to this node. */
+  localCount(): number {
+    return this.local.size;
+  }
+
+  private schedule(): void {
+    if (this.flushing) return;
+    this.flushing = (async () => {
+      await new Promise((r) => setImmediate(r));
+      try {
+        while (this.dirty.size > 0) await this.flushOnce();
+      } catch (err) {
+        this.opts.logger.warn({ err }, 'machine presence could not be stored; retrying at the next sweep');
+      } finally {
+        this.flushing = undefined;
+      }
+    })();
+  }
+
+  /** Writes pending changes now (also called by the sweep to retry after a store error). */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.dirty.size > 0) this.schedule();
+    while (this.flushing) await this.flushing;
+  }
+
+  private async flushOnce(): Promise<void> {
+    const changes = [...this.dirty.entries()];
+    this.dirty.clear();
+    const online = changes.filter(([, c]) => c.online).map(([, c]) => c);
+    const offline = changes.filter(([, c]) => !c.online).map(([, c]) => c);
+    const { store, publish } = this.opts;
+    let published: MachinePresenceInfo[] = [];
+    try {
+      if (online.length > 0) {
+        const { rows } = await store.query<MachineRow>(
+          `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, node_id, connected_at, last_seen_at)
+           SELECT a, d, m, true, $4, now(), now() FROM unnest($1::text[], $2::text[], $3::text[]) AS u(a, d, m)
+           ON CONFLICT (app_id, device_id) DO UPDATE SET merchant_id = excluded.merchant_id, online = true,
+             node_id = excluded.node_id, connected_at = excluded.connected_at, last_seen_at = excluded.last_seen_at
+           RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
+          [
+            online.map((c) => c.appId),
+            online.map((c) => c.deviceId),
+            online.map((c) => c.merchantId),
+            this.nodeId,
+          ],
+        );
+        published = published.concat(rows.map(toInfo));
+      }
+      if (offline.length > 0) {
+        const { rows } = await store.query<MachineRow>(
+          `UPDATE payment_machines SET online = false, disconnected_at = now(), last_seen_at = now()
+           WHERE (app_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             AND node_id = $3 AND online
+           RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
+          [offline.map((c) => c.appId), offline.map((c) => c.deviceId), this.nodeId],
+        );
+        published = published.concat(rows.map(toInfo));
+      }
+    } catch (err) {
+      // Put back what is still the latest wish, so the next flush writes it.
+      for (const [k, c] of changes) if (!this.dirty.has(k)) this.dirty.set(k, c);
+      throw err;
+    }
+    for (const p of published) publish(p);
+  }
+
+  /** Confirms this node's machines, and turns offline those of nodes that stopped confirming theirs. */
+  async tick(): Promise<void> {
+    const { store, publish } = this.opts;
+    if (this.dirty.size > 0) await this.flush();
+    await store.query(`UPDATE payment_machines SET last_seen_at = now() WHERE node_id = $1 AND online`, [
+      this.nodeId,
+    ]);
+    const { rows } = await store.query<MachineRow>(
+      `UPDATE payment_machines SET online = false, disconnected_at = last_seen_at
+       WHERE online AND node_id IS DISTINCT FROM $1 AND last_seen_at < now() - $2::float8 * interval '1 millisecond'
+       RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
+      [this.nodeId, this.staleMs],
+    );
+    for (const r of rows) publish(toInfo(r));
+  }
+
+  /**
+   * At start-up on the embedded store (one process per data folder), machines still marked online
+   * were held by this process's previous life: they are offline until they reconnect.
+   */
+  async resetAfterRestart(): Promise<void> {
+    const { rows } = await this.opts.store.query<MachineRow>(
+      `UPDATE payment_machines SET online = false, disconnected_at = last_seen_at WHERE online
+       RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
+    );
+    for (const r of rows) this.opts.publish(toInfo(r));
+  }
+
+  /** Marks this node's machines offline (graceful shutdown) and waits for the store. */
+  async close(): Promise<void> {
+    for (const [k, m] of this.local) {
+      this.dirty.set(k, { appId: m.appId, deviceId: m.deviceId, merchantId: m.merchantId, online: false });
+    }
+    this.local.clear();
+    try {
+      await this.flush();
+    } catch (err) {
+      this.opts.logger.warn({ err }, 'machine presence could not be stored at shutdown');
+    }
+  }
+
+  /** Lists machines; `online` is false for machines whose node stopped confirming them. */
+  async list(
+    q: Queryable,
+    f: { appId?: string | undefined; merchantId?: string | undefined; online?: boolean | undefined },
+    page: number,
+    limit: number,
+  ): Promise<{ devices: MachinePresenceInfo[]; total: number }> {
+    const params: unknown[] = [this.staleMs];
+    const parts: string[] = [];
+    // Both statements start with the same CTE, so that they take the same parameters.
+    const cte = `WITH cfg AS (SELECT now() - $1::float8 * interval '1 millisecond' AS cutoff)`;
+    const onlineExpr = '(m.online AND m.last_seen_at > cfg.cutoff)';
+    if (f.appId !== undefined) {
+      params.push(f.appId);
+      parts.push(`m.app_id = $${params.length}`);
+    }
+    if (f.merchantId !== undefined) {
+      params.push(f.merchantId);
+      parts.push(`m.merchant_id = $${params.length}`);
+    }
+    if (f.online !== undefined) parts.push(f.online ? onlineExpr : `NOT ${onlineExpr}`);
+    const w = parts.length > 0 ? `WHERE ${parts.join(' AND ')}` : '';
+    const total = await q.query<{ n: number }>(
+      `${cte} SELECT count(*)::int AS n FROM payment_machines m CROSS JOIN cfg ${w}`,
+      params,
+    );
+    const { rows } = await q.query<MachineRow>(
+      `${cte} SELECT m.app_id, m.device_id, m.merchant_id, ${onlineExpr} AS online, m.last_seen_at,
+         m.connected_at, m.disconnected_at
+       FROM payment_machines m CROSS JOIN cfg ${w} ORDER BY m.app_id, m.merchant_id, m.device_id
+       LIMIT ${limit} OFFSET ${(page - 1) * limit}`,
+      params,
+    );
+    return { devices: rows.map(toInfo), total: Number(total.rows[0]?.n ?? 0) };
+  }
+}

@@ -1,0 +1,969 @@
+import { randomUUID } from 'node:crypto';
+import type { Registry } from 'prom-client';
+import { type Config, ConfigError } from '../config/index.js';
+import { HeraldError, isHeraldError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { Store } from '../store/index.js';
+import { type Alert, Alerter, circuitBreakerAlert, slowMerchantAlert, systemAlert } from './alerts.js';
+import { merchantKeyOf } from './merchant-key.js';
+import { WebhookMetrics } from './metrics.js';
+import {
+  type DeliveryRow,
+  type DeliveryUpdate,
+  type MerchantRow,
+  type MerchantTransition,
+  type MerchantUpdate,
+  WebhookQueue,
+} from './queue.js';
+import { AbortedByShutdown, Sender } from './sender.js';
+import { generateSecret, newMessageId, signatureHeaders } from './signing.js';
+import { literalHostBlocked } from './ssrf.js';
+import type { AttemptResult, ClaimedDelivery, MerchantNotifyInput } from './types.js';
+import { SlidingWindow } from './window.js';
+
+/** Samples a merchant needs in its response-time window before it can be marked slow. */
+export const SLOW_MIN_SAMPLES = 5;
+/** Results written to the store in one statement at most. */
+const FLUSH_BATCH = 500;
+/** Rows claimed in one statement at most. */
+const CLAIM_BATCH = 500;
+/**
+ * A merchant may have this many times its concurrency leased (claimed and buffered on a node), so that a
+ * node sends from its buffer as slots free up instead of waiting for a claim per request.
+ */
+export const PREFETCH = 20;
+/** Breaker upkeep interval while this node knows of no open breaker. */
+const MAINTAIN_IDLE_EVERY = 5000;
+
+export type WebhookConfig = Pick<
+  Config,
+  | 'webhookTimeout'
+  | 'webhookRetryDelays'
+  | 'webhookConcurrency'
+  | 'webhookMerchantConcurrency'
+  | 'webhookSlowConcurrency'
+  | 'webhookSlowThreshold'
+  | 'webhookBreakerThreshold'
+  | 'webhookBreakerOpen'
+  | 'webhookBreakerDelay'
+  | 'webhookRequireSuccessBody'
+  | 'webhookAllowPrivateNetworks'
+  | 'webhookDefaultSecret'
+  | 'webhookLease'
+  | 'webhookPollInterval'
+  | 'webhookLogRetention'
+  | 'webhookDispatch'
+  | 'webhookAlertWindow'
+  | 'webhookAlertInterval'
+  | 'webhookAlertCooldown'
+  | 'webhookAlertQueueLength'
+  | 'webhookAlertSuccessRate'
+  | 'webhookAlertErrorRate'
+  | 'webhookAlertResponseTime'
+  | 'webhookAlertMinSamples'
+  | 'telegramBotToken'
+  | 'telegramChatIds'
+  | 'telegramApiBase'
+  | 'alertWebhookUrl'
+  | 'maxPayloadBytes'
+>;
+
+export interface WebhookEngineOptions {
+  config: WebhookConfig;
+  store: Store;
+  logger: Logger;
+  /** Registers the engine's metrics here (the node's `Metrics.registry`). */
+  registry?: Registry;
+  /** Sent in the User-Agent header. */
+  version?: string;
+}
+
+interface InFlight {
+  controller: AbortController;
+  done: Promise<void>;
+  slow: boolean;
+  timer: NodeJS.Timeout | undefined;
+}
+
+interface Finished {
+  row: ClaimedDelivery;
+  result: AttemptResult;
+  update: DeliveryUpdate;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * The merchant webhook delivery engine: a durable queue in the SQL store, a dispatcher that claims due
+ * webhooks in batches with a lease and sends them concurrently (global and per-merchant limits, smaller
+ * shares for slow merchants, circuit breakers shared through the store), retries on a schedule, an
+ * attempt log, alerts, and retention. Several nodes may run it on one PostgreSQL database.
+ */
+export class WebhookEngine {
+  readonly queue: WebhookQueue;
+  readonly alerter: Alerter;
+  readonly metrics: WebhookMetrics | undefined;
+  readonly nodeId = randomUUID();
+  private readonly config: WebhookConfig;
+  private readonly store: Store;
+  private readonly logger: Logger;
+  private readonly sender: Sender;
+  private readonly window: SlidingWindow;
+  private state: 'idle' | 'running' | 'stopping' | 'stopped' = 'idle';
+  private stopping: Promise<void> | undefined;
+  private loopDone: Promise<void> | undefined;
+  private wakeUp: (() => void) | undefined;
+  private woken = false;
+  private readonly inFlight = new Map<string, InFlight>();
+  /** In-flight requests in the slow lane (slow merchants, or running longer than the slow threshold). */
+  private slowLane = 0;
+  /** Claimed rows waiting for a slot, per merchant, oldest first. */
+  private readonly buffered = new Map<string, { row: ClaimedDelivery; at: number }[]>();
+  private bufferedCount = 0;
+  private readonly merchantInFlight = new Map<string, number>();
+  /** Merchants this node has seen become slow / open since their rows were claimed. */
+  private readonly slowKnown = new Set<string>();
+  /**
+   * Consecutive failures this node saw per merchant since the store last told it the count. At the
+   * breaker threshold the merchant's buffer is held until the store's verdict (open, or not) arrives, so
+   * a breaker takes effect at once instead of one flush later.
+   */
+  private readonly localFailures = new Map<string, number>();
+  /** Merchant key -> when this node learned that its breaker opened. */
+  private readonly openKnown = new Map<string, number>();
+  private results: Finished[] = [];
+  private toRelease: string[] = [];
+  private flushing: Promise<void> | undefined;
+  private initialized: Promise<string> | undefined;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private depthCache: { at: number; value: Promise<Record<string, number>> } | undefined;
+  private merchantCache:
+    | { at: number; value: Promise<{ open: number; halfOpen: number; slow: number }> }
+    | undefined;
+  private readonly slowChecked = new Map<string, number>();
+
+  constructor(opts: WebhookEngineOptions) {
+    const { config } = opts;
+    if (config.webhookLease <= config.webhookTimeout) {
+      throw new ConfigError(
+        'WEBHOOK_LEASE',
+        `must be longer than WEBHOOK_TIMEOUT (${config.webhookTimeout}ms), or live deliveries would be sent twice`,
+      );
+    }
+    this.config = config;
+    this.store = opts.store;
+    this.logger = opts.logger.child({ part: 'webhooks' });
+    this.queue = new WebhookQueue(opts.store, {
+      nodeId: this.nodeId,
+      lease: config.webhookLease,
+      merchantLeases: config.webhookMerchantConcurrency * PREFETCH,
+      slowLeases: Math.min(config.webhookSlowConcurrency, config.webhookMerchantConcurrency),
+      slowThreshold: config.webhookSlowThreshold,
+      slowMinSamples: SLOW_MIN_SAMPLES,
+      breakerThreshold: config.webhookBreakerThreshold,
+      breakerOpen: config.webhookBreakerOpen,
+      breakerDelay: config.webhookBreakerDelay,
+    });
+    this.sender = new Sender({
+      timeout: config.webhookTimeout,
+      allowPrivateNetworks: config.webhookAllowPrivateNetworks,
+      userAgent: `Herald-Webhooks/${opts.version ?? '0'}`,
+      connectionsPerOrigin: config.webhookMerchantConcurrency,
+    });
+    this.window = new SlidingWindow(config.webhookAlertWindow);
+    this.metrics = opts.registry
+      ? new WebhookMetrics(opts.registry, {
+          depth: () => this.cachedDepth(),
+          merchants: () => this.cachedMerchantCounts(),
+          inFlight: () => this.inFlight.size,
+        })
+      : undefined;
+    this.alerter = new Alerter(
+      config,
+      this.logger,
+      (alert, sink, ok) => this.metrics?.alerts.inc({ type: alert.type, sink, result: ok ? 'ok' : 'failed' }),
+      (alert) => this.queue.recordAlert(alert),
+    );
+  }
+
+  /** The merchant key of a notify URL / merchant id (the seed's `merchant_key`). */
+  merchantKey(notifyUrl: string, merchantId?: string | null): string {
+    return merchantKeyOf(notifyUrl, merchantId);
+  }
+
+  /**
+   * Stores a notification durably and returns its id (the `webhook-id` merchants receive). The same
+   * idempotency key (default: orderNo + eventType) returns the first notification's id with
+   * `duplicate: true` and never creates a second delivery. Throws HeraldError: `validation_failed`,
+   * `invalid_notify_url`, `payload_too_large`, or `store_unavailable` when the store fails.
+   */
+  async enqueue(input: MerchantNotifyInput): Promise<{ id: string; duplicate: boolean }> {
+    const orderNo = typeof input.orderNo === 'string' ? input.orderNo.trim() : '';
+    if (orderNo.length === 0 || orderNo.length > 128) {
+      throw new HeraldError('validation_failed', 'orderNo must be a string of 1-128 characters.');
+    }
+    const url = this.checkNotifyUrl(input.notifyUrl);
+    for (const [name, v, max] of [
+      ['merchantId', input.merchantId, 128],
+      ['eventType', input.eventType, 64],
+      ['idempotencyKey', input.idempotencyKey, 256],
+    ] as const) {
+      if (v !== undefined && v !== null && (typeof v !== 'string' || v.length === 0 || v.length > max)) {
+        throw new HeraldError('validation_failed', `${name} must be a string of 1-${max} characters.`);
+      }
+    }
+    if (input.payload === undefined) throw new HeraldError('validation_failed', 'payload is required.');
+    let body: string;
+    try {
+      body = JSON.stringify(input.payload);
+    } catch (err) {
+      throw new HeraldError('validation_failed', `payload cannot be sent as JSON: ${(err as Error).message}`);
+    }
+    if (Buffer.byteLength(body) > this.config.maxPayloadBytes) {
+      throw new HeraldError(
+        'payload_too_large',
+        `payload is larger than MAX_PAYLOAD_BYTES (${this.config.maxPayloadBytes} bytes as JSON).`,
+      );
+    }
+    // null is taken as "not given", for callers that carry optional columns as null.
+    const eventType = input.eventType ?? null;
+    const idempotencyKey = input.idempotencyKey ?? `${orderNo}:${eventType ?? ''}`;
+    const merchantId = input.merchantId ?? null;
+    try {
+      const r = await this.queue.enqueue({
+        id: newMessageId(),
+        idempotencyKey,
+        orderNo,
+        eventType,
+        merchantKey: merchantKeyOf(url.href, merchantId),
+        merchantId,
+        notifyUrl: url.href,
+        body,
+      });
+      this.metrics?.enqueued.inc({ result: r.duplicate ? 'duplicate' : 'new' });
+      if (!r.duplicate) this.wake();
+      return r;
+    } catch (err) {
+      if (isHeraldError(err)) throw err;
+      this.logger.error({ err, orderNo }, 'webhook intake: the store failed');
+      throw new HeraldError('store_unavailable', 'The webhook could not be stored; retry later.');
+    }
+  }
+
+  private checkNotifyUrl(raw: unknown): URL {
+    if (typeof raw !== 'string' || raw.length === 0 || raw.length > 2048) {
+      throw new HeraldError(
+        'invalid_notify_url',
+        'notifyUrl must be an http(s) URL of at most 2048 characters.',
+      );
+    }
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      throw new HeraldError('invalid_notify_url', `notifyUrl ${JSON.stringify(raw)} is not a URL.`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new HeraldError('invalid_notify_url', 'notifyUrl must start with http:// or https://.');
+    }
+    if (!this.config.webhookAllowPrivateNetworks && literalHostBlocked(url)) {
+      throw new HeraldError(
+        'invalid_notify_url',
+        'notifyUrl points to a private or local address; set WEBHOOK_ALLOW_PRIVATE_NETWORKS=true to allow it.',
+      );
+    }
+    return url;
+  }
+
+  /** Starts the dispatcher (unless WEBHOOK_DISPATCH=false), the alert rules and retention. Idempotent. */
+  start(): void {
+    if (this.state !== 'idle') return;
+    this.state = 'running';
+    if (this.config.webhookDispatch) this.loopDone = this.run();
+    const every = (ms: number, fn: () => Promise<void>) => {
+      const t = setInterval(() => {
+        fn().catch((err: unknown) => this.logger.warn({ err }, 'webhook background task failed'));
+      }, ms);
+      t.unref();
+      this.timers.push(t);
+    };
+    every(this.config.webhookAlertInterval, () => this.checkAlerts());
+    const cleanupEvery = Math.max(
+      60_000,
+      Math.min(3_600_000, Math.floor(this.config.webhookLogRetention / 10)),
+    );
+    every(cleanupEvery, async () => {
+      await this.cleanup(this.config.webhookLogRetention);
+    });
+  }
+
+  /**
+   * Stops claiming, lets in-flight deliveries finish (up to the request timeout), gives back the leases of
+   * any that did not, and writes every result. Idempotent; call before the store closes.
+   */
+  stop(): Promise<void> {
+    if (this.stopping) return this.stopping;
+    this.stopping = (async () => {
+      const wasRunning = this.state === 'running';
+      this.state = 'stopping';
+      for (const t of this.timers) clearInterval(t);
+      this.wake();
+      if (wasRunning) {
+        await this.loopDone;
+        this.toRelease.push(...this.unbuffer());
+        const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          all(),
+          new Promise<void>((r) => {
+            timer = setTimeout(r, this.config.webhookTimeout + 500);
+          }),
+        ]);
+        if (timer) clearTimeout(timer);
+        for (const f of this.inFlight.values()) f.controller.abort();
+        await all();
+        await this.flushNow();
+        if (this.toRelease.length > 0) {
+          const ids = this.toRelease.splice(0);
+          await this.queue
+            .release(ids)
+            .catch((err: unknown) =>
+              this.logger.warn(
+                { err, count: ids.length },
+                'could not release leases; they expire by themselves',
+              ),
+            );
+        }
+      }
+      await this.sender.close();
+      await this.alerter.close();
+      this.state = 'stopped';
+    })();
+    return this.stopping;
+  }
+
+  /** The effective default signing secret (configured, or generated once and kept in the store). */
+  defaultSecret(): Promise<string> {
+    if (!this.initialized) {
+      this.initialized = this.queue
+        .defaultSecret(this.config.webhookDefaultSecret, generateSecret())
+        .catch((err) => {
+          this.initialized = undefined;
+          throw err;
+        });
+    }
+    return this.initialized;
+  }
+
+  /** The secret a merchant's webhooks are signed with. */
+  async signingSecret(merchant: MerchantRow | null): Promise<string> {
+    return merchant?.secret ?? (await this.defaultSecret());
+  }
+
+  /** Sends the alert of `type` about one merchant now, bypassing de-duplication (admin action). */
+  sendMerchantAlert(m: MerchantRow, type: 'slow_merchant' | 'circuit_breaker'): Alert {
+    const alert =
+      type === 'slow_merchant'
+        ? slowMerchantAlert({
+            merchantKey: m.merchant_key,
+            notifyUrl: m.notify_url,
+            avgMs: m.avg_ms,
+            thresholdMs: this.config.webhookSlowThreshold,
+          })
+        : circuitBreakerAlert({
+            merchantKey: m.merchant_key,
+            notifyUrl: m.notify_url,
+            failures: m.consecutive_failures,
+            openMs: this.config.webhookBreakerOpen,
+          });
+    this.alerter.emit(alert);
+    return alert;
+  }
+
+  /** Sends matching webhooks again now with a fresh retry schedule (admin action). */
+  async retry(
+    ref: { seq?: number; id?: string; orderNo?: string },
+    includeDelivered = false,
+  ): Promise<DeliveryRow[]> {
+    const rows = await this.queue.retry(ref, includeDelivered);
+    if (rows.length > 0) this.wake();
+    return rows;
+  }
+
+  /** Closes a merchant's breaker, clears its failures and re-enables a URL disabled by 410 (admin action). */
+  async resetMerchant(merchantKey: string): Promise<MerchantRow | null> {
+    const r = await this.queue.resetMerchant(merchantKey);
+    this.openKnown.delete(merchantKey);
+    this.logger.info({ merchantKey }, 'merchant reset by an admin');
+    this.wake();
+    return r;
+  }
+
+  /** Deletes attempt logs and finished webhooks older than `olderThanMs`. */
+  async cleanup(olderThanMs: number): Promise<{ logs: number; notifications: number }> {
+    const r = await this.queue.cleanup(olderThanMs);
+    if (r.logs + r.notifications > 0) this.logger.info(r, 'webhook retention: old logs deleted');
+    return r;
+  }
+
+  /** Current concurrency share of a merchant. */
+  concurrencyOf(m: MerchantRow): number {
+    if (m.breaker_state === 'open') return 0;
+    if (m.breaker_state === 'half_open') return 1;
+    return m.is_slow
+      ? Math.min(this.config.webhookSlowConcurrency, this.config.webhookMerchantConcurrency)
+      : this.config.webhookMerchantConcurrency;
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  // ---- dispatcher ---------------------------------------------------------------------------------
+
+  private wake(): void {
+    this.woken = true;
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  private idle(ms: number): Promise<void> {
+    if (this.woken || this.state !== 'running') {
+      this.woken = false;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        this.wakeUp = undefined;
+        resolve();
+      }, ms);
+      this.wakeUp = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    }).then(() => {
+      this.woken = false;
+    });
+  }
+
+  private async run(): Promise<void> {
+    const poll = this.config.webhookPollInterval;
+    // Start-up: the default secret, and leases left by a dead process of the embedded store.
+    while (this.state === 'running') {
+      try {
+        await this.defaultSecret();
+        if (!this.config.webhookDefaultSecret) {
+          this.logger.warn(
+            'WEBHOOK_DEFAULT_SECRET is not set: merchants without their own secret get webhooks signed with a ' +
+              'secret generated once and kept in the store (GET /admin/merchant-notify/signing-secret shows it)',
+          );
+        }
+        if (this.store.kind === 'embedded') {
+          const n = await this.queue.releaseAllLeases();
+          if (n > 0)
+            this.logger.info({ count: n }, 'webhooks left in flight by a previous run are due again');
+        }
+        break;
+      } catch (err) {
+        this.logger.error({ err }, 'webhook dispatcher cannot start: the store failed; retrying');
+        await this.idle(Math.max(poll, 1000));
+      }
+    }
+    let lastMaintain = 0;
+    let failures = 0;
+    while (this.state === 'running') {
+      try {
+        let trials: string[] = [];
+        // Breaker upkeep runs every poll while this node knows of a breaker that is not closed, and
+        // every few seconds otherwise (to find breakers opened by other nodes): most of the time no
+        // breaker is open, and the statement is not free on the single-connection embedded store.
+        const every = this.openKnown.size > 0 ? poll : Math.max(poll, MAINTAIN_IDLE_EVERY);
+        if (Date.now() >= lastMaintain + every) {
+          lastMaintain = Date.now();
+          const m = await this.queue.maintain();
+          if (m.delayed > 0) {
+            this.metrics?.breakerDelayed.inc(m.delayed);
+            this.logger.debug({ count: m.delayed }, 'webhooks of merchants with an open breaker delayed');
+          }
+          trials = m.trials;
+        }
+        await this.releaseStale();
+        const room =
+          this.config.webhookConcurrency * 2 +
+          this.config.webhookMerchantConcurrency * PREFETCH -
+          this.inFlight.size -
+          this.bufferedCount;
+        if (room > 0 && this.state === 'running') {
+          const want = Math.min(room, CLAIM_BATCH);
+          const claimedAt = Date.now();
+          const rows = await this.queue.claim(want, trials);
+          if (trials.length > 0) {
+            const used = new Set(rows.filter((r) => r.trial).map((r) => r.merchantKey));
+            const unused = trials.filter((t) => !used.has(t));
+            await this.queue.releaseTrials(unused);
+            for (const t of used)
+              this.logger.info({ merchantKey: t }, 'breaker half-open: sending one trial webhook');
+          }
+          const now = Date.now();
+          const giveBack: string[] = [];
+          for (const row of rows) {
+            // A claimed row proves the merchant's breaker was closed (or this is its trial) when the claim
+            // started, and says whether it is slow. A claim that started before this node learned that the
+            // breaker opened is older news: its rows of that merchant go back at once.
+            const openedAt = this.openKnown.get(row.merchantKey);
+            if (openedAt !== undefined && openedAt >= claimedAt && !row.trial) {
+              giveBack.push(row.id);
+              continue;
+            }
+            this.openKnown.delete(row.merchantKey);
+            if (row.slow) this.slowKnown.add(row.merchantKey);
+            else this.slowKnown.delete(row.merchantKey);
+            let q = this.buffered.get(row.merchantKey);
+            if (!q) {
+              q = [];
+              this.buffered.set(row.merchantKey, q);
+            }
+            q.push({ row, at: now });
+            this.bufferedCount++;
+          }
+          this.pump();
+          if (giveBack.length > 0) await this.queue.release(giveBack);
+          failures = 0;
+          if (rows.length === want) continue;
+        } else if (trials.length > 0) {
+          await this.queue.releaseTrials(trials);
+        }
+        failures = 0;
+        await this.idle(poll);
+      } catch (err) {
+        failures++;
+        this.logger.error({ err }, 'webhook dispatcher: the store failed; retrying');
+        await this.idle(Math.min(5000, poll * 2 ** Math.min(failures, 6)));
+      }
+    }
+  }
+
+  /**
+   * Free slots of the normal lane. Requests to merchants marked slow, and requests that have run longer
+   * than WEBHOOK_SLOW_THRESHOLD, move to a slow lane of the same size, so slow merchants (even ones not
+   * yet known to be slow) can never take the capacity that the others need.
+   */
+  private freeSlots(): number {
+    const c = this.config.webhookConcurrency;
+    const normal = this.inFlight.size - this.slowLane;
+    return c - normal - Math.max(0, this.slowLane - c);
+  }
+
+  private toSlowLane(f: InFlight): void {
+    if (f.slow) return;
+    f.slow = true;
+    this.slowLane++;
+    this.pump();
+    this.wake();
+  }
+
+  /** How many requests this node sends to a merchant at once. */
+  private capOf(key: string, row: ClaimedDelivery): number {
+    if (row.trial) return 1;
+    if (this.openKnown.has(key)) return 0;
+    if ((this.localFailures.get(key) ?? 0) >= this.config.webhookBreakerThreshold) return 0;
+    if (row.slow || this.slowKnown.has(key)) {
+      return Math.min(this.config.webhookSlowConcurrency, this.config.webhookMerchantConcurrency);
+    }
+    return this.config.webhookMerchantConcurrency;
+  }
+
+  /** Starts buffered webhooks while there are free slots, each merchant up to its share. */
+  private pump(): void {
+    if (this.bufferedCount === 0 || this.state !== 'running') return;
+    for (const key of [...this.buffered.keys()]) {
+      if (this.freeSlots() <= 0) return;
+      const q = this.buffered.get(key);
+      if (!q || q.length === 0) continue;
+      let n = this.merchantInFlight.get(key) ?? 0;
+      while (
+        q.length > 0 &&
+        this.freeSlots() > 0 &&
+        n < this.capOf(key, (q[0] as { row: ClaimedDelivery }).row)
+      ) {
+        const b = q.shift() as { row: ClaimedDelivery };
+        this.bufferedCount--;
+        this.launch(b.row);
+        n++;
+      }
+      if (q.length === 0) this.buffered.delete(key);
+    }
+  }
+
+  /** Takes a merchant's buffered rows out (to give their leases back). */
+  private unbuffer(key?: string): string[] {
+    const ids: string[] = [];
+    for (const [k, q] of this.buffered) {
+      if (key !== undefined && k !== key) continue;
+      for (const b of q) ids.push(b.row.id);
+      this.bufferedCount -= q.length;
+      this.buffered.delete(k);
+    }
+    return ids;
+  }
+
+  /**
+   * Buffered rows that waited half of what their lease leaves after a request (their merchant slowed down
+   * or filled its share) go back to the queue, so a row is never sent after its lease ran out.
+   */
+  private async releaseStale(): Promise<void> {
+    if (this.bufferedCount === 0) return;
+    const limit = Date.now() - (this.config.webhookLease - this.config.webhookTimeout) / 2;
+    const ids: string[] = [];
+    for (const [k, q] of this.buffered) {
+      while (q.length > 0 && (q[0] as { at: number }).at < limit) {
+        ids.push((q.shift() as { row: ClaimedDelivery }).row.id);
+        this.bufferedCount--;
+      }
+      if (q.length === 0) this.buffered.delete(k);
+    }
+    if (ids.length > 0) await this.queue.release(ids);
+  }
+
+  private launch(row: ClaimedDelivery): void {
+    const controller = new AbortController();
+    const f: InFlight = { controller, done: Promise.resolve(), slow: false, timer: undefined };
+    if (row.slow) this.toSlowLane(f);
+    else {
+      f.timer = setTimeout(() => this.toSlowLane(f), this.config.webhookSlowThreshold);
+      f.timer.unref();
+    }
+    this.merchantInFlight.set(row.merchantKey, (this.merchantInFlight.get(row.merchantKey) ?? 0) + 1);
+    f.done = this.deliver(row, controller.signal)
+      .then(
+        (result) => this.record(row, result),
+        (err: unknown) => {
+          if (err instanceof AbortedByShutdown) this.toRelease.push(row.id);
+          else
+            this.logger.error({ err, webhookId: row.id }, 'webhook delivery crashed; its lease will expire');
+        },
+      )
+      .finally(() => {
+        if (f.timer) clearTimeout(f.timer);
+        if (f.slow) this.slowLane--;
+        this.inFlight.delete(row.id);
+        const n = (this.merchantInFlight.get(row.merchantKey) ?? 1) - 1;
+        if (n > 0) this.merchantInFlight.set(row.merchantKey, n);
+        else this.merchantInFlight.delete(row.merchantKey);
+        this.pump();
+      });
+    this.inFlight.set(row.id, f);
+  }
+
+  private async deliver(row: ClaimedDelivery, signal: AbortSignal): Promise<AttemptResult> {
+    if (row.disabled) {
+      return {
+        outcome: 'disabled',
+        statusCode: null,
+        responseBody: null,
+        durationMs: 0,
+        error: 'the notify URL was disabled by 410 Gone; reset the merchant to enable it again',
+        retryAfterMs: null,
+      };
+    }
+    const secret = row.secret ?? (await this.defaultSecret());
+    return this.sender.send({
+      url: row.notifyUrl,
+      body: row.body,
+      headers: signatureHeaders(secret, row.id, row.body),
+      requireSuccessBody: row.requireSuccessBody ?? this.config.webhookRequireSuccessBody,
+      signal,
+    });
+  }
+
+  private record(row: ClaimedDelivery, result: AttemptResult): void {
+    const attempts = row.attempts + 1;
+    let status: DeliveryUpdate['status'];
+    let delayMs: number | null = null;
+    if (result.outcome === 'success') status = 'delivered';
+    else if (result.outcome === 'gone' || result.outcome === 'disabled') status = 'failed';
+    else {
+      const delay = this.config.webhookRetryDelays[attempts - row.attemptBase - 1];
+      if (delay === undefined) status = 'failed';
+      else {
+        status = 'retrying';
+        delayMs = Math.max(delay, result.retryAfterMs ?? 0);
+      }
+    }
+    if (result.outcome === 'success') this.localFailures.delete(row.merchantKey);
+    else if (result.outcome !== 'disabled') {
+      this.localFailures.set(row.merchantKey, (this.localFailures.get(row.merchantKey) ?? 0) + 1);
+    }
+    this.metrics?.deliveries.inc({ result: result.outcome });
+    if (result.outcome !== 'disabled') {
+      this.metrics?.responseSeconds.observe(result.durationMs / 1000);
+      this.window.attempt(result.outcome === 'success', result.durationMs);
+    }
+    if (status !== 'retrying') this.window.finished(status);
+    const log = {
+      webhookId: row.id,
+      orderNo: row.orderNo,
+      merchantKey: row.merchantKey,
+      attempt: attempts,
+      outcome: result.outcome,
+      statusCode: result.statusCode,
+      ms: Math.round(result.durationMs),
+    };
+    if (status === 'failed') this.logger.warn({ ...log, error: result.error }, 'webhook failed for good');
+    else if (status === 'retrying')
+      this.logger.debug({ ...log, error: result.error, delayMs }, 'webhook will be retried');
+    else this.logger.debug(log, 'webhook delivered');
+    this.results.push({
+      row,
+      result,
+      update: {
+        id: row.id,
+        status,
+        attempts,
+        delayMs,
+        statusCode: result.statusCode,
+        error: result.error,
+        orderNo: row.orderNo,
+        merchantKey: row.merchantKey,
+        url: row.notifyUrl,
+        outcome: result.outcome,
+        responseBody: result.responseBody,
+        durationMs: result.durationMs,
+      },
+    });
+    if (!this.flushing) {
+      this.flushing = this.flushLoop().finally(() => {
+        this.flushing = undefined;
+        if (this.results.length > 0) this.flushNow().catch(() => undefined);
+      });
+    }
+  }
+
+  private async flushNow(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.results.length > 0) {
+      this.flushing = this.flushLoop().finally(() => {
+        this.flushing = undefined;
+      });
+      await this.flushing;
+    }
+  }
+
+  /**
+   * Writes finished attempts in batches: results that arrive while one batch is being written form the
+   * next one, so the number of statements follows the store's speed, not the number of webhooks.
+   */
+  private async flushLoop(): Promise<void> {
+    while (this.results.length > 0) {
+      const batch = this.results.splice(0, FLUSH_BATCH);
+      const merchants = aggregate(batch);
+      let transitions: MerchantTransition[] | undefined;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          transitions = await this.queue.complete(
+            batch.map((f) => f.update),
+            merchants,
+          );
+          break;
+        } catch (err) {
+          if (attempt >= 5) {
+            this.logger.error(
+              { err, count: batch.length },
+              'webhook results could not be written; these webhooks will be sent again after their lease',
+            );
+            break;
+          }
+          this.logger.warn({ err, attempt }, 'writing webhook results failed; retrying');
+          await sleep(100 * 2 ** attempt);
+        }
+      }
+      this.wake();
+      if (transitions) await this.onTransitions(transitions);
+    }
+  }
+
+  private async onTransitions(transitions: MerchantTransition[]): Promise<void> {
+    const release: string[] = [];
+    for (const t of transitions) {
+      if (t.isSlow) this.slowKnown.add(t.merchantKey);
+      else this.slowKnown.delete(t.merchantKey);
+      // The store's count replaces this node's (other nodes' results are in it too).
+      if (t.newState === 'closed' && t.consecutiveFailures < this.config.webhookBreakerThreshold) {
+        this.localFailures.set(t.merchantKey, t.consecutiveFailures);
+      } else this.localFailures.delete(t.merchantKey);
+      if (t.newState === 'closed') this.openKnown.delete(t.merchantKey);
+      else if (t.newState === 'open') {
+        this.openKnown.set(t.merchantKey, Date.now());
+        release.push(...this.unbuffer(t.merchantKey));
+      }
+    }
+    this.pump();
+    if (release.length > 0) {
+      await this.queue
+        .release(release)
+        .catch((err: unknown) =>
+          this.logger.warn({ err }, 'could not release leases; they expire by themselves'),
+        );
+    }
+    const marks: string[] = [];
+    const slow: MerchantTransition[] = [];
+    for (const t of transitions) {
+      if (t.newState === 'open' && t.oldState !== 'open') {
+        this.logger.warn(
+          { merchantKey: t.merchantKey, failures: t.consecutiveFailures, from: t.oldState },
+          'merchant circuit breaker opened',
+        );
+        // A breaker that opens from closed always alerts; re-opening after a failed trial alerts at most
+        // once per cooldown.
+        const key = `circuit_breaker:${t.merchantKey}`;
+        const allowed =
+          t.oldState === 'closed'
+            ? await this.queue.takeAlertMarks([key], 0).catch(() => [key])
+            : await this.queue.takeAlertMarks([key], this.config.webhookAlertCooldown).catch(() => []);
+        if (allowed.length > 0) {
+          this.alerter.emit(
+            circuitBreakerAlert({
+              merchantKey: t.merchantKey,
+              notifyUrl: t.notifyUrl,
+              failures: t.consecutiveFailures,
+              openMs: this.config.webhookBreakerOpen,
+            }),
+          );
+        }
+      } else if (t.newState === 'closed' && t.oldState !== 'closed') {
+        this.logger.info(
+          { merchantKey: t.merchantKey },
+          'merchant circuit breaker closed: the trial succeeded',
+        );
+      }
+      if (t.isSlow !== t.wasSlow) {
+        this.logger.info(
+          { merchantKey: t.merchantKey, avgMs: Math.round(t.avgMs), slow: t.isSlow },
+          'merchant speed',
+        );
+      }
+      if (t.isSlow) {
+        const last = this.slowChecked.get(t.merchantKey) ?? 0;
+        const recheck = Math.min(this.config.webhookAlertCooldown, 60_000);
+        if (!t.wasSlow || Date.now() - last >= recheck) {
+          this.slowChecked.set(t.merchantKey, Date.now());
+          marks.push(`slow_merchant:${t.merchantKey}`);
+          slow.push(t);
+        }
+      }
+    }
+    if (marks.length === 0) return;
+    let allowed: Set<string>;
+    try {
+      allowed = new Set(await this.queue.takeAlertMarks(marks, this.config.webhookAlertCooldown));
+    } catch (err) {
+      this.logger.warn({ err }, 'slow-merchant alert de-duplication failed; alert skipped');
+      return;
+    }
+    for (const t of slow) {
+      if (!allowed.has(`slow_merchant:${t.merchantKey}`)) continue;
+      this.alerter.emit(
+        slowMerchantAlert({
+          merchantKey: t.merchantKey,
+          notifyUrl: t.notifyUrl,
+          avgMs: t.avgMs,
+          thresholdMs: this.config.webhookSlowThreshold,
+        }),
+      );
+    }
+  }
+
+  // ---- alert rules and gauges ---------------------------------------------------------------------
+
+  /** The seed's system rules, checked every WEBHOOK_ALERT_INTERVAL; each alert at most once per cooldown. */
+  async checkAlerts(): Promise<void> {
+    const c = this.config;
+    const candidates: Alert[] = [];
+    const depth = await this.queue.depth();
+    const queued = depth.pending + depth.retrying + depth.delayed;
+    if (queued > c.webhookAlertQueueLength) {
+      candidates.push(systemAlert('queue_length', queued, c.webhookAlertQueueLength, c.webhookAlertWindow));
+    }
+    const w = this.window.snapshot();
+    if (w.attempts >= c.webhookAlertMinSamples) {
+      const rate = w.successes / w.attempts;
+      if (rate < c.webhookAlertSuccessRate / 100) {
+        candidates.push(
+          systemAlert('success_rate', rate, c.webhookAlertSuccessRate / 100, c.webhookAlertWindow),
+        );
+      }
+      if (w.avgMs > c.webhookAlertResponseTime) {
+        candidates.push(
+          systemAlert('response_time', w.avgMs, c.webhookAlertResponseTime, c.webhookAlertWindow),
+        );
+      }
+    }
+    const finished = w.delivered + w.failed;
+    if (finished >= c.webhookAlertMinSamples && w.failed / finished > c.webhookAlertErrorRate / 100) {
+      candidates.push(
+        systemAlert('error_rate', w.failed / finished, c.webhookAlertErrorRate / 100, c.webhookAlertWindow),
+      );
+    }
+    if (candidates.length === 0) return;
+    const allowed = new Set(
+      await this.queue.takeAlertMarks(
+        candidates.map((a) => `system:${a.type}`),
+        c.webhookAlertCooldown,
+      ),
+    );
+    for (const a of candidates) if (allowed.has(`system:${a.type}`)) this.alerter.emit(a);
+  }
+
+  private cachedDepth(): Promise<Record<string, number>> {
+    const now = Date.now();
+    if (!this.depthCache || now - this.depthCache.at > 2000) {
+      this.depthCache = { at: now, value: this.queue.depth() };
+    }
+    return this.depthCache.value;
+  }
+
+  private cachedMerchantCounts(): Promise<{ open: number; halfOpen: number; slow: number }> {
+    const now = Date.now();
+    if (!this.merchantCache || now - this.merchantCache.at > 2000) {
+      this.merchantCache = { at: now, value: this.queue.merchantCounts() };
+    }
+    return this.merchantCache.value;
+  }
+}
+
+/** Per-merchant aggregates of a batch, in finishing order (for the failure count and breaker). */
+function aggregate(batch: readonly Finished[]): MerchantUpdate[] {
+  const by = new Map<string, MerchantUpdate>();
+  for (const { row, result } of batch) {
+    if (result.outcome === 'disabled') continue;
+    let m = by.get(row.merchantKey);
+    if (!m) {
+      m = {
+        merchantKey: row.merchantKey,
+        times: [],
+        successes: 0,
+        failures: 0,
+        hadSuccess: false,
+        trailingFailures: 0,
+        goneUrl: null,
+        lastCode: null,
+        lastError: null,
+      };
+      by.set(row.merchantKey, m);
+    }
+    m.times.push(result.durationMs);
+    if (result.outcome === 'success') {
+      m.successes++;
+      m.hadSuccess = true;
+      m.trailingFailures = 0;
+    } else {
+      m.failures++;
+      m.trailingFailures++;
+    }
+    if (result.outcome === 'gone') m.goneUrl = row.notifyUrl;
+    m.lastCode = result.statusCode;
+    m.lastError = result.error;
+  }
+  return [...by.values()];
+}

@@ -1,0 +1,197 @@
+import { Agent } from 'undici';
+import { assertPublicUrl, guardedLookup, SsrfError } from './ssrf.js';
+import type { AttemptResult } from './types.js';
+
+/** Response bytes kept for the attempt log (and the `success` body check). */
+const KEEP_BYTES = 1024;
+/** Response bytes read at most; a longer body is cut off and its connection closed. */
+const READ_LIMIT = 64 * 1024;
+/** The longest Retry-After honoured. */
+export const MAX_RETRY_AFTER_MS = 3_600_000;
+
+export interface SenderOptions {
+  /** Whole-request deadline, and undici's headers and body timeouts. */
+  timeout: number;
+  allowPrivateNetworks: boolean;
+  userAgent: string;
+  /** Connections kept per merchant origin. */
+  connectionsPerOrigin: number;
+}
+
+export interface SendRequest {
+  url: string;
+  body: string;
+  headers: Record<string, string>;
+  requireSuccessBody: boolean;
+  /** Aborts the request (shutdown). */
+  signal?: AbortSignal;
+}
+
+/** Thrown (as the result's error) when a request was aborted by shutdown rather than by its deadline. */
+export class AbortedByShutdown extends Error {}
+
+/** Parses Retry-After (seconds or an HTTP date) into milliseconds, capped at one hour. */
+export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | null {
+  const text = Array.isArray(value) ? value[0] : value;
+  if (!text) return null;
+  const t = text.trim();
+  let ms: number;
+  if (/^\d+$/.test(t)) ms = Number(t) * 1000;
+  else {
+    const at = Date.parse(t);
+    if (Number.isNaN(at)) return null;
+    ms = at - now;
+  }
+  if (!Number.isFinite(ms) || ms < 0) return 0;
+  return Math.min(ms, MAX_RETRY_AFTER_MS);
+}
+
+/** The `success` convention of Chinese payment platforms: the body is `success`, any case, spaces ignored. */
+export function isSuccessBody(body: string): boolean {
+  return body.replace(/\s+/g, '').toLowerCase() === 'success';
+}
+
+function describe(err: unknown): { timeout: boolean; message: string } {
+  const e = err as Error & { code?: string; name?: string; cause?: unknown };
+  const code = e.code ?? '';
+  const timeout =
+    e.name === 'TimeoutError' ||
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT' ||
+    code === 'UND_ERR_CONNECT_TIMEOUT';
+  const cause = e.cause instanceof Error ? `: ${e.cause.message}` : '';
+  const message = `${code ? `${code} ` : ''}${e.message || String(err)}${cause}`.slice(0, 500);
+  return { timeout, message };
+}
+
+/**
+ * Sends webhooks over one undici Agent: keep-alive connection pools per merchant origin, headers and body
+ * timeouts equal to the request timeout plus a whole-request deadline, no redirects (the Agent has no
+ * redirect interceptor, so a 3xx is returned as it is and counts as a failure), and the SSRF guard both
+ * before the request (every resolved address) and at connection time (the lookup of the socket).
+ */
+export class Sender {
+  private readonly agent: Agent;
+
+  constructor(private readonly opts: SenderOptions) {
+    this.agent = new Agent({
+      connections: opts.connectionsPerOrigin,
+      pipelining: 1,
+      keepAliveTimeout: 30_000,
+      keepAliveMaxTimeout: 120_000,
+      headersTimeout: opts.timeout,
+      bodyTimeout: opts.timeout,
+      connect: {
+        timeout: opts.timeout,
+        ...(opts.allowPrivateNetworks ? {} : { lookup: guardedLookup }),
+      },
+    });
+  }
+
+  async send(req: SendRequest): Promise<AttemptResult> {
+    const started = performance.now();
+    const elapsed = () => performance.now() - started;
+    let url: URL;
+    try {
+      url = new URL(req.url);
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not an http(s) URL');
+    } catch (err) {
+      return fail('refused', `invalid notify URL: ${(err as Error).message}`, elapsed());
+    }
+    const deadline = AbortSignal.timeout(this.opts.timeout);
+    const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
+    try {
+      if (!this.opts.allowPrivateNetworks) await assertPublicUrl(url);
+      const res = await this.agent.request({
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'user-agent': this.opts.userAgent,
+          ...req.headers,
+        },
+        body: req.body,
+        signal,
+        headersTimeout: this.opts.timeout,
+        bodyTimeout: this.opts.timeout,
+      });
+      const kept: Buffer[] = [];
+      let keptBytes = 0;
+      let total = 0;
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        total += chunk.length;
+        if (keptBytes < KEEP_BYTES) {
+          const part = chunk.subarray(0, KEEP_BYTES - keptBytes);
+          kept.push(part);
+          keptBytes += part.length;
+        }
+        if (total > READ_LIMIT) {
+          res.body.destroy();
+          break;
+        }
+      }
+      const text = Buffer.concat(kept).toString('utf8');
+      const durationMs = elapsed();
+      const status = res.statusCode;
+      const base = { statusCode: status, responseBody: text, durationMs };
+      if (status >= 200 && status < 300) {
+        if (req.requireSuccessBody && (total > KEEP_BYTES || !isSuccessBody(text))) {
+          return {
+            ...base,
+            outcome: 'bad_body',
+            error: 'the merchant answered 2xx without the body "success"',
+            retryAfterMs: null,
+          };
+        }
+        return { ...base, outcome: 'success', error: null, retryAfterMs: null };
+      }
+      if (status === 410) {
+        return {
+          ...base,
+          outcome: 'gone',
+          error: '410 Gone: the notify URL is disabled until an admin resets the merchant',
+          retryAfterMs: null,
+        };
+      }
+      const location = res.headers.location;
+      const error =
+        status >= 300 && status < 400
+          ? `redirect to ${String(location ?? '?').slice(0, 200)} not followed`
+          : `HTTP ${status}`;
+      return {
+        ...base,
+        outcome: 'http_error',
+        error,
+        retryAfterMs: parseRetryAfter(res.headers['retry-after']),
+      };
+    } catch (err) {
+      if (req.signal?.aborted && !deadline.aborted) throw new AbortedByShutdown('aborted by shutdown');
+      if (err instanceof SsrfError || (err as { cause?: unknown }).cause instanceof SsrfError) {
+        return fail(
+          'refused',
+          (err instanceof SsrfError ? err : (err as { cause: SsrfError }).cause).message,
+          elapsed(),
+        );
+      }
+      const d = describe(err);
+      if (deadline.aborted || d.timeout) {
+        return fail('timeout', `no complete answer within ${this.opts.timeout}ms (${d.message})`, elapsed());
+      }
+      return fail('network_error', d.message, elapsed());
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close().catch(() => this.agent.destroy());
+  }
+
+  /** Ends every connection at once (after a shutdown deadline). */
+  async destroy(): Promise<void> {
+    await this.agent.destroy().catch(() => undefined);
+  }
+}
+
+function fail(outcome: AttemptResult['outcome'], error: string, durationMs: number): AttemptResult {
+  return { outcome, statusCode: null, responseBody: null, durationMs, error, retryAfterMs: null };
+}
