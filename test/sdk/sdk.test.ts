@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { SocketConn } from '../../src/gateway/index.js';
+import { type HeraldClient, HeraldClientError, connect as sdkConnect } from '../../src/sdk/index.js';
+import { post, startTestHerald, type TestHerald, until } from '../helpers.js';
+
+/** Closes the server side transport of every socket of a client id, as a network drop would. */
+function dropTransport(herald: TestHerald, clientId: string): number {
+  let n = 0;
+  for (const c of [...herald.router.allConns()]) {
+    if (c.clientId === clientId) {
+      (c as SocketConn).socket.conn.close();
+      n++;
+    }
+  }
+  return n;
+}
+
+describe('SDK', () => {
+  let herald: TestHerald;
+  const clients: HeraldClient[] = [];
+  const open = (clientId: string, deviceId?: string) => {
+    const c = sdkConnect({
+      url: herald.url(),
+      appId: 'sdk-app',
+      clientId,
+      ...(deviceId ? { deviceId } : {}),
+      reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+      socketOptions: { transports: ['websocket'] },
+    });
+    clients.push(c);
+    return c;
+  };
+
+  before(async () => {
+    herald = await startTestHerald({ countInterval: 20 });
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await herald.cleanup();
+  });
+
+  it('subscribes, dispatches per topic, and identifies through auth', async () => {
+    const c = open('sdk-user-1', 'sdk-dev-1');
+    const all: unknown[] = [];
+    const onTopic: unknown[] = [];
+    c.on((d) => all.push(d));
+    c.on('news', (d) => onTopic.push(d));
+    assert.deepEqual(await c.subscribe(['news', 'other']), ['news', 'other']);
+    await post(herald, '/notify', { appId: 'sdk-app', eventTopics: ['news'], data: { n: 1 } });
+    await post(herald, '/notify', { appId: 'sdk-app', eventTopics: ['other'], data: { n: 2 } });
+    await post(herald, '/notify', { appId: 'sdk-app', devices: ['sdk-dev-1'], data: { n: 3 } });
+    await until(() => all.length === 3, 3000, 'three notifications');
+    assert.deepEqual(onTopic, [{ n: 1 }]);
+  });
+
+  it('rejects with the server error code', async () => {
+    const c = open('sdk-user-2');
+    await assert.rejects(c.subscribe('has space'), (err: unknown) => {
+      assert.ok(err instanceof HeraldClientError);
+      assert.equal(err.code, 'invalid_topic');
+      return true;
+    });
+    assert.equal(c.topics.has('has space'), false);
+  });
+
+  it('re-subscribes topics and count watches after the transport drops', async () => {
+    const watcher = open('sdk-watcher');
+    const member = open('sdk-member');
+    const counts: number[] = [];
+    watcher.onCount((u) => counts.push(u.count), 'room');
+    const initial = await watcher.subscribeCount('room');
+    assert.deepEqual(initial.room, { count: 0, connections: 0 });
+    await member.subscribe('room');
+    await until(() => counts.at(-1) === 1, 3000, 'count 1');
+
+    const got: unknown[] = [];
+    member.on('room', (d) => got.push(d));
+    const statuses: string[] = [];
+    member.onStatus((s) => statuses.push(s));
+    assert.equal(dropTransport(herald, 'sdk-member'), 1);
+    // While it is gone the count falls to 0; after the SDK reconnects and re-subscribes it is 1 again.
+    await until(() => statuses.includes('disconnected'), 3000, 'disconnect seen');
+    await until(
+      () => member.status === 'connected' && herald.router.localCount('sdk-app', 'room').count === 1,
+      5000,
+      'resubscribed',
+    );
+    await until(() => counts.at(-1) === 1 && counts.includes(0), 3000, 'count back to 1');
+
+    assert.equal(dropTransport(herald, 'sdk-watcher'), 1);
+    await until(
+      () => watcher.status === 'connected' && herald.router.watchersOf('sdk-app', 'room').size === 1,
+      5000,
+      'watch restored',
+    );
+    const before = counts.length;
+    const third = open('sdk-third');
+    await third.subscribe('room');
+    await until(() => counts.length > before && counts.at(-1) === 2, 3000, 'watcher sees the new member');
+
+    await post(herald, '/notify', { appId: 'sdk-app', eventTopics: ['room'], data: { after: 'reconnect' } });
+    await until(() => got.length === 1, 3000, 'notification after reconnect');
+    assert.deepEqual(got[0], { after: 'reconnect' });
+  });
+
+  it('unsubscribe stops delivery and is not restored on reconnect', async () => {
+    const c = open('sdk-user-3');
+    const got: unknown[] = [];
+    c.on((d) => got.push(d));
+    await c.subscribe(['a1', 'a2']);
+    await c.unsubscribe('a1');
+    dropTransport(herald, 'sdk-user-3');
+    await until(
+      () => c.status === 'connected' && herald.router.localCount('sdk-app', 'a2').connections === 1,
+      5000,
+      'reconnected',
+    );
+    assert.equal(herald.router.localCount('sdk-app', 'a1').connections, 0);
+    await post(herald, '/notify', { appId: 'sdk-app', eventTopics: ['a1', 'a2'], data: 'x' });
+    await until(() => got.length === 1, 3000, 'one');
+    assert.deepEqual([...c.topics], ['a2']);
+  });
+});

@@ -1,0 +1,241 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { Frame } from '../../src/router/frame.js';
+import { type Conn, type Notification, ONLINE_TOPIC, Router } from '../../src/router/index.js';
+
+/** A socket as the router sees it, recording what is written to it. */
+class FakeConn implements Conn {
+  readonly topics = new Set<string>();
+  readonly watches = new Set<string>();
+  readonly frames: Frame[] = [];
+  open = true;
+  constructor(
+    readonly id: string,
+    readonly appId: string,
+    readonly clientId: string,
+    readonly deviceId: string | undefined = undefined,
+  ) {}
+  write(frame: Frame): boolean {
+    if (!this.open) return false;
+    this.frames.push(frame);
+    return true;
+  }
+  /** The `dataUpdate` events written, decoded from the Socket.IO packets. */
+  events(): { data: unknown; meta: { id?: string; ts: number; topic?: string } }[] {
+    return this.frames.map((f) => {
+      const prefix = `2/${this.appId},`;
+      assert.ok(f.packet.startsWith(prefix), f.packet);
+      const [event, data, meta] = JSON.parse(f.packet.slice(prefix.length)) as [string, unknown, never];
+      assert.equal(event, 'dataUpdate');
+      return { data, meta };
+    });
+  }
+}
+
+let seq = 0;
+function note(appId: string, target: Partial<Notification>, data: unknown = { n: ++seq }): Notification {
+  return {
+    v: 1,
+    id: `id-${++seq}`,
+    appId,
+    ts: 1_700_000_000_000 + seq,
+    data: JSON.stringify(data),
+    ...target,
+  };
+}
+
+function setup() {
+  const changes: { appId: string; topic: string }[] = [];
+  const router = new Router({
+    onTopicChange: (c) => changes.push({ appId: c.appId, topic: c.topic }),
+  });
+  const alicePhone = new FakeConn('s1', 'app', 'alice', 'phone');
+  const aliceWeb = new FakeConn('s2', 'app', 'alice', 'web');
+  const bob = new FakeConn('s3', 'app', 'bob', 'bob-phone');
+  const anon = new FakeConn('s4', 'app', 'anon:s4');
+  const other = new FakeConn('s5', 'other-app', 'alice', 'phone');
+  for (const c of [alicePhone, aliceWeb, bob, anon, other]) router.add(c);
+  router.subscribe(alicePhone, ['news', 'order:1']);
+  router.subscribe(aliceWeb, ['news']);
+  router.subscribe(bob, ['order:2']);
+  router.subscribe(anon, ['news']);
+  router.subscribe(other, ['news', 'order:1']);
+  const all = { alicePhone, aliceWeb, bob, anon, other };
+  const counts = () => Object.fromEntries(Object.entries(all).map(([k, c]) => [k, c.frames.length]));
+  const reset = () => {
+    for (const c of Object.values(all)) c.frames.length = 0;
+  };
+  return { router, changes, counts, reset, ...all };
+}
+
+describe('Router.deliver', () => {
+  it('users: every socket of the user in that app only', () => {
+    const r = setup();
+    assert.equal(r.router.deliver(note('app', { users: ['alice'] })), 2);
+    assert.deepEqual(r.counts(), { alicePhone: 1, aliceWeb: 1, bob: 0, anon: 0, other: 0 });
+    assert.equal(r.alicePhone.events()[0]?.meta.topic, undefined);
+  });
+
+  it('devices: only that device', () => {
+    const r = setup();
+    assert.equal(r.router.deliver(note('app', { devices: ['web', 'bob-phone', 'nope'] })), 2);
+    assert.deepEqual(r.counts(), { alicePhone: 0, aliceWeb: 1, bob: 1, anon: 0, other: 0 });
+  });
+
+  it('topics: every subscriber, with meta.topic', () => {
+    const r = setup();
+    const n = note('app', { topics: ['news'] }, { hello: 'world' });
+    assert.equal(r.router.deliver(n), 3);
+    assert.deepEqual(r.counts(), { alicePhone: 1, aliceWeb: 1, bob: 0, anon: 1, other: 0 });
+    const [e] = r.anon.events();
+    assert.deepEqual(e?.data, { hello: 'world' });
+    assert.equal(e?.meta.id, n.id);
+    assert.equal(e?.meta.ts, n.ts);
+    assert.equal(e?.meta.topic, 'news');
+  });
+
+  it('broadcast: every socket of the app once', () => {
+    const r = setup();
+    assert.equal(r.router.deliver(note('app', { broadcast: true, users: ['alice'], topics: ['news'] })), 4);
+    assert.deepEqual(r.counts(), { alicePhone: 1, aliceWeb: 1, bob: 1, anon: 1, other: 0 });
+  });
+
+  it('union: each socket once however many targets match it; topic matches carry meta.topic', () => {
+    const r = setup();
+    const n = note('app', {
+      users: ['alice', 'alice'],
+      devices: ['phone', 'bob-phone'],
+      topics: ['order:1', 'news', 'order:1'],
+    });
+    assert.equal(r.router.deliver(n), 4);
+    assert.deepEqual(r.counts(), { alicePhone: 1, aliceWeb: 1, bob: 1, anon: 1, other: 0 });
+    // alicePhone is subscribed to both topics: the first listed one it holds.
+    assert.equal(r.alicePhone.events()[0]?.meta.topic, 'order:1');
+    assert.equal(r.aliceWeb.events()[0]?.meta.topic, 'news');
+    assert.equal(r.anon.events()[0]?.meta.topic, 'news');
+    assert.equal(r.bob.events()[0]?.meta.topic, undefined);
+    for (const c of [r.alicePhone, r.aliceWeb, r.bob, r.anon]) assert.equal(c.events()[0]?.meta.id, n.id);
+  });
+
+  it('several users and several devices without topics: once each', () => {
+    const r = setup();
+    assert.equal(r.router.deliver(note('app', { users: ['alice', 'bob'], devices: ['phone', 'web'] })), 3);
+    assert.deepEqual(r.counts(), { alicePhone: 1, aliceWeb: 1, bob: 1, anon: 0, other: 0 });
+  });
+
+  it('encodes once and shares the frame among sockets with the same meta', () => {
+    const r = setup();
+    r.router.deliver(note('app', { topics: ['news'] }));
+    assert.equal(r.alicePhone.frames[0], r.aliceWeb.frames[0]);
+    assert.equal(r.alicePhone.frames[0], r.anon.frames[0]);
+  });
+
+  it('counts only sockets actually written, and nothing for unknown apps or targets', () => {
+    const r = setup();
+    r.aliceWeb.open = false;
+    assert.equal(r.router.deliver(note('app', { users: ['alice'] })), 1);
+    assert.equal(r.router.deliver(note('no-such-app', { broadcast: true })), 0);
+    assert.equal(r.router.deliver(note('app', { topics: ['nobody'] })), 0);
+    assert.equal(r.router.deliver(note('app', { users: ['nobody'] })), 0);
+    assert.equal(r.router.deliver(note('app', { devices: ['nothing'] })), 0);
+    assert.equal(
+      r.router.deliver(note('app', { users: ['ghost'], devices: ['ghost'], topics: ['ghost'] })),
+      0,
+    );
+  });
+
+  it('a removed socket gets nothing more', () => {
+    const r = setup();
+    r.router.remove(r.alicePhone);
+    assert.equal(
+      r.router.deliver(note('app', { users: ['alice'], devices: ['phone'], topics: ['order:1'] })),
+      1,
+    );
+    assert.equal(r.alicePhone.frames.length, 0);
+    assert.equal(r.aliceWeb.frames.length, 1);
+  });
+});
+
+describe('Router subscriptions and counts', () => {
+  it('counts distinct client ids and connections per topic and app', () => {
+    const r = setup();
+    assert.deepEqual(r.router.localCount('app', 'news'), { count: 2, connections: 3 });
+    assert.deepEqual(r.router.localCount('other-app', 'news'), { count: 1, connections: 1 });
+    assert.deepEqual(r.router.localCount('app', 'order:1'), { count: 1, connections: 1 });
+    assert.deepEqual(r.router.localCount('app', 'nothing'), { count: 0, connections: 0 });
+    assert.deepEqual(r.router.localCount('no-app', 'news'), { count: 0, connections: 0 });
+    assert.deepEqual([...r.router.localClients('app', 'news')].sort(), [
+      ['alice', 2],
+      ['anon:s4', 1],
+    ]);
+  });
+
+  it('subscribe and unsubscribe are idempotent and report what changed', () => {
+    const r = setup();
+    r.changes.length = 0;
+    assert.deepEqual(r.router.subscribe(r.bob, ['news', 'order:2', 'news']), ['news']);
+    assert.deepEqual(r.router.localCount('app', 'news'), { count: 3, connections: 4 });
+    assert.deepEqual(r.changes, [{ appId: 'app', topic: 'news' }]);
+    assert.deepEqual(r.router.unsubscribe(r.bob, ['news', 'never']), ['news']);
+    assert.deepEqual(r.router.unsubscribe(r.bob, ['news']), []);
+    assert.deepEqual(r.router.localCount('app', 'news'), { count: 2, connections: 3 });
+    assert.deepEqual(r.changes, [
+      { appId: 'app', topic: 'news' },
+      { appId: 'app', topic: 'news' },
+    ]);
+  });
+
+  it('one user on several sockets: the count drops only when the last one leaves', () => {
+    const r = setup();
+    r.router.unsubscribe(r.alicePhone, ['news']);
+    assert.deepEqual(r.router.localCount('app', 'news'), { count: 2, connections: 2 });
+    r.router.remove(r.aliceWeb);
+    assert.deepEqual(r.router.localCount('app', 'news'), { count: 1, connections: 1 });
+    r.router.remove(r.anon);
+    assert.deepEqual(r.router.localCount('app', 'news'), { count: 0, connections: 0 });
+  });
+
+  it('remove drops every subscription and watch, reports the topics, and forgets empty apps', () => {
+    const r = setup();
+    r.router.watch(r.other, ['news']);
+    r.changes.length = 0;
+    r.router.remove(r.other);
+    assert.deepEqual(
+      r.changes
+        .map((c) => c.topic)
+        .filter((t) => t !== ONLINE_TOPIC)
+        .sort(),
+      ['news', 'order:1'],
+    );
+    assert.equal(r.router.watchersOf('other-app', 'news').size, 0);
+    assert.deepEqual(r.router.localCount('other-app', 'news'), { count: 0, connections: 0 });
+    assert.equal(
+      r.router.stats().some((s) => s.appId === 'other-app'),
+      false,
+    );
+    // Removing twice is harmless.
+    r.router.remove(r.other);
+    assert.equal(r.router.connectionCount(), 4);
+  });
+
+  it('watch / unwatch track watchers per app and topic', () => {
+    const r = setup();
+    assert.deepEqual(r.router.watch(r.bob, ['news', 'x', 'news']), ['news', 'x']);
+    assert.deepEqual(r.router.watch(r.bob, ['news']), []);
+    assert.deepEqual([...r.router.watchersOf('app', 'news')], [r.bob]);
+    assert.equal(r.router.watchersOf('other-app', 'news').size, 0);
+    assert.deepEqual(r.router.unwatch(r.bob, ['news', 'y']), ['news']);
+    assert.equal(r.router.watchersOf('app', 'news').size, 0);
+    // Watching does not subscribe.
+    assert.deepEqual(r.router.localCount('app', 'x'), { count: 0, connections: 0 });
+  });
+
+  it('stats, connectionCount and allConns', () => {
+    const r = setup();
+    const stats = Object.fromEntries(r.router.stats().map((s) => [s.appId, s]));
+    assert.deepEqual(stats.app, { appId: 'app', connections: 4, subscriptions: 5, topics: 3 });
+    assert.deepEqual(stats['other-app'], { appId: 'other-app', connections: 1, subscriptions: 2, topics: 2 });
+    assert.equal(r.router.connectionCount(), 5);
+    assert.equal([...r.router.allConns()].length, 5);
+  });
+});
