@@ -1,0 +1,199 @@
+/**
+ * cluster: Herald as 3 nodes on Redis against Herald as 1 node, same load, one run.
+ *
+ *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 3000] [--nodes 3]
+ *
+ * Phase 1, fan-out: N clients subscribe to one topic (spread evenly over the nodes), M notifications
+ * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
+ * one user (of the N), posted as fast as 16 in flight allow. Server CPU is read from /proc for every
+ * Herald process and for redis-server; figures are CPU µs per delivery, summed over the nodes, and the
+ * ratio of the cluster to the single node (target: <= 1.3x). Traffic stays on 127.0.0.0/8.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { nowUs, Poster, readStamp } from './lib/http.js';
+import { cpuMicros, type RunningServer } from './lib/proc.js';
+import { log, start } from './lib/scenario.js';
+import { type Args, num, parseArgs, percentiles, round, sleep, str, waitFor } from './lib/util.js';
+import { LoadGen } from './loadgen.js';
+
+function redisPid(url: string): number {
+  const u = new URL(url);
+  const info = execFileSync('redis-cli', [
+    '-h',
+    u.hostname,
+    '-p',
+    u.port || '6379',
+    'info',
+    'server',
+  ]).toString();
+  const m = /process_id:(\d+)/.exec(info);
+  if (!m) throw new Error('cannot find the redis-server pid (redis-cli info server)');
+  return Number(m[1]);
+}
+
+interface PhaseFigures {
+  deliveries: number;
+  expected: number;
+  cpuUsPerDelivery: number;
+  redisCpuUsPerDelivery: number | null;
+  p50Ms: number;
+  p99Ms: number;
+  deliveriesPerSec: number;
+}
+
+async function measure(
+  servers: RunningServer[],
+  n: number,
+  m: number,
+  rate: number,
+  targeted: number,
+  redis: number | null,
+): Promise<{ fanout: PhaseFigures; targeted: PhaseFigures }> {
+  const appId = 'bench';
+  const topic = 'fanout:orders';
+  const lat: number[] = [];
+  let received = 0;
+  const stamp = { s: 0, t: 0 };
+  const gens = servers.map(
+    (s) =>
+      new LoadGen({
+        url: s.url,
+        appId,
+        onEvent: (_c, msg) => {
+          if (!readStamp(msg, stamp)) return;
+          received++;
+          lat.push((nowUs() - stamp.t) / 1000);
+        },
+      }),
+  );
+  const posters = servers.map((s) => new Poster(s.url, 16));
+  try {
+    const per = Math.ceil(n / servers.length);
+    let connected = 0;
+    for (let k = 0; k < servers.length; k++) {
+      const r = await (gens[k] as LoadGen).connect(
+        per,
+        (i) => ({ clientId: `u${k * per + i}`, topics: [topic] }),
+        {
+          rate: 3000,
+          concurrency: 200,
+        },
+      );
+      connected += r.connected;
+    }
+    log(`${connected} clients connected over ${servers.length} node(s)`);
+    await sleep(1500); // presence and app channels settle
+    const cpu = () => servers.reduce((sum, s) => sum + s.cpuMicros(), 0);
+    const rcpu = () => (redis ? cpuMicros(redis) : 0);
+    const phase = async (
+      count: number,
+      expectedPer: number,
+      send: (i: number) => Promise<void>,
+      paced: boolean,
+    ) => {
+      lat.length = 0;
+      received = 0;
+      const c0 = cpu();
+      const r0 = rcpu();
+      const t0 = nowUs();
+      const pending = new Set<Promise<void>>();
+      for (let i = 0; i < count; i++) {
+        if (paced) {
+          const wait = (t0 + (i * 1e6) / rate - nowUs()) / 1000;
+          if (wait > 1) await sleep(wait);
+        } else while (pending.size >= 16) await Promise.race(pending);
+        const p = send(i).finally(() => pending.delete(p));
+        pending.add(p);
+      }
+      await Promise.all(pending);
+      const expected = count * expectedPer;
+      await waitFor(() => received >= expected, 30_000, 10);
+      const windowS = (nowUs() - t0) / 1e6;
+      const dc = cpu() - c0;
+      const dr = rcpu() - r0;
+      const p = percentiles(lat, lat.length, [50, 99]);
+      return {
+        deliveries: received,
+        expected,
+        cpuUsPerDelivery: round(dc / Math.max(1, received), 3),
+        redisCpuUsPerDelivery: redis ? round(dr / Math.max(1, received), 3) : null,
+        p50Ms: round(p.p50 as number, 2),
+        p99Ms: round(p.p99 as number, 2),
+        deliveriesPerSec: Math.round(received / windowS),
+      };
+    };
+    const body = (s: number, target: string) =>
+      `{"appId":"${appId}",${target},"data":{"s":${s},"t":${nowUs()},"type":"payment","status":"success","amount":4}}`;
+    const post = async (i: number, target: string) => {
+      const poster = posters[i % posters.length] as Poster;
+      await poster.post('/notify', body(i, target));
+    };
+    const fanout = await phase(m, connected, (i) => post(i, `"eventTopics":["${topic}"]`), true);
+    const targetedFig = await phase(
+      targeted,
+      1,
+      (i) => post(i, `"users":["u${(i * 7919) % connected}"]`),
+      false,
+    );
+    return { fanout, targeted: targetedFig };
+  } finally {
+    for (const p of posters) await p.close();
+    for (const g of gens) await g.closeAll();
+  }
+}
+
+export async function run(argv: string[] | Args): Promise<Record<string, unknown>> {
+  const args = Array.isArray(argv) ? parseArgs(argv) : argv;
+  const n = num(args, 'n', 6000);
+  const m = num(args, 'm', 200);
+  const rate = num(args, 'rate', 20);
+  const targeted = num(args, 'targeted', 3000);
+  const nodes = num(args, 'nodes', 3);
+  const redisUrl = str(args, 'redis', process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379');
+  const prefix = `bench-${randomBytes(3).toString('hex')}:`;
+
+  log('single node');
+  const single = await start('herald', args);
+  let one: Awaited<ReturnType<typeof measure>>;
+  try {
+    one = await measure([single], n, m, rate, targeted, null);
+  } finally {
+    await single.stop();
+  }
+
+  log(`${nodes} nodes on ${redisUrl} (prefix ${prefix})`);
+  const env = { REDIS_URL: redisUrl, REDIS_PREFIX: prefix };
+  const envArgs = {
+    ...args,
+    env: [str(args, 'env', ''), ...Object.entries(env).map(([k, v]) => `${k}=${v}`)]
+      .filter(Boolean)
+      .join(','),
+  };
+  const cluster: RunningServer[] = [];
+  let many: Awaited<ReturnType<typeof measure>>;
+  try {
+    for (let i = 0; i < nodes; i++) cluster.push(await start('herald', envArgs as unknown as Args));
+    many = await measure(cluster, n, m, rate, targeted, redisPid(redisUrl));
+  } finally {
+    for (const s of cluster) await s.stop();
+    try {
+      const u = new URL(redisUrl);
+      execFileSync('sh', [
+        '-c',
+        `redis-cli -h ${u.hostname} -p ${u.port || '6379'} --scan --pattern '${prefix}*' | xargs -r redis-cli -h ${u.hostname} -p ${u.port || '6379'} del`,
+      ]);
+    } catch {}
+  }
+  const ratio = (a: number, b: number) => round(a / Math.max(1e-9, b), 2);
+  return {
+    scenario: 'cluster',
+    params: { n, m, rate, targeted, nodes },
+    single: one,
+    cluster: many,
+    ratios: {
+      fanoutCpuPerDelivery: ratio(many.fanout.cpuUsPerDelivery, one.fanout.cpuUsPerDelivery),
+      targetedCpuPerDelivery: ratio(many.targeted.cpuUsPerDelivery, one.targeted.cpuUsPerDelivery),
+    },
+  };
+}

@@ -1,0 +1,254 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { setPriority, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, sleep } from './util.js';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+export type ServerKind = 'herald' | 'baseline' | 'limit';
+export const SERVER_KINDS: readonly ServerKind[] = ['herald', 'baseline', 'limit'];
+
+/** CPU time (user + system, all threads) of a process in microseconds, from /proc/<pid>/stat. */
+export function cpuMicros(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces) start at field 3.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(rest[11]);
+  const stime = Number(rest[12]);
+  return ((utime + stime) * 1e6) / CLK_TCK;
+}
+
+/** Resident set size of a process in bytes, from /proc/<pid>/status. */
+export function rssBytes(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  return m ? Number(m[1]) * 1024 : Number.NaN;
+}
+
+/** Open file descriptors of a process. */
+export function fdCount(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return -1;
+  }
+}
+
+const children = new Set<ChildProcess>();
+let hooked = false;
+
+/** Kills every server child synchronously: on exit, on error and on SIGINT/SIGTERM. */
+function hookCleanup(): void {
+  if (hooked) return;
+  hooked = true;
+  const killAll = () => {
+    for (const c of children) {
+      try {
+        if (c.pid) process.kill(c.pid, 'SIGKILL');
+      } catch {}
+    }
+    children.clear();
+  };
+  process.on('exit', killAll);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      process.stderr.write(`bench: ${sig}, stopping servers\n`);
+      killAll();
+      process.exit(130);
+    });
+  }
+}
+
+function newestMtime(dir: string): number {
+  let t = 0;
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    const s = statSync(p);
+    t = Math.max(t, s.isDirectory() ? newestMtime(p) : s.mtimeMs);
+  }
+  return t;
+}
+
+/** Builds dist/ when it is missing or older than src/, so the bench never measures stale code. */
+export function ensureBuilt(root: string = ROOT): void {
+  const main = join(root, 'dist', 'src', 'main.js');
+  if (existsSync(main) && statSync(main).mtimeMs >= newestMtime(join(root, 'src'))) return;
+  process.stderr.write('bench: building Herald (tsc -p tsconfig.build.json)\n');
+  try {
+    execFileSync(
+      process.execPath,
+      [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'],
+      {
+        cwd: root,
+        stdio: 'inherit',
+      },
+    );
+  } catch {
+    // tsc still emits JavaScript when it reports type errors (work in progress elsewhere in the tree).
+    if (!existsSync(main)) throw new Error('the build of Herald failed');
+    process.stderr.write('bench: tsc reported errors; measuring the JavaScript it emitted anyway\n');
+  }
+}
+
+export interface ServerOptions {
+  /** Extra environment (Herald settings such as COUNT_INTERVAL). */
+  env?: Record<string, string>;
+  /** Node flags, e.g. ['--cpu-prof', '--cpu-prof-dir=/tmp/prof']. */
+  nodeFlags?: string[];
+  /** Run Herald from src/ through tsx instead of dist/. */
+  fromSource?: boolean;
+  /** The Herald checkout to build and run (default: this repository), e.g. a snapshot of a commit. */
+  heraldDir?: string;
+  /** Scheduling priority of the server process (negative: ahead of other processes on a shared machine). */
+  nice?: number;
+}
+
+export interface RunningServer {
+  kind: ServerKind;
+  pid: number;
+  port: number;
+  url: string;
+  cpuMicros(): number;
+  rssBytes(): number;
+  /** herald_event_loop_delay_p99_seconds in ms (Herald only; resets Herald's histogram). */
+  loopP99Ms(): Promise<number | null>;
+  stop(): Promise<void>;
+}
+
+/** Starts one server under test as its own process on 127.0.0.1 and waits until it answers. */
+export async function startServer(kind: ServerKind, opts: ServerOptions = {}): Promise<RunningServer> {
+  hookCleanup();
+  const port = await freePort();
+  const flags = opts.nodeFlags ?? [];
+  let args: string[];
+  let dataDir: string | undefined;
+  const env: Record<string, string> = {
+    ...(process.env as Record<string, string>),
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'warn',
+    NODE_ENV: 'production',
+    ...opts.env,
+  };
+  if (kind === 'herald') {
+    dataDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
+    env.DATA_DIR = dataDir;
+    const root = opts.heraldDir ?? ROOT;
+    if (opts.fromSource) args = [...flags, '--import', 'tsx', join(root, 'src', 'main.ts')];
+    else {
+      ensureBuilt(root);
+      args = [...flags, join(root, 'dist', 'src', 'main.js')];
+    }
+  } else {
+    args = [...flags, '--import', 'tsx', join(ROOT, 'bench', 'servers', `${kind}.ts`)];
+  }
+  const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let output = '';
+  const keep = (b: Buffer) => {
+    output = (output + b.toString()).slice(-4000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  let exited = false;
+  child.on('exit', () => {
+    exited = true;
+    children.delete(child);
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (exited) throw new Error(`${kind} exited during start-up:\n${output}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`${kind} did not answer within 60 s:\n${output}`);
+    }
+    try {
+      const res = await fetch(`${url}/healthz`);
+      if (res.ok) break;
+    } catch {}
+    await sleep(100);
+  }
+  const pid = child.pid as number;
+  if (opts.nice) setPriority(pid, opts.nice);
+  return {
+    kind,
+    pid,
+    port,
+    url,
+    cpuMicros: () => cpuMicros(pid),
+    rssBytes: () => rssBytes(pid),
+    async loopP99Ms() {
+      if (kind !== 'herald') return null;
+      const text = await (await fetch(`${url}/metrics`)).text();
+      const m = /^herald_event_loop_delay_p99_seconds (\S+)$/m.exec(text);
+      return m ? Number(m[1]) * 1000 : null;
+    },
+    async stop() {
+      if (!exited) {
+        child.kill('SIGTERM');
+        const end = Date.now() + 15_000;
+        while (!exited && Date.now() < end) await sleep(50);
+        if (!exited) child.kill('SIGKILL');
+        while (!exited) await sleep(20);
+      }
+      if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Busy and total jiffies of the whole machine, from /proc/stat. */
+export function machineJiffies(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] as string;
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/**
+ * Measures the CPU used by processes other than the server under test and this bench process, as a
+ * percentage of one core, between `begin()` and `end()`: a noise indicator for the run.
+ */
+export function othersMeter(serverPid: number): { end(): number } {
+  const m0 = machineJiffies();
+  const s0 = cpuMicros(serverPid);
+  const b0 = cpuMicros(process.pid);
+  const t0 = performance.now();
+  return {
+    end() {
+      const m1 = machineJiffies();
+      const busyUs = ((m1.busy - m0.busy) * 1e6) / CLK_TCK;
+      const ours = cpuMicros(serverPid) - s0 + (cpuMicros(process.pid) - b0);
+      const wallUs = (performance.now() - t0) * 1000;
+      return Math.max(0, Math.round(((busyUs - ours) / wallUs) * 100));
+    },
+  };
+}
+
+/**
+ * Waits (at most `maxMs`) until the other processes on the machine use less than `pct` % of one core
+ * over a second, so that a figure is not taken while someone else's test suite runs. Returns the last
+ * reading.
+ */
+export async function waitQuiet(pct: number, maxMs: number, log: (m: string) => void): Promise<number> {
+  const end = Date.now() + maxMs;
+  let said = false;
+  for (;;) {
+    const m0 = machineJiffies();
+    const b0 = cpuMicros(process.pid);
+    await sleep(1000);
+    const m1 = machineJiffies();
+    const busy = ((m1.busy - m0.busy) * 1e6) / CLK_TCK - (cpuMicros(process.pid) - b0);
+    const others = Math.round(busy / 1e4);
+    if (others < pct || Date.now() > end) {
+      if (said) log(`machine quiet enough (others ${others}% of a core)`);
+      return others;
+    }
+    if (!said) log(`waiting for other processes to calm down (${others}% of a core busy)`);
+    said = true;
+  }
+}

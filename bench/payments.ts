@@ -1,0 +1,478 @@
+/**
+ * Payment tracking benchmark: `npm run bench -- payments [--machines 2000] [--rate 3000] [--seconds 20]`.
+ *
+ * Herald runs as its own process (`node --import tsx src/main.ts`, embedded store by default). This
+ * process opens `--machines` machine connections (raw WebSocket clients speaking the Engine.IO v4 /
+ * Socket.IO v4 wire protocol, so the load generator costs far less than the server) spread over
+ * `--merchants` merchants, and one merchant-app connection per merchant (clientId = merchantId).
+ * Each machine runs order lifecycles created -> paying -> succeeded (every 10th order fails instead), one
+ * report at a time (the next after the ack, as a terminal does); a pacer keeps the total at `--rate`
+ * events/s. A `--dup-pct` share of reports is sent twice with the same eventId.
+ *
+ * Figures: events/s acknowledged, p50/p99/max from a report being sent to the merchant app's
+ * `dataUpdate` for that transition, p50/p99 of the ack, and the check that every acknowledged
+ * transition reached the merchant app exactly once (lost = 0, doubled = 0) and that the store agrees
+ * (GET /payments/stats). Flags: --store embedded|postgres --database-url --warmup (s, 3)
+ * --connect-concurrency (100) --keep (keep Herald's data folder) --cpu-prof <dir> (profile Herald).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import WebSocket from 'ws';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const APP = 'pos-bench';
+
+type Flags = Record<string, string | boolean>;
+
+/** Accepts raw argv (`['--rate', '3000']`) or flags already parsed by bench/run.ts (`{ rate: '3000' }`). */
+function flagsOf(args: readonly string[] | Record<string, unknown>): Flags {
+  if (!Array.isArray(args)) {
+    const out: Flags = {};
+    for (const [k, v] of Object.entries(args))
+      if (typeof v === 'string' || typeof v === 'boolean') out[k] = v;
+    return out;
+  }
+  const out: Flags = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (!a.startsWith('--')) continue;
+    const eq = a.indexOf('=');
+    if (eq > 0) out[a.slice(2, eq)] = a.slice(eq + 1);
+    else if (args[i + 1] !== undefined && !(args[i + 1] as string).startsWith('--'))
+      out[a.slice(2)] = args[++i] as string;
+    else out[a.slice(2)] = true;
+  }
+  return out;
+}
+const num = (f: Flags, k: string, d: number) => (typeof f[k] === 'string' ? Number(f[k]) : d);
+const str = (f: Flags, k: string, d: string) => (typeof f[k] === 'string' ? (f[k] as string) : d);
+const log = (m: string) => process.stderr.write(`[payments] ${m}\n`);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+const round = (n: number) => Math.round(n * 100) / 100;
+
+// ---- Herald as a child process ----
+
+interface Node {
+  child: ChildProcess;
+  url: string;
+  dataDir: string;
+}
+
+async function startHeraldProcess(env: Record<string, string>, cpuProfDir?: string): Promise<Node> {
+  const port = await freePort();
+  const dataDir = mkdtempSync(join(tmpdir(), 'herald-bench-pay-'));
+  const childEnv: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    DATA_DIR: dataDir,
+    LOG_LEVEL: 'warn',
+    PAYMENT_TIMEOUT: '1h',
+    ...env,
+  };
+  if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
+  const nodeArgs = cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [];
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'src/main.ts'], {
+    cwd: ROOT,
+    env: childEnv,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`Herald exited with code ${child.exitCode} while starting`);
+    try {
+      const r = await fetch(`${url}/readyz`);
+      if (r.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error('Herald did not become ready within 120 s');
+    await sleep(200);
+  }
+  return { child, url, dataDir };
+}
+
+async function stopHeraldProcess(n: Node, keep: boolean): Promise<void> {
+  if (n.child.exitCode === null) {
+    n.child.kill('SIGTERM');
+    await new Promise((r) => n.child.once('exit', r));
+  }
+  if (!keep) rmSync(n.dataDir, { recursive: true, force: true });
+}
+
+/** Herald's CPU time in ms (user + system), from /proc (Linux; 0 elsewhere). */
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const fields = (readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1] ?? '').split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+const CLK_TCK = 100;
+
+// ---- a minimal Socket.IO v4 client over ws ----
+
+type Ack = (payload: Record<string, unknown>) => void;
+
+class WireClient {
+  private ws: WebSocket | undefined;
+  private nextAck = 1;
+  private readonly acks = new Map<number, Ack>();
+  onEvent: ((name: string, args: unknown[]) => void) | undefined;
+
+  constructor(
+    private readonly url: string,
+    private readonly auth: Record<string, string>,
+  ) {}
+
+  connect(timeoutMs = 20_000): Promise<void> {
+    const ws = new WebSocket(`${this.url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`, {
+      perMessageDeflate: false,
+    });
+    this.ws = ws;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('connect timeout')), timeoutMs);
+      ws.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      ws.on('message', (raw: Buffer) => {
+        const msg = raw.toString();
+        const c = msg.charCodeAt(0);
+        if (c === 0x32 /* 2 ping */) {
+          ws.send('3');
+          return;
+        }
+        if (c === 0x30 /* 0 open */) {
+          ws.send(`40/${APP},${JSON.stringify(this.auth)}`);
+          return;
+        }
+        if (msg.startsWith('40/')) {
+          clearTimeout(timer);
+          resolve();
+          return;
+        }
+        if (msg.startsWith('44/')) {
+          clearTimeout(timer);
+          reject(new Error(`connect refused: ${msg}`));
+          return;
+        }
+        const comma = msg.indexOf(',');
+        if (msg.startsWith('43/')) {
+          const open = msg.indexOf('[', comma);
+          const id = Number(msg.slice(comma + 1, open));
+          const ack = this.acks.get(id);
+          if (ack) {
+            this.acks.delete(id);
+            ack((JSON.parse(msg.slice(open)) as Record<string, unknown>[])[0] as Record<string, unknown>);
+          }
+          return;
+        }
+        if (msg.startsWith('42/') && this.onEvent) {
+          const arr = JSON.parse(msg.slice(comma + 1)) as unknown[];
+          this.onEvent(arr[0] as string, arr.slice(1));
+        }
+      });
+    });
+  }
+
+  emit(event: string, data: unknown, ack: Ack): void {
+    const id = this.nextAck++;
+    this.acks.set(id, ack);
+    this.ws?.send(`42/${APP},${id}${JSON.stringify([event, data])}`);
+  }
+
+  close(): void {
+    this.ws?.close();
+  }
+}
+
+async function inBatches<T>(items: T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (i < items.length) await fn(items[i++] as T);
+    }),
+  );
+}
+
+// ---- the scenario ----
+
+interface Machine {
+  deviceId: string;
+  merchantId: string;
+  client: WireClient;
+  busy: boolean;
+  order: string;
+  step: number;
+  orders: number;
+}
+
+const LIFE = ['created', 'paying', 'succeeded'] as const;
+const FAILING = ['created', 'paying', 'failed'] as const;
+
+export async function run(
+  args: readonly string[] | Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  const f = flagsOf(args);
+  const machinesN = num(f, 'machines', 2000);
+  const merchantsN = num(f, 'merchants', 200);
+  const rate = num(f, 'rate', 3000);
+  const seconds = num(f, 'seconds', 20);
+  const warmup = num(f, 'warmup', 3);
+  const dupPct = num(f, 'dup-pct', 2);
+  const connectConcurrency = num(f, 'connect-concurrency', 100);
+  const store = str(f, 'store', 'embedded');
+  const env: Record<string, string> = {};
+  let schema: string | undefined;
+  const databaseUrl = str(
+    f,
+    'database-url',
+    process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+  );
+  if (store === 'postgres') {
+    schema = `bench_payments_${randomBytes(4).toString('hex')}`;
+    env.DATABASE_URL = databaseUrl;
+    env.DATABASE_SCHEMA = schema;
+  } else if (store !== 'embedded') throw new Error('--store is embedded or postgres');
+
+  log(`starting Herald (${store} store)`);
+  const cpuProf = typeof f['cpu-prof'] === 'string' ? (f['cpu-prof'] as string) : undefined;
+  const node = await startHeraldProcess(env, cpuProf);
+  const run = `${Date.now().toString(36)}`;
+  const sentAt = new Map<string, number>(); // `${orderId}:${status}` -> first send time
+  const expected = new Set<string>(); // acknowledged transitions
+  const received = new Map<string, number>(); // notifications at the merchant apps
+  const latencies: number[] = [];
+  const ackLatencies: number[] = [];
+  let measuring = false;
+  let acked = 0;
+  let duplicates = 0;
+  let stale = 0;
+  let rejected = 0;
+  const apps: WireClient[] = [];
+  const machines: Machine[] = [];
+  try {
+    log(`connecting ${merchantsN} merchant apps and ${machinesN} machines`);
+    for (let m = 0; m < merchantsN; m++) {
+      const merchantId = `m-${run}-${m}`;
+      const app = new WireClient(node.url, { clientId: merchantId });
+      app.onEvent = (name, evArgs) => {
+        if (name !== 'dataUpdate') return;
+        const data = evArgs[0] as { type?: string; orderId?: string; status?: string };
+        if (data.type !== 'payment') return;
+        const key = `${data.orderId}:${data.status}`;
+        received.set(key, (received.get(key) ?? 0) + 1);
+        const t = sentAt.get(key);
+        if (t !== undefined && measuring) latencies.push(performance.now() - t);
+      };
+      apps.push(app);
+    }
+    await inBatches(apps, connectConcurrency, (a) => a.connect());
+    for (let i = 0; i < machinesN; i++) {
+      const deviceId = `pos-${run}-${i}`;
+      const merchantId = `m-${run}-${i % merchantsN}`;
+      machines.push({
+        deviceId,
+        merchantId,
+        client: new WireClient(node.url, { deviceId, merchantId }),
+        busy: false,
+        order: '',
+        step: 0,
+        orders: 0,
+      });
+    }
+    const connectStarted = performance.now();
+    await inBatches(machines, connectConcurrency, (m) => m.client.connect());
+    const connectSeconds = (performance.now() - connectStarted) / 1000;
+    log(`connected in ${round(connectSeconds)} s`);
+
+    const send = (m: Machine) => {
+      if (m.step === 0) {
+        m.order = `${m.deviceId}-${m.orders++}`;
+      }
+      const life = m.orders % 10 === 0 ? FAILING : LIFE;
+      const type = life[m.step] as string;
+      const event = {
+        eventId: `${m.order}:${type}`,
+        orderId: m.order,
+        type,
+        amount: 4,
+        occurredAt: Date.now(),
+      };
+      const key = `${m.order}:${type}`;
+      const t0 = performance.now();
+      if (!sentAt.has(key)) sentAt.set(key, t0);
+      m.busy = true;
+      const onAck = (ack: Record<string, unknown>) => {
+        if (measuring) ackLatencies.push(performance.now() - t0);
+        if (ack.ok !== true) {
+          rejected++;
+          m.busy = false;
+          return;
+        }
+        acked++;
+        if (ack.duplicate) duplicates++;
+        else if (ack.stale) stale++;
+        else expected.add(key);
+        m.step = (m.step + 1) % life.length;
+        m.busy = false;
+      };
+      m.client.emit('payment:report', event, onAck);
+      if (Math.random() * 100 < dupPct) {
+        // The same event again (a machine retrying): must be answered duplicate and notify nobody.
+        m.client.emit('payment:report', event, (ack) => {
+          if (ack.ok === true && ack.duplicate) duplicates++;
+          else if (ack.ok !== true) rejected++;
+        });
+      }
+    };
+
+    // Pacer: every 5 ms, send what the rate allows to idle machines, round robin.
+    let cursor = 0;
+    let credit = 0;
+    let last = performance.now();
+    let sent = 0;
+    const tick = () => {
+      const now = performance.now();
+      credit += ((now - last) / 1000) * rate;
+      last = now;
+      let scanned = 0;
+      while (credit >= 1 && scanned < machines.length) {
+        const m = machines[cursor] as Machine;
+        cursor = (cursor + 1) % machines.length;
+        scanned++;
+        if (m.busy) continue;
+        send(m);
+        sent++;
+        credit -= 1;
+      }
+      if (credit > rate) credit = rate; // do not bank more than a second of backlog
+    };
+    const timer = setInterval(tick, 5);
+    log(`warming up ${warmup} s`);
+    await sleep(warmup * 1000);
+    const cpu0 = cpuMs(node.child.pid);
+    const acked0 = acked;
+    const sent0 = sent;
+    measuring = true;
+    const t0 = performance.now();
+    log(`measuring ${seconds} s at ${rate} events/s`);
+    await sleep(seconds * 1000);
+    measuring = false;
+    const elapsed = (performance.now() - t0) / 1000;
+    const eventsPerSecond = (acked - acked0) / elapsed;
+    const sentPerSecond = (sent - sent0) / elapsed;
+    const cpu = (cpuMs(node.child.pid) - cpu0) / 1000 / elapsed;
+    clearInterval(timer);
+    log('draining: waiting for the last acks and notifications');
+    const drainEnd = Date.now() + 30_000;
+    while (Date.now() < drainEnd && machines.some((m) => m.busy)) await sleep(50);
+    await sleep(1000);
+
+    let lost = 0;
+    let doubled = 0;
+    for (const key of expected) {
+      const n = received.get(key) ?? 0;
+      if (n === 0) lost++;
+      else if (n > 1) doubled++;
+    }
+    let unexpected = 0;
+    for (const key of received.keys()) if (!expected.has(key)) unexpected++;
+
+    // The store's view must agree with what the machines were told.
+    const statsRes = await fetch(`${node.url}/payments/stats?appId=${APP}&minutes=5`);
+    const stats = (await statsRes.json()) as { total: number; counts: Record<string, number> };
+    const ordersStarted = [...expected].filter((k) => k.endsWith(':created')).length;
+    const finishedTold = [...expected].filter((k) => /:(succeeded|failed)$/.test(k)).length;
+    const finishedStored = (stats.counts.succeeded ?? 0) + (stats.counts.failed ?? 0);
+
+    latencies.sort((a, b) => a - b);
+    ackLatencies.sort((a, b) => a - b);
+    const result = {
+      scenario: 'payments',
+      store,
+      machines: machinesN,
+      merchants: merchantsN,
+      targetRate: rate,
+      seconds: round(elapsed),
+      connectSeconds: round(connectSeconds),
+      sentPerSecond: Math.round(sentPerSecond),
+      eventsPerSecond: Math.round(eventsPerSecond),
+      reportToAppMs: {
+        p50: round(percentile(latencies, 50)),
+        p99: round(percentile(latencies, 99)),
+        max: round(latencies.at(-1) ?? Number.NaN),
+        samples: latencies.length,
+      },
+      ackMs: { p50: round(percentile(ackLatencies, 50)), p99: round(percentile(ackLatencies, 99)) },
+      heraldCpuCores: round(cpu),
+      transitions: expected.size,
+      duplicatesAnswered: duplicates,
+      staleAnswered: stale,
+      rejected,
+      lost,
+      doubled,
+      unexpected,
+      store_orders: stats.total,
+      orders_told_created: ordersStarted,
+      finished_told: finishedTold,
+      finished_stored: finishedStored,
+      ok:
+        lost === 0 &&
+        doubled === 0 &&
+        unexpected === 0 &&
+        rejected === 0 &&
+        stats.total === ordersStarted &&
+        finishedStored === finishedTold,
+    };
+    log(JSON.stringify(result));
+    return result;
+  } finally {
+    for (const m of machines) m.client.close();
+    for (const a of apps) a.close();
+    await stopHeraldProcess(node, f.keep === true);
+    if (schema) {
+      const c = new pg.Client({ connectionString: databaseUrl });
+      await c.connect();
+      await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await c.end();
+    }
+  }
+}
+
+// `tsx bench/payments.ts --rate 3000` runs it directly too.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  run(process.argv.slice(2)).then(
+    (r) => {
+      process.stdout.write(`${JSON.stringify(r)}\n`);
+      process.exit(r.ok ? 0 : 1);
+    },
+    (err: unknown) => {
+      process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
