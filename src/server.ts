@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { Counter } from 'prom-client';
 import { AccessControl } from './auth/index.js';
 import { MemoryBus, MemoryPresence } from './bus/memory.js';
 import { RedisCluster } from './bus/redis.js';
@@ -117,10 +118,33 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       onCountChange: countChanged,
       localCount: (appId, topic) => router.localCount(appId, topic),
       hasUser: (appId, clientId) => router.hasUser(appId, clientId),
+      hasApp: (appId) => router.appIds().includes(appId),
       localTopics: () => router.allTopics(),
       logger: logger.child({ part: 'cluster' }),
     });
     await cluster.start();
+    const stats = cluster.stats;
+    new Counter({
+      name: 'herald_cluster_notifications_total',
+      help: 'Notifications sent to other nodes (route app: every node of the app; route user: only the nodes holding the users) and received from them.',
+      labelNames: ['direction', 'route'],
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc({ direction: 'sent', route: 'app' }, stats.sentApp);
+        this.inc({ direction: 'sent', route: 'user' }, stats.sentRouted);
+        this.inc({ direction: 'received', route: 'any' }, stats.received);
+      },
+    });
+    new Counter({
+      name: 'herald_cluster_routed_nodes_total',
+      help: 'Nodes that user-routed notifications were sent to (divide by the sent/user count for nodes per notification).',
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc(stats.routedNodes);
+      },
+    });
     bus = cluster.bus;
     presence = cluster.presence;
     logger.info({ node: cluster.nodeId, prefix: config.redisPrefix }, 'cluster mode on redis');
@@ -164,7 +188,16 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   let afterPublish: ((n: Notification) => void) | undefined;
 
   const http = await createHttp({ config, logger, metrics, version: VERSION });
-  const gateway = new Gateway(http.server, { config, access, router, counts, metrics, logger });
+  const clusterNow = cluster;
+  const gateway = new Gateway(http.server, {
+    config,
+    access,
+    router,
+    counts,
+    metrics,
+    logger,
+    ...(clusterNow ? { admit: (appId, clientId) => clusterNow.admit(appId, clientId) } : {}),
+  });
   registerRecovery({
     gateway,
     history,

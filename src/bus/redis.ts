@@ -18,6 +18,8 @@ export interface RedisClusterOptions {
   onCountChange: (appId: string, topic: string) => void;
   /** Whether a user has a socket on this node. */
   hasUser: (appId: string, clientId: string) => boolean;
+  /** Whether this node has any socket of an app. */
+  hasApp: (appId: string) => boolean;
   /** This node's own count of a topic (used while Redis is away). */
   localCount: (appId: string, topic: string) => TopicCount;
   /** This node's current subscribers, to publish them again after Redis comes back. */
@@ -80,9 +82,45 @@ return out
 `);
 
 /**
+ * Publishes a notification addressed to users only to the live nodes (other than the caller) that hold
+ * at least one of those users, on each node's own channel. Returns how many nodes it was sent to.
+ * KEYS[1]: nodes zset. ARGV: min heartbeat, caller node, online-set prefix, node-channel prefix,
+ * message, then the user ids.
+ */
+const ROUTE_SCRIPT = new Script(`
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local users = {}
+for i = 6, #ARGV do users[#users + 1] = ARGV[i] end
+local sent = 0
+for _, n in ipairs(nodes) do
+  if n ~= ARGV[2] then
+    local hits = redis.call('SMISMEMBER', ARGV[3] .. n, unpack(users))
+    for _, h in ipairs(hits) do
+      if h == 1 then
+        redis.call('PUBLISH', ARGV[4] .. n, ARGV[5])
+        sent = sent + 1
+        break
+      end
+    end
+  end
+end
+return sent
+`);
+
+/** Users per routed notification above which it goes to the app channel instead (one Lua call stays short). */
+const ROUTE_MAX_USERS = 1000;
+
+/**
  * Cluster mode on Redis: notifications fan out over one pub/sub channel per app (a node subscribes
  * only to the apps it has sockets for), and presence (who is subscribed to what) lives in per-node sets,
  * so counts are exact across nodes and a dead node's entries can be dropped as a whole.
+ *
+ * Notifications addressed only to users are routed: they go only to the nodes whose online set holds
+ * one of the users (on the node's own channel), so a targeted notification costs one node, not all.
+ * A socket is admitted (its Socket.IO connect is answered) only once its user is in this node's online
+ * set and the node listens to the app channel, so a client that sees `connect` is reachable at once.
+ * For a while after a Redis outage, when the online sets may be incomplete until every node has
+ * re-published its presence, targeted notifications go to the app channel like any other.
  *
  * Keys (all under the prefix): `nodes` (zset node -> last heartbeat), `pm:<app>|<topic>|<node>` (set of
  * client ids), `pc:<app>|<topic>` (hash node -> connections), `nk:<node>` (set of `<app>|<topic>` the node
@@ -90,11 +128,19 @@ return out
  */
 export class RedisCluster {
   readonly nodeId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  /** Notifications sent to the whole app channel, routed to some nodes (and to how many), received. */
+  readonly stats = { sentApp: 0, sentRouted: 0, routedNodes: 0, received: 0 };
   readonly bus: Bus;
   readonly presence: Presence;
   private readonly pub: Redis;
   private readonly sub: Redis;
   private readonly apps = new Map<string, NodeJS.Timeout | null>();
+  /** The app-channel subscriptions, resolved when Redis confirmed them. */
+  private readonly subscribed = new Map<string, Promise<unknown>>();
+  /** Sockets admitted but not yet connected, per `<app>\u0000<client>`. */
+  private readonly admitted = new Map<string, number>();
+  /** Until then, user-targeted notifications go to the app channel (presence may be incomplete). */
+  private routeAfter = 0;
   private pending = new Map<string, PendingTopic>();
   private flushScheduled = false;
   private resyncNeeded = false;
@@ -122,7 +168,14 @@ export class RedisCluster {
     };
     // Commands fail fast while Redis is away (no offline queue): a late notification is worse than
     // a missed one for the other nodes, and local sockets are served either way.
-    this.pub = new Redis(opts.url, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+    // Auto-pipelining sends the commands of one event-loop turn in one write (history appends, routes
+    // and publishes of concurrent requests), which is most of what a busy node sends.
+    this.pub = new Redis(opts.url, {
+      ...common,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      enableAutoPipelining: true,
+    });
     this.sub = new Redis(opts.url, { ...common, autoResubscribe: true });
     for (const [name, client] of [
       ['publisher', this.pub],
@@ -137,6 +190,8 @@ export class RedisCluster {
       if (everReady) {
         opts.logger.info('redis is back: publishing this node presence again');
         this.resyncNeeded = true;
+        // Redis may have lost the online sets; every node re-publishes them within a heartbeat.
+        this.routeAfter = Date.now() + opts.presenceTtlMs + 2000;
       }
       everReady = true;
       void this.beat();
@@ -154,7 +209,13 @@ export class RedisCluster {
         opts.deliver(n);
         const msg: ClusterMessage = { v: 1, t: 'notify', node: self.nodeId, n };
         try {
-          await self.pub.publish(self.channel(n.appId), JSON.stringify(msg));
+          if (self.routable(n)) {
+            self.stats.sentRouted++;
+            self.stats.routedNodes += await self.route(n.appId, n.users as string[], JSON.stringify(msg));
+          } else {
+            self.stats.sentApp++;
+            await self.pub.publish(self.channel(n.appId), JSON.stringify(msg));
+          }
         } catch (err) {
           self.publishFailed(err);
         }
@@ -224,6 +285,97 @@ export class RedisCluster {
     }
   }
 
+  // --- routing --------------------------------------------------------------------------------
+
+  /** Whether a notification can go only to the nodes holding its users. */
+  private routable(n: Notification): boolean {
+    return (
+      n.users !== undefined &&
+      n.users.length <= ROUTE_MAX_USERS &&
+      n.topics === undefined &&
+      n.devices === undefined &&
+      n.broadcast !== true &&
+      Date.now() >= this.routeAfter
+    );
+  }
+
+  private async route(appId: string, users: string[], message: string): Promise<number> {
+    return Number(
+      await ROUTE_SCRIPT.run(
+        this.pub,
+        1,
+        this.key('nodes'),
+        String(Date.now() - this.opts.presenceTtlMs),
+        this.nodeId,
+        this.key(`pm:${appId}|${ONLINE_TOPIC}|`),
+        this.key('node:'),
+        message,
+        ...users,
+      ),
+    );
+  }
+
+  /**
+   * Called before a socket's connect is answered: makes sure this node listens to the app's channel and
+   * that the user is in this node's online set, so that notifications routed to the user reach this
+   * node from the moment the client sees `connect`. Bounded by `timeoutMs`; while Redis is away the
+   * socket is admitted at once (the resync after the outage publishes it).
+   */
+  async admit(appId: string, clientId: string, timeoutMs = 2000): Promise<() => void> {
+    if (this.closed) return () => undefined;
+    this.appAdded(appId);
+    const key = `${appId}\u0000${clientId}`;
+    this.admitted.set(key, (this.admitted.get(key) ?? 0) + 1);
+    // Released when the socket is in the router, or after 10 s if it never got there.
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      clearTimeout(settle);
+      this.admissionOver(appId, clientId);
+    };
+    const settle = setTimeout(release, 10_000);
+    settle.unref();
+    if (!this.healthy()) return release;
+    const waits: Promise<unknown>[] = [this.subscribed.get(appId) ?? Promise.resolve()];
+    if (!this.opts.hasUser(appId, clientId)) {
+      const at = `${appId}|${ONLINE_TOPIC}`;
+      waits.push(
+        this.pub
+          .multi()
+          .sadd(this.key(`pm:${at}|${this.nodeId}`), clientId)
+          .sadd(this.key(`nk:${this.nodeId}`), at)
+          .exec()
+          .catch(() => undefined),
+      );
+    }
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(waits),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    return release;
+  }
+
+  /** An admitted socket connected, or had time to: undo what no connected socket needs any more. */
+  private admissionOver(appId: string, clientId: string): void {
+    const key = `${appId}\u0000${clientId}`;
+    const left = (this.admitted.get(key) ?? 1) - 1;
+    if (left > 0) {
+      this.admitted.set(key, left);
+      return;
+    }
+    this.admitted.delete(key);
+    if (this.closed) return;
+    if (!this.opts.hasUser(appId, clientId) && this.healthy()) {
+      this.pub.srem(this.key(`pm:${appId}|${ONLINE_TOPIC}|${this.nodeId}`), clientId).catch(() => undefined);
+    }
+    if (!this.opts.hasApp(appId)) this.appRemoved(appId);
+  }
+
   // --- app channels ---------------------------------------------------------------------------
 
   /** The first local socket of an app connected: receive the app's traffic. */
@@ -235,14 +387,22 @@ export class RedisCluster {
       return;
     }
     this.apps.set(appId, null);
-    this.sub.subscribe(this.channel(appId)).catch(() => undefined);
+    this.subscribed.set(
+      appId,
+      this.sub.subscribe(this.channel(appId)).catch(() => undefined),
+    );
   }
 
   /** The last local socket of an app left: stop receiving its traffic after a grace period. */
   appRemoved(appId: string): void {
     if (!this.apps.has(appId)) return;
     const timer = setTimeout(() => {
+      if (this.opts.hasApp(appId)) {
+        this.apps.set(appId, null);
+        return;
+      }
       this.apps.delete(appId);
+      this.subscribed.delete(appId);
       this.sub.unsubscribe(this.channel(appId)).catch(() => undefined);
     }, 5000);
     timer.unref();
@@ -259,6 +419,7 @@ export class RedisCluster {
     }
     if (msg.v !== 1 || msg.node === this.nodeId) return;
     if (msg.t === 'notify') {
+      this.stats.received++;
       this.opts.deliver(msg.n);
     } else if (msg.t === 'rpc') {
       this.answer(msg);
@@ -378,7 +539,9 @@ export class RedisCluster {
       p.add.add(c.clientId);
     } else if (c.clientDelta === -1) {
       p.add.delete(c.clientId);
-      p.rem.add(c.clientId);
+      // A socket of the same user being admitted right now keeps the user in the online set.
+      if (c.topic !== ONLINE_TOPIC || !this.admitted.has(`${c.appId}\u0000${c.clientId}`))
+        p.rem.add(c.clientId);
     }
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -408,9 +571,13 @@ export class RedisCluster {
         m.hset(this.key(`pc:${at}`), node, p.connections);
         m.sadd(this.key(`nk:${node}`), at);
       } else {
-        m.del(members);
         m.hdel(this.key(`pc:${at}`), node);
-        m.srem(this.key(`nk:${node}`), at);
+        // The online set may hold users being admitted (see admit), so it is only ever trimmed, and
+        // stays listed for the reaper.
+        if (p.topic !== ONLINE_TOPIC) {
+          m.del(members);
+          m.srem(this.key(`nk:${node}`), at);
+        }
       }
     }
     try {
@@ -475,6 +642,14 @@ export class RedisCluster {
       m.hset(this.key(`pc:${at}`), node, t.connections);
       m.sadd(this.key(`nk:${node}`), at);
       touched.push({ appId: t.appId, topic: t.topic });
+    }
+    // Sockets being admitted right now are online too.
+    for (const key of this.admitted.keys()) {
+      const nul = key.indexOf('\u0000');
+      const at = `${key.slice(0, nul)}|${ONLINE_TOPIC}`;
+      m.sadd(this.key(`pm:${at}|${node}`), key.slice(nul + 1));
+      m.sadd(this.key(`nk:${node}`), at);
+      now.add(at);
     }
     for (const at of old) {
       if (now.has(at)) continue;

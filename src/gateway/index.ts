@@ -280,6 +280,12 @@ export interface GatewayDeps {
   counts: CountNotifier;
   metrics: Metrics;
   logger: Logger;
+  /**
+   * Runs after authentication and before the client's connect is answered (cluster mode: make the
+   * socket reachable from every node first). Resolves with a function called once the socket is in
+   * the router.
+   */
+  admit?: (appId: string, clientId: string) => Promise<() => void>;
 }
 
 type Ack = (response: { ok: true } & Record<string, unknown>) => void;
@@ -332,8 +338,13 @@ export class Gateway {
     this.apps = this.io.of(APP_NAMESPACE_RE);
     this.apps.use((socket, next) => {
       this.authenticate(socket).then(
-        (identity) => {
+        async (identity) => {
           socket.data.identity = identity;
+          if (deps.admit) {
+            socket.data.admitted = await deps
+              .admit(socket.nsp.name.slice(1), identity.clientId)
+              .catch(() => undefined);
+          }
           next();
         },
         (err: unknown) => {
@@ -453,6 +464,7 @@ export class Gateway {
       },
     );
     router.add(conn);
+    (socket.data.admitted as (() => void) | undefined)?.();
     socket.on('disconnect', () => router.remove(conn));
     socket.onAny((event: string, ...args: unknown[]) => {
       const handler = this.handlers.get(event);

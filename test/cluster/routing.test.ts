@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { io, type Socket } from 'socket.io-client';
+import { sleep, until } from '../helpers.js';
+import { cleanRedis, type NodeProcess, spawnReadyNodes, TEST_REDIS_URL, uniqueName } from './harness.js';
+
+const sockets: Socket[] = [];
+
+function connectTo(url: string, appId: string, clientId: string): Promise<Socket> {
+  const s = io(`${url}/${appId}`, {
+    auth: { clientId },
+    transports: ['websocket'],
+    forceNew: true,
+    reconnection: false,
+  });
+  sockets.push(s);
+  return new Promise((resolve, reject) => {
+    s.once('connect', () => resolve(s));
+    s.once('connect_error', reject);
+  });
+}
+
+function collect(s: Socket): unknown[] {
+  const got: unknown[] = [];
+  s.on('dataUpdate', (data: unknown) => got.push(data));
+  return got;
+}
+
+async function notify(url: string, body: unknown): Promise<void> {
+  const res = await fetch(`${url}/notify`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  await res.arrayBuffer();
+  assert.equal(res.status, 202);
+}
+
+/** The node's cluster counters from /metrics. */
+async function stats(
+  url: string,
+): Promise<{ sentUser: number; sentApp: number; received: number; routed: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const read = (re: RegExp) => Number(re.exec(text)?.[1] ?? Number.NaN);
+  return {
+    sentUser: read(/^herald_cluster_notifications_total\{direction="sent",route="user"\} (\d+)/m),
+    sentApp: read(/^herald_cluster_notifications_total\{direction="sent",route="app"\} (\d+)/m),
+    received: read(/^herald_cluster_notifications_total\{direction="received",route="any"\} (\d+)/m),
+    routed: read(/^herald_cluster_routed_nodes_total (\d+)/m),
+  };
+}
+
+describe('cluster: notifications to users go only to the nodes holding them', () => {
+  const prefix = `${uniqueName('hroute')}:`;
+  const nodes: NodeProcess[] = [];
+
+  before(async () => {
+    nodes.push(
+      ...(await spawnReadyNodes({ REDIS_URL: TEST_REDIS_URL, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s' }, 3)),
+    );
+  });
+  after(async () => {
+    for (const s of sockets) s.close();
+    await Promise.all(nodes.map((n) => n.kill()));
+    await cleanRedis(TEST_REDIS_URL, prefix);
+  });
+
+  it('reaches a user on another node as soon as its socket is connected, once, and no other node', async () => {
+    const [a, b, c] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+    const before = await Promise.all([a, b, c].map((n) => stats(n.url)));
+    // A fresh user (and, the first time, a fresh app) per round: connect on one node, post at once on
+    // another. Admission puts the user in the node's online set before `connect` is answered.
+    const rounds = 12;
+    for (let i = 0; i < rounds; i++) {
+      const on = nodes[i % 3] as NodeProcess;
+      const from = nodes[(i + 1) % 3] as NodeProcess;
+      const s = await connectTo(on.url, `route-${i % 4}`, `user-${i}`);
+      const got = collect(s);
+      await notify(from.url, { appId: `route-${i % 4}`, users: [`user-${i}`], data: { i } });
+      await until(() => got.length === 1, 5000, `round ${i}: delivery right after connect`);
+      s.close();
+    }
+    await sleep(200);
+    const afterStats = await Promise.all([a, b, c].map((n) => stats(n.url)));
+    const sum = (f: (s: Awaited<ReturnType<typeof stats>>) => number, list: typeof before) =>
+      list.reduce((t, s) => t + f(s), 0);
+    assert.equal(sum((s) => s.sentUser, afterStats) - sum((s) => s.sentUser, before), rounds);
+    assert.equal(sum((s) => s.sentApp, afterStats) - sum((s) => s.sentApp, before), 0);
+    // Each notification went to exactly one other node, which received it; nobody else did.
+    assert.equal(sum((s) => s.routed, afterStats) - sum((s) => s.routed, before), rounds);
+    assert.equal(sum((s) => s.received, afterStats) - sum((s) => s.received, before), rounds);
+  });
+
+  it('a user on two nodes gets it on both, once each; a user on the posting node costs no message', async () => {
+    const [a, b, c] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+    const sb = await connectTo(b.url, 'multi', 'both');
+    const sc = await connectTo(c.url, 'multi', 'both');
+    const sa = await connectTo(a.url, 'multi', 'local');
+    const gb = collect(sb);
+    const gc = collect(sc);
+    const ga = collect(sa);
+    const s0 = await stats(a.url);
+    await notify(a.url, { appId: 'multi', users: ['both'], data: { k: 1 } });
+    await until(() => gb.length === 1 && gc.length === 1, 5000, 'both devices');
+    const s1 = await stats(a.url);
+    assert.equal(s1.routed - s0.routed, 2);
+
+    await notify(a.url, { appId: 'multi', users: ['local'], data: { k: 2 } });
+    await until(() => ga.length === 1, 5000, 'local user');
+    const s2 = await stats(a.url);
+    assert.equal(s2.sentUser - s1.sentUser, 1);
+    assert.equal(s2.routed - s1.routed, 0, 'no other node holds the user');
+
+    // A user with no socket anywhere: nothing is sent.
+    await notify(a.url, { appId: 'multi', users: ['nobody'], data: { k: 3 } });
+    const s3 = await stats(a.url);
+    assert.equal(s3.routed - s2.routed, 0);
+    await sleep(150);
+    assert.deepEqual([ga.length, gb.length, gc.length], [1, 1, 1], 'nothing else was delivered');
+  });
+
+  it('stops sending to a node once the user left it, and topics still reach every node', async () => {
+    const [a, b, c] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+    const sb = await connectTo(b.url, 'leave', 'gone');
+    const watcherC = await connectTo(c.url, 'leave', 'stays');
+    const gc = collect(watcherC);
+    await watcherC.emitWithAck('subscribe', 'news');
+    const s0 = await stats(a.url);
+    await notify(a.url, { appId: 'leave', users: ['gone'], data: { k: 1 } });
+    const s1 = await stats(a.url);
+    assert.equal(s1.routed - s0.routed, 1);
+    sb.close();
+    // The departure reaches Redis within a moment; until then a notification may still go to b.
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const before = await stats(a.url);
+      await notify(a.url, { appId: 'leave', users: ['gone'], data: { k: 2 } });
+      if ((await stats(a.url)).routed === before.routed) break;
+      assert.ok(Date.now() < deadline, 'the user left the online set of node b within 5 s');
+      await sleep(50);
+    }
+    // A topic notification is not user-routed: it goes over the app channel.
+    await notify(a.url, { appId: 'leave', eventTopics: ['news'], data: { k: 3 } });
+    await until(() => gc.length === 1, 5000, 'topic delivery on node c');
+    const s2 = await stats(a.url);
+    assert.ok(s2.sentApp > s1.sentApp);
+  });
+});
