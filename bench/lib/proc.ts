@@ -21,6 +21,13 @@ export function cpuMicros(pid: number): number {
   return ((utime + stime) * 1e6) / CLK_TCK;
 }
 
+/** User and system CPU time (all threads) of a process in microseconds, from /proc/<pid>/stat. */
+export function cpuSplitMicros(pid: number): { user: number; system: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: (Number(rest[11]) * 1e6) / CLK_TCK, system: (Number(rest[12]) * 1e6) / CLK_TCK };
+}
+
 /** Resident set size of a process in bytes, from /proc/<pid>/status. */
 export function rssBytes(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');

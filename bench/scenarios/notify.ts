@@ -1,16 +1,18 @@
 /**
  * notify: U clients connected, each its own user; targeted notifications (each to one user) posted
- * as fast as `--inflight` concurrent keep-alive requests allow (undici Pool), first one per
+ * as fast as `--inflight` concurrent keep-alive requests allow (bench/lib/http.ts Poster), first one per
  * `POST /notify` for `--seconds`, then `--batch` per `POST /notify/batch` for `--seconds`.
+ * `--phases single,batch` chooses the phases (e.g. `--phases single` with `--cpu-prof`).
  * Figures: accepted/s, delivered/s, p99 of the HTTP response and of publish→receive, server CPU.
  */
 
 import { nowUs, Poster, readStamp, Samples } from '../lib/http.js';
-import { othersMeter } from '../lib/proc.js';
+import { cpuSplitMicros, othersMeter } from '../lib/proc.js';
 import { eachServer, log, type ScenarioResult } from '../lib/scenario.js';
 import {
   type Args,
   type Figure,
+  list,
   num,
   percentiles,
   round,
@@ -27,6 +29,7 @@ export const figures: Figure[] = [
   { key: 'single.p99Ms', label: 'single: p99 publish→receive ms', lowerIsBetter: true },
   { key: 'single.cpuUsPerNotification', label: 'single: server CPU µs / notification', lowerIsBetter: true },
   { key: 'single.lost', label: 'single: lost', lowerIsBetter: true },
+  { key: 'single.systemCpuShare', label: 'single: share of server CPU in the kernel' },
   { key: 'single.loopP99Ms', label: 'single: event-loop p99 delay ms', heraldOnly: true },
   { key: 'batch.acceptedPerSec', label: 'batch: accepted / s' },
   { key: 'batch.deliveredPerSec', label: 'batch: delivered / s' },
@@ -45,6 +48,7 @@ export async function run(args: Args): Promise<ScenarioResult> {
   const batch = num(args, 'batch', 1000);
   const batchInflight = num(args, 'batch-inflight', 4);
   const appId = str(args, 'app', 'bench');
+  const phases = list(args, 'phases', ['single', 'batch']);
   const params = { users, seconds, inflight, batch, batchInflight };
 
   const results = await eachServer(args, async (server) => {
@@ -75,6 +79,7 @@ export async function run(args: Args): Promise<ScenarioResult> {
       await server.loopP99Ms();
       const others = othersMeter(server.pid);
       const cpu0 = server.cpuMicros();
+      const split0 = cpuSplitMicros(server.pid);
       const t0 = performance.now();
       const end = t0 + seconds * 1000;
       let accepted = 0;
@@ -98,6 +103,7 @@ export async function run(args: Args): Promise<ScenarioResult> {
       while (received < accepted && Date.now() < tail) await sleep(10);
       const windowS = (performance.now() - t0) / 1000;
       const cpu = server.cpuMicros() - cpu0;
+      const split1 = cpuSplitMicros(server.pid);
       const loop = await server.loopP99Ms();
       const hp = percentiles(httpLat.values(), httpLat.n, [50, 99]);
       const dp = percentiles(lat.values(), lat.n, [50, 99]);
@@ -110,6 +116,11 @@ export async function run(args: Args): Promise<ScenarioResult> {
       out[`${prefix}.p50Ms`] = round(dp.p50 as number, 2);
       out[`${prefix}.p99Ms`] = round(dp.p99 as number, 2);
       out[`${prefix}.cpuUsPerNotification`] = round(cpu / Math.max(1, accepted), 2);
+      out[`${prefix}.systemCpuShare`] = round(
+        (split1.system - split0.system) /
+          Math.max(1, split1.user - split0.user + split1.system - split0.system),
+        2,
+      );
       out[`${prefix}.cpuPct`] = round((cpu / 1e6 / windowS) * 100, 1);
       out[`${prefix}.loopP99Ms`] = loop === null ? null : round(loop, 2);
       out.othersPct = Math.max(Number(out.othersPct ?? 0), others.end());
@@ -126,17 +137,19 @@ export async function run(args: Args): Promise<ScenarioResult> {
       // Warm-up, not measured.
       await Promise.all(Array.from({ length: 200 }, () => poster.post('/notify', item())));
       await sleep(300);
-      await drive('single', inflight, async () => {
-        const r = await poster.post('/notify', item());
-        if (r.status !== 202) throw new Error(`status ${r.status}`);
-        return 1;
-      });
-      await drive('batch', batchInflight, async () => {
-        const items = Array.from({ length: batch }, item);
-        const r = await poster.post('/notify/batch', `{"notifications":[${items.join(',')}]}`);
-        if (r.status !== 200) throw new Error(`status ${r.status}`);
-        return (JSON.parse(r.text) as { accepted: number }).accepted;
-      });
+      if (phases.includes('single'))
+        await drive('single', inflight, async () => {
+          const r = await poster.post('/notify', item());
+          if (r.status !== 202) throw new Error(`status ${r.status}`);
+          return 1;
+        });
+      if (phases.includes('batch'))
+        await drive('batch', batchInflight, async () => {
+          const items = Array.from({ length: batch }, item);
+          const r = await poster.post('/notify/batch', `{"notifications":[${items.join(',')}]}`);
+          if (r.status !== 200) throw new Error(`status ${r.status}`);
+          return (JSON.parse(r.text) as { accepted: number }).accepted;
+        });
       return out;
     } finally {
       await poster.close();

@@ -242,6 +242,44 @@ describe('HTTP: POST /notify and /notify/batch', () => {
       assert.ok(res.headers.get('access-control-allow-origin'));
     });
 
+    it('the direct path and the Fastify path answer alike (same status, body, content type)', async () => {
+      // Without Origin a plain request takes the direct path; with Origin (CORS) and with a query
+      // string it goes through Fastify. Both must give the same answers.
+      const cases: { path: string; body: string }[] = [
+        { path: '/notify', body: '{"appId":"http-app","users":["same-path"],"data":{"x":1}}' },
+        { path: '/notify', body: '{"appId":"http-app","data":1}' },
+        { path: '/notify', body: '{"appId":"bad app!","users":["u"],"data":1}' },
+        { path: '/notify', body: '{"appId":"http-app","users":["a","b","c","d","e","f"],"data":1}' },
+        { path: '/notify', body: '{"appId":"http-app","users":[1],"data":1,"extra":true}' },
+        { path: '/notify', body: '{"appId":' },
+        { path: '/notify/', body: '{"appId":"http-app","users":["same-path"],"data":2}' },
+        { path: '/notify/batch', body: '{"notifications":[{"appId":"http-app","users":["u"],"data":1},{}]}' },
+        { path: '/notify/batch', body: '{"notifications":[1,2,3,4]}' },
+        { path: '/notify/batch', body: '{"notifications":[]}' },
+      ];
+      const strip = (text: string) => text.replace(/"id":"[^"]+"|"ts":\d+/g, '');
+      for (const c of cases) {
+        const direct = await raw(herald, c.path, c.body, { 'content-type': 'application/json' });
+        const viaFastify = await raw(herald, c.path, c.body, {
+          'content-type': 'application/json',
+          origin: 'https://shop.example',
+        });
+        const viaQuery = await raw(herald, `${c.path}?via=fastify`, c.body, { 'content-type': 'text/plain' });
+        assert.equal(
+          direct.status,
+          viaFastify.status,
+          `${c.path} ${c.body}: ${direct.text} / ${viaFastify.text}`,
+        );
+        assert.equal(
+          direct.status,
+          viaQuery.status,
+          `${c.path} ${c.body}: ${direct.text} / ${viaQuery.text}`,
+        );
+        assert.equal(strip(direct.text), strip(viaFastify.text), c.body);
+        assert.equal(strip(direct.text), strip(viaQuery.text), c.body);
+      }
+    });
+
     it('the server survives garbage: binary, huge numbers, deep nesting', async () => {
       assertError(
         await raw(herald, '/notify', Buffer.from([0xff, 0xfe, 0x00, 0x01]), {}),
