@@ -13,13 +13,14 @@
  * failing merchants), and Herald's event-loop delay p99 (max and median of its per-second gauge).
  * Flags: --n (fast webhooks, 20000) --slow-backlog (per slow merchant, 30) --failing-backlog (per failing
  * merchant, 30) --store embedded|postgres --database-url (default TEST_DATABASE_URL or the local server)
- * --intake-concurrency (64).
+ * --intake-concurrency (64) --phases fast-only,mixed --env KEY=VALUE,... (Herald settings)
+ * --cpu-prof <dir> (profile the Herald process of each drain phase).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -79,7 +80,7 @@ interface Node {
   base: string;
 }
 
-async function startNode(env: Record<string, string>): Promise<Node> {
+async function startNode(env: Record<string, string>, nodeFlags: string[] = []): Promise<Node> {
   const port = await freePort();
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
@@ -90,7 +91,7 @@ async function startNode(env: Record<string, string>): Promise<Node> {
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
   for (const k of ['REDIS_URL', 'HERALD_CONFIG', 'HERALD_APPS', 'ADMIN_TOKEN']) delete childEnv[k];
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', 'src/main.ts'], {
     cwd: ROOT,
     env: childEnv,
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -181,6 +182,15 @@ export async function run(
     process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
   );
   if (store !== 'embedded' && store !== 'postgres') throw new Error('--store is embedded or postgres');
+  const profDir = str(f, 'cpu-prof', '');
+  const drainFlags = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
+  const extraEnv: Record<string, string> = {};
+  for (const kv of str(f, 'env', '').split(',').filter(Boolean)) {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new Error(`--env takes KEY=VALUE,...; got ${kv}`);
+    extraEnv[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  const phases = str(f, 'phases', 'fast-only,mixed').split(',');
 
   const fast = await merchant((res) => res.end('success'));
   const slow = await Promise.all(
@@ -200,6 +210,7 @@ export async function run(
     WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true',
     WEBHOOK_RETRY_DELAYS: '1s,2s,4s',
     WEBHOOK_POLL_INTERVAL: '50ms',
+    ...extraEnv,
   };
 
   const phase = async (name: string, withOthers: boolean) => {
@@ -226,7 +237,7 @@ export async function run(
     await stopNode(node);
     fast.times.length = 0;
     log(`${name}: intake ${Math.round(intakePerSec)}/s; draining with the dispatcher on`);
-    node = await startNode(env);
+    node = await startNode(env, drainFlags);
     const sampler = loopSampler(node.base);
     const end = Date.now() + 600_000;
     while (fast.times.length < n && Date.now() < end) await sleep(50);
@@ -248,8 +259,8 @@ export async function run(
   };
 
   try {
-    const alone = await phase('fast-only', false);
-    const mixed = await phase('mixed', true);
+    const alone = phases.includes('fast-only') ? await phase('fast-only', false) : null;
+    const mixed = phases.includes('mixed') ? await phase('mixed', true) : null;
     const result: Record<string, unknown> = {
       scenario: 'webhooks',
       store,
@@ -260,7 +271,8 @@ export async function run(
       failingBacklogEach: failingBacklog,
       fastOnly: alone,
       mixed,
-      mixedVsFastOnly: Number((mixed.fastPerSec / alone.fastPerSec).toFixed(3)),
+      mixedVsFastOnly: mixed && alone ? Number((mixed.fastPerSec / alone.fastPerSec).toFixed(3)) : null,
+      loadAverage: loadavg().map((x) => Number(x.toFixed(2))),
       slowMerchantRequests: slow.reduce((s, m) => s + m.times.length, 0),
       failingMerchantRequests: failing.reduce((s, m) => s + m.times.length, 0),
     };

@@ -63,6 +63,11 @@ export interface Config {
   webhookLease: number;
   webhookPollInterval: number;
   webhookLogRetention: number;
+  webhookIdempotencyRetention: number;
+  webhookSlowMinSamples: number;
+  webhookPrefetch: number;
+  webhookClaimBatch: number;
+  webhookFlushBatch: number;
   webhookDispatch: boolean;
   webhookIntakeToken: string | undefined;
   webhookAlertWindow: number;
@@ -75,6 +80,7 @@ export interface Config {
   webhookAlertMinSamples: number;
   telegramBotToken: string | undefined;
   telegramChatIds: string[];
+  telegramMinInterval: number;
   telegramApiBase: string;
   alertWebhookUrl: string | undefined;
   // payments (see OPTIONS for the meaning and defaults)

@@ -251,7 +251,9 @@ export const OPTIONS = {
     env: 'WEBHOOK_MERCHANT_CONCURRENCY',
     type: { kind: 'int', min: 1, max: 10_000 },
     default: 10,
-    doc: 'Webhook requests in flight at once to one merchant from one node (at most 20 times this many claimed across the cluster).',
+    doc:
+      'Webhook requests in flight at once to one merchant, across the cluster (one node sends to a merchant at a ' +
+      'time; at most WEBHOOK_PREFETCH times this many are claimed).',
   },
   webhookSlowConcurrency: {
     env: 'WEBHOOK_SLOW_CONCURRENCY',
@@ -318,6 +320,40 @@ export const OPTIONS = {
     type: { kind: 'duration', min: 60_000, max: 3650 * 86_400_000 },
     default: 30 * 24 * HOUR,
     doc: 'Attempt logs and finished webhooks older than this are deleted automatically.',
+  },
+  webhookIdempotencyRetention: {
+    env: 'WEBHOOK_IDEMPOTENCY_RETENTION',
+    type: { kind: 'duration', min: 60_000, max: 36_500 * 86_400_000 },
+    default: 365 * 24 * HOUR,
+    doc:
+      'Finished webhooks past WEBHOOK_LOG_RETENTION lose their payload and attempt log but keep their idempotency ' +
+      'key (a re-sent notification is still a duplicate) until this age; then the row is deleted.',
+  },
+  webhookSlowMinSamples: {
+    env: 'WEBHOOK_SLOW_MIN_SAMPLES',
+    type: { kind: 'int', min: 1, max: 100 },
+    default: 5,
+    doc: 'Responses a merchant needs in its window (the last 100) before it can be marked slow.',
+  },
+  webhookPrefetch: {
+    env: 'WEBHOOK_PREFETCH',
+    type: { kind: 'int', min: 1, max: 1000 },
+    default: 20,
+    doc:
+      'A merchant may have this many times WEBHOOK_MERCHANT_CONCURRENCY webhooks claimed (buffered on the node that ' +
+      'sends to it), so requests start from the buffer instead of waiting for a claim. Higher: fewer claims.',
+  },
+  webhookClaimBatch: {
+    env: 'WEBHOOK_CLAIM_BATCH',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 500,
+    doc: 'Due webhooks claimed by one statement at most.',
+  },
+  webhookFlushBatch: {
+    env: 'WEBHOOK_FLUSH_BATCH',
+    type: { kind: 'int', min: 1, max: 10_000 },
+    default: 500,
+    doc: 'Webhook results (status, attempt log, merchant state) written by one statement at most.',
   },
   webhookDispatch: {
     env: 'WEBHOOK_DISPATCH',
@@ -390,6 +426,14 @@ export const OPTIONS = {
     type: { kind: 'list' },
     default: [],
     doc: 'Telegram chat ids that receive alerts, comma separated.',
+  },
+  telegramMinInterval: {
+    env: 'TELEGRAM_MIN_INTERVAL',
+    type: { kind: 'duration', min: 0, max: 600_000 },
+    default: SECOND,
+    doc:
+      'Least time between two alert messages to one Telegram chat (Telegram allows about one a second); alerts ' +
+      'that come faster wait and are sent together in one message. A 429 `retry_after` from the API is honoured.',
   },
   telegramApiBase: {
     env: 'TELEGRAM_API_BASE',

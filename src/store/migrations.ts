@@ -1,3 +1,4 @@
+import { WEBHOOK_MIGRATIONS } from './migrations/webhooks.js';
 import type { Store } from './types.js';
 
 export interface Migration {
@@ -192,6 +193,7 @@ export const MIGRATIONS: Migration[] = [
       CREATE INDEX IF NOT EXISTS webhook_alerts_created ON webhook_alerts (created_at DESC);
     `,
   },
+  ...WEBHOOK_MIGRATIONS,
 ];
 
 /** Any fixed 64-bit number unique to Herald's migration lock. */

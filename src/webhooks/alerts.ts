@@ -25,6 +25,8 @@ export interface Alert {
 export interface AlertSink {
   readonly name: string;
   send(alert: Alert): Promise<void>;
+  /** Stops background work (queued alerts fail). */
+  close?(): void;
 }
 
 /** `2025-01-10 15:30:45` in the server's time zone, as in the seed's messages. */
@@ -184,37 +186,197 @@ async function postJson(agent: Agent, url: string, body: unknown): Promise<void>
   }
 }
 
+/** Telegram refuses messages longer than this (characters). */
+const TELEGRAM_MAX_TEXT = 4096;
+/** Alerts waiting for one chat at most; beyond this the oldest are dropped (and logged as failed). */
+const TELEGRAM_MAX_QUEUED = 200;
+/** Tries of one message (a 429 waits `retry_after`; other failures wait a few seconds). */
+const TELEGRAM_TRIES = 4;
+
+interface QueuedAlert {
+  alert: Alert;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+interface ChatQueue {
+  chatId: string;
+  items: QueuedAlert[];
+  /** Earliest time of the next sendMessage to this chat (rate limit, or a 429's retry_after). */
+  nextAt: number;
+  sending: boolean;
+  timer: NodeJS.Timeout | undefined;
+  tries: number;
+}
+
+/** The seconds of a Bot API 429 answer (`parameters.retry_after`, or the Retry-After header). */
+export function telegramRetryAfterMs(body: string, header: string | string[] | undefined): number | null {
+  try {
+    const j = JSON.parse(body) as { parameters?: { retry_after?: unknown } };
+    const s = j.parameters?.retry_after;
+    if (typeof s === 'number' && Number.isFinite(s) && s >= 0) return Math.min(s, 3600) * 1000;
+  } catch {
+    // not JSON
+  }
+  const h = Array.isArray(header) ? header[0] : header;
+  if (h && /^\d+$/.test(h.trim())) return Math.min(Number(h), 3600) * 1000;
+  return null;
+}
+
 /**
  * Telegram Bot API `sendMessage` to every configured chat. Normal alerts are sent silently
- * (`disable_notification`), critical ones ring.
+ * (`disable_notification`), critical ones ring. Telegram allows about one message a second per chat:
+ * each chat has a queue sent at most once per `minInterval`; alerts that arrive meanwhile are joined
+ * into one message (up to Telegram's 4096 characters), and a 429 answer's `retry_after` is waited out
+ * before the same message is tried again. Nothing is dropped silently: an alert that cannot be sent
+ * (tries exhausted, queue overflow, shutdown) fails its `send()`, which the Alerter logs and counts.
  */
 export class TelegramSink implements AlertSink {
   readonly name = 'telegram';
+  private readonly chats: ChatQueue[];
+  private closed = false;
+
   constructor(
     private readonly agent: Agent,
     private readonly apiBase: string,
     private readonly token: string,
-    private readonly chatIds: readonly string[],
-  ) {}
+    chatIds: readonly string[],
+    private readonly minInterval = 1000,
+  ) {
+    this.chats = chatIds.map((chatId) => ({
+      chatId,
+      items: [],
+      nextAt: 0,
+      sending: false,
+      timer: undefined,
+      tries: 0,
+    }));
+  }
 
-  async send(alert: Alert): Promise<void> {
-    const url = `${this.apiBase.replace(/\/+$/, '')}/bot${this.token}/sendMessage`;
+  send(alert: Alert): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('the Telegram sink is closed'));
     const errors: string[] = [];
-    await Promise.all(
-      this.chatIds.map(async (chatId) => {
-        try {
-          await postJson(this.agent, url, {
-            chat_id: chatId,
-            text: alert.text,
-            disable_notification: alert.level !== 'critical',
-            disable_web_page_preview: true,
-          });
-        } catch (err) {
-          errors.push(`chat ${chatId}: ${(err as Error).message}`);
-        }
-      }),
-    );
-    if (errors.length > 0) throw new Error(errors.join('; '));
+    return Promise.all(
+      this.chats.map(
+        (chat) =>
+          new Promise<void>((resolve) => {
+            const item: QueuedAlert = {
+              alert,
+              resolve,
+              reject: (err) => {
+                errors.push(`chat ${chat.chatId}: ${err.message}`);
+                resolve();
+              },
+            };
+            chat.items.push(item);
+            while (chat.items.length > TELEGRAM_MAX_QUEUED) {
+              (chat.items.shift() as QueuedAlert).reject(
+                new Error(`dropped: more than ${TELEGRAM_MAX_QUEUED} alerts waiting for this chat`),
+              );
+            }
+            this.schedule(chat);
+          }),
+      ),
+    ).then(() => {
+      if (errors.length > 0) throw new Error(errors.join('; '));
+    });
+  }
+
+  /** Alerts waiting, over all chats (for tests and shutdown). */
+  get queued(): number {
+    return this.chats.reduce((n, c) => n + c.items.length, 0);
+  }
+
+  /** Fails every waiting alert and stops the timers. */
+  close(): void {
+    this.closed = true;
+    for (const chat of this.chats) {
+      if (chat.timer) clearTimeout(chat.timer);
+      chat.timer = undefined;
+      for (const item of chat.items.splice(0)) item.reject(new Error('not sent: shutting down'));
+    }
+  }
+
+  private schedule(chat: ChatQueue): void {
+    if (chat.sending || chat.timer || chat.items.length === 0 || this.closed) return;
+    const wait = chat.nextAt - Date.now();
+    if (wait > 0) {
+      chat.timer = setTimeout(() => {
+        chat.timer = undefined;
+        this.schedule(chat);
+      }, wait);
+      chat.timer.unref();
+      return;
+    }
+    void this.flush(chat);
+  }
+
+  /** The alerts of the next message: the oldest one and those after it that fit in one message. */
+  private static batch(items: readonly QueuedAlert[]): { count: number; text: string; critical: boolean } {
+    const first = items[0] as QueuedAlert;
+    let text = first.alert.text.slice(0, TELEGRAM_MAX_TEXT);
+    let count = 1;
+    const sep = '\n\n— — —\n\n';
+    while (count < items.length) {
+      const next = (items[count] as QueuedAlert).alert.text;
+      if (text.length + sep.length + next.length > TELEGRAM_MAX_TEXT) break;
+      text += sep + next;
+      count++;
+    }
+    const critical = items.slice(0, count).some((i) => i.alert.level === 'critical');
+    return { count, text, critical };
+  }
+
+  private async flush(chat: ChatQueue): Promise<void> {
+    chat.sending = true;
+    const { count, text, critical } = TelegramSink.batch(chat.items);
+    let retryIn = 0;
+    try {
+      const url = new URL(`${this.apiBase.replace(/\/+$/, '')}/bot${this.token}/sendMessage`);
+      const res = await this.agent.request({
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          chat_id: chat.chatId,
+          text,
+          disable_notification: !critical,
+          disable_web_page_preview: true,
+        }),
+        signal: AbortSignal.timeout(SINK_TIMEOUT),
+      });
+      const body = await res.body.text();
+      if (res.statusCode >= 200 && res.statusCode < 300) {
+        chat.tries = 0;
+        chat.nextAt = Date.now() + this.minInterval;
+        for (const item of chat.items.splice(0, count)) item.resolve();
+        return;
+      }
+      const error = new Error(`HTTP ${res.statusCode}: ${body.slice(0, 200)}`);
+      if (res.statusCode === 429) {
+        retryIn = telegramRetryAfterMs(body, res.headers['retry-after']) ?? Math.max(this.minInterval, 1000);
+      } else if (res.statusCode >= 500) retryIn = Math.max(this.minInterval, 1000) * 2 ** chat.tries;
+      this.failed(chat, count, error, retryIn);
+    } catch (err) {
+      retryIn = Math.max(this.minInterval, 1000) * 2 ** chat.tries;
+      this.failed(chat, count, err as Error, retryIn);
+    } finally {
+      chat.sending = false;
+      this.schedule(chat);
+    }
+  }
+
+  /** A message failed: try it again after `retryIn` (0: a 4xx that will not get better), or give up. */
+  private failed(chat: ChatQueue, count: number, error: Error, retryIn: number): void {
+    chat.tries++;
+    if (retryIn > 0 && chat.tries < TELEGRAM_TRIES) {
+      chat.nextAt = Date.now() + retryIn;
+      return;
+    }
+    chat.tries = 0;
+    chat.nextAt = Date.now() + this.minInterval;
+    for (const item of chat.items.splice(0, count)) item.reject(error);
   }
 }
 
@@ -255,6 +417,8 @@ export class Alerter {
       telegramBotToken: string | undefined;
       telegramChatIds: readonly string[];
       telegramApiBase: string;
+      /** Least time between two messages to one chat (default 1 s). */
+      telegramMinInterval?: number;
       alertWebhookUrl: string | undefined;
     },
     private readonly logger: Logger,
@@ -265,7 +429,13 @@ export class Alerter {
     this.sinks = [];
     if (opts.telegramBotToken && opts.telegramChatIds.length > 0) {
       this.sinks.push(
-        new TelegramSink(this.agent, opts.telegramApiBase, opts.telegramBotToken, opts.telegramChatIds),
+        new TelegramSink(
+          this.agent,
+          opts.telegramApiBase,
+          opts.telegramBotToken,
+          opts.telegramChatIds,
+          opts.telegramMinInterval,
+        ),
       );
     } else if (opts.telegramBotToken || opts.telegramChatIds.length > 0) {
       logger.warn(
@@ -303,6 +473,7 @@ export class Alerter {
 
   async close(): Promise<void> {
     await Promise.race([this.settled(), new Promise((r) => setTimeout(r, 2000).unref())]);
+    for (const sink of this.sinks) sink.close?.();
     await this.agent.destroy().catch(() => undefined);
   }
 }

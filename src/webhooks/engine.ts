@@ -21,17 +21,10 @@ import { literalHostBlocked } from './ssrf.js';
 import type { AttemptResult, ClaimedDelivery, MerchantNotifyInput } from './types.js';
 import { SlidingWindow } from './window.js';
 
-/** Samples a merchant needs in its response-time window before it can be marked slow. */
-export const SLOW_MIN_SAMPLES = 5;
-/** Results written to the store in one statement at most. */
-const FLUSH_BATCH = 500;
-/** Rows claimed in one statement at most. */
-const CLAIM_BATCH = 500;
-/**
- * A merchant may have this many times its concurrency leased (claimed and buffered on a node), so that a
- * node sends from its buffer as slots free up instead of waiting for a claim per request.
- */
-export const PREFETCH = 20;
+/** Results written between two VACUUMs of the embedded store's queue tables at most. */
+const VACUUM_EVERY_RESULTS = 20_000;
+/** Time between two VACUUMs of the embedded store while webhooks are being delivered at all. */
+const VACUUM_EVERY_MS = 120_000;
 /** Breaker upkeep interval while this node knows of no open breaker. */
 const MAINTAIN_IDLE_EVERY = 5000;
 
@@ -52,6 +45,11 @@ export type WebhookConfig = Pick<
   | 'webhookLease'
   | 'webhookPollInterval'
   | 'webhookLogRetention'
+  | 'webhookIdempotencyRetention'
+  | 'webhookSlowMinSamples'
+  | 'webhookPrefetch'
+  | 'webhookClaimBatch'
+  | 'webhookFlushBatch'
   | 'webhookDispatch'
   | 'webhookAlertWindow'
   | 'webhookAlertInterval'
@@ -63,6 +61,7 @@ export type WebhookConfig = Pick<
   | 'webhookAlertMinSamples'
   | 'telegramBotToken'
   | 'telegramChatIds'
+  | 'telegramMinInterval'
   | 'telegramApiBase'
   | 'alertWebhookUrl'
   | 'maxPayloadBytes'
@@ -121,6 +120,8 @@ export class WebhookEngine {
   private readonly buffered = new Map<string, { row: ClaimedDelivery; at: number }[]>();
   private bufferedCount = 0;
   private readonly merchantInFlight = new Map<string, number>();
+  /** Merchants this node took in a claim and has not given up yet (see WebhookQueue.claim). */
+  private readonly owned = new Set<string>();
   /** Merchants this node has seen become slow / open since their rows were claimed. */
   private readonly slowKnown = new Set<string>();
   /**
@@ -132,6 +133,9 @@ export class WebhookEngine {
   /** Merchant key -> when this node learned that its breaker opened. */
   private readonly openKnown = new Map<string, number>();
   private results: Finished[] = [];
+  /** Results written since the last VACUUM (embedded store), and when it ran. */
+  private sinceVacuum = 0;
+  private lastVacuum = Date.now();
   private toRelease: string[] = [];
   private flushing: Promise<void> | undefined;
   private initialized: Promise<string> | undefined;
@@ -156,10 +160,10 @@ export class WebhookEngine {
     this.queue = new WebhookQueue(opts.store, {
       nodeId: this.nodeId,
       lease: config.webhookLease,
-      merchantLeases: config.webhookMerchantConcurrency * PREFETCH,
+      merchantLeases: config.webhookMerchantConcurrency * config.webhookPrefetch,
       slowLeases: Math.min(config.webhookSlowConcurrency, config.webhookMerchantConcurrency),
       slowThreshold: config.webhookSlowThreshold,
-      slowMinSamples: SLOW_MIN_SAMPLES,
+      slowMinSamples: config.webhookSlowMinSamples,
       breakerThreshold: config.webhookBreakerThreshold,
       breakerOpen: config.webhookBreakerOpen,
       breakerDelay: config.webhookBreakerDelay,
@@ -323,6 +327,12 @@ export class WebhookEngine {
         for (const f of this.inFlight.values()) f.controller.abort();
         await all();
         await this.flushNow();
+        await this.queue
+          .releaseOwnership()
+          .catch((err: unknown) =>
+            this.logger.warn({ err }, 'could not give up merchants; other nodes take them after the lease'),
+          );
+        this.owned.clear();
         if (this.toRelease.length > 0) {
           const ids = this.toRelease.splice(0);
           await this.queue
@@ -399,10 +409,13 @@ export class WebhookEngine {
     return r;
   }
 
-  /** Deletes attempt logs and finished webhooks older than `olderThanMs`. */
-  async cleanup(olderThanMs: number): Promise<{ logs: number; notifications: number }> {
-    const r = await this.queue.cleanup(olderThanMs);
-    if (r.logs + r.notifications > 0) this.logger.info(r, 'webhook retention: old logs deleted');
+  /**
+   * Deletes attempt logs older than `olderThanMs` and the payload of webhooks finished before then; their
+   * idempotency keys stay until WEBHOOK_IDEMPOTENCY_RETENTION (see WebhookQueue.cleanup).
+   */
+  async cleanup(olderThanMs: number): Promise<{ logs: number; notifications: number; keys: number }> {
+    const r = await this.queue.cleanup(olderThanMs, this.config.webhookIdempotencyRetention);
+    if (r.logs + r.notifications + r.keys > 0) this.logger.info(r, 'webhook retention: old logs deleted');
     return r;
   }
 
@@ -489,13 +502,15 @@ export class WebhookEngine {
           trials = m.trials;
         }
         await this.releaseStale();
+        await this.releaseIdleOwnership();
+        await this.vacuumIfDue();
         const room =
           this.config.webhookConcurrency * 2 +
-          this.config.webhookMerchantConcurrency * PREFETCH -
+          this.config.webhookMerchantConcurrency * this.config.webhookPrefetch -
           this.inFlight.size -
           this.bufferedCount;
         if (room > 0 && this.state === 'running') {
-          const want = Math.min(room, CLAIM_BATCH);
+          const want = Math.min(room, this.config.webhookClaimBatch);
           const claimedAt = Date.now();
           const rows = await this.queue.claim(want, trials);
           if (trials.length > 0) {
@@ -517,6 +532,7 @@ export class WebhookEngine {
               continue;
             }
             this.openKnown.delete(row.merchantKey);
+            this.owned.add(row.merchantKey);
             if (row.slow) this.slowKnown.add(row.merchantKey);
             else this.slowKnown.delete(row.merchantKey);
             let q = this.buffered.get(row.merchantKey);
@@ -594,6 +610,32 @@ export class WebhookEngine {
       }
       if (q.length === 0) this.buffered.delete(key);
     }
+  }
+
+  /** The embedded store's upkeep (see WebhookQueue.vacuum), run between claims. */
+  private async vacuumIfDue(): Promise<void> {
+    if (this.store.kind !== 'embedded' || this.sinceVacuum === 0) return;
+    if (this.sinceVacuum < VACUUM_EVERY_RESULTS && Date.now() - this.lastVacuum < VACUUM_EVERY_MS) return;
+    this.sinceVacuum = 0;
+    this.lastVacuum = Date.now();
+    const started = Date.now();
+    await this.queue.vacuum();
+    this.logger.debug({ ms: Date.now() - started }, 'webhook queue tables vacuumed');
+  }
+
+  /**
+   * Gives up the merchants this node has nothing buffered or in flight for. Runs in the dispatcher loop,
+   * between claims, so a claim of this node can never race with its own release.
+   */
+  private async releaseIdleOwnership(): Promise<void> {
+    if (this.owned.size === 0) return;
+    const idle: string[] = [];
+    for (const k of this.owned) {
+      if (!this.buffered.has(k) && !this.merchantInFlight.has(k)) idle.push(k);
+    }
+    if (idle.length === 0) return;
+    await this.queue.releaseOwnership(idle);
+    for (const k of idle) this.owned.delete(k);
   }
 
   /** Takes a merchant's buffered rows out (to give their leases back). */
@@ -756,11 +798,12 @@ export class WebhookEngine {
    */
   private async flushLoop(): Promise<void> {
     while (this.results.length > 0) {
-      const batch = this.results.splice(0, FLUSH_BATCH);
+      const batch = this.results.splice(0, this.config.webhookFlushBatch);
       const merchants = aggregate(batch);
       let transitions: MerchantTransition[] | undefined;
       for (let attempt = 1; ; attempt++) {
         try {
+          this.sinceVacuum += batch.length;
           transitions = await this.queue.complete(
             batch.map((f) => f.update),
             merchants,

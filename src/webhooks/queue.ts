@@ -274,7 +274,32 @@ export class WebhookQueue {
     const r = await this.store.query(
       'UPDATE webhook_deliveries SET locked_until = NULL, locked_by = NULL WHERE locked_until IS NOT NULL',
     );
+    await this.store.query(
+      'UPDATE webhook_merchants SET owner_node = NULL, owner_until = NULL WHERE owner_node IS NOT NULL',
+    );
     return r.rowCount;
+  }
+
+  /**
+   * Gives up this node's ownership of merchants it has nothing left to send to (all of them when `keys`
+   * is omitted, at shutdown), so that any node may take them on its next claim.
+   */
+  async releaseOwnership(keys?: readonly string[]): Promise<void> {
+    if (keys && keys.length === 0) return;
+    await this.store.query(
+      `UPDATE webhook_merchants SET owner_node = NULL, owner_until = NULL
+       WHERE owner_node = $1 AND ($2::jsonb IS NULL OR merchant_key IN (SELECT jsonb_array_elements_text($2::jsonb)))`,
+      [this.s.nodeId, keys ? JSON.stringify(keys) : null],
+    );
+  }
+
+  /**
+   * VACUUM (ANALYZE) of the queue tables. The embedded store has no autovacuum: without this, every claim
+   * and result leaves dead index entries that later claims must step over, and the planner has no
+   * statistics. PostgreSQL's autovacuum does this by itself.
+   */
+  async vacuum(): Promise<void> {
+    await this.store.query('VACUUM (ANALYZE) webhook_deliveries, webhook_merchants, webhook_attempts');
   }
 
   /** Gives back leases of deliveries this node will not finish (shutdown), without counting an attempt. */
@@ -337,9 +362,12 @@ export class WebhookQueue {
   /**
    * Claims up to `limit` due webhooks with a lease, oldest first, never more per merchant than its free
    * share: its lease cap (merchant limit times the prefetch; the slow limit for slow merchants, 1 for a
-   * half-open trial, 0 for an open breaker) less what is already leased across the cluster. Merchants with queued rows are found with a
-   * loose index scan, so the cost grows with the number of busy merchants, not the length of the queue.
-   * Rows are locked with FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same row.
+   * half-open trial, 0 for an open breaker) less what is already leased across the cluster. Merchants with
+   * queued rows are found with a loose index scan, so the cost grows with the number of busy merchants, not
+   * the length of the queue. Rows are locked with FOR UPDATE SKIP LOCKED, so concurrent claimers never take
+   * the same row. A merchant is claimed only by the node that owns it (taken here when no other live node
+   * does, renewed by every claim and result, given up with releaseOwnership): one node sends to a merchant
+   * at a time, so the per-merchant concurrency limit holds across the cluster.
    */
   async claim(limit: number, trials: readonly string[]): Promise<ClaimedDelivery[]> {
     const r = await this.store.query<{
@@ -366,18 +394,33 @@ export class WebhookQueue {
                  WHERE d.status IN ${QUEUED_STATUSES} AND d.merchant_key > mk.merchant_key
                  ORDER BY d.merchant_key LIMIT 1)
          FROM mk WHERE mk.merchant_key IS NOT NULL
-       ), busy AS (
-         SELECT merchant_key, count(*)::int AS n FROM webhook_deliveries
-         WHERE locked_until IS NOT NULL AND locked_until > now() GROUP BY merchant_key
        ), caps AS (
+         -- A merchant's live leases are counted with the partial index of leased rows (per merchant, so
+         -- the cost follows the leases, not the table). Merchants another live node owns are left alone.
          SELECT m.merchant_key,
            (CASE WHEN m.merchant_key IN (SELECT jsonb_array_elements_text($3::jsonb)) THEN 1
                  WHEN m.breaker_state = 'closed' THEN (CASE WHEN m.is_slow THEN $4::int ELSE $5::int END)
-                 ELSE 0 END) - coalesce(b.n, 0) AS free
+                 ELSE 0 END)
+             - (SELECT count(*)::int FROM webhook_deliveries b
+                WHERE b.merchant_key = m.merchant_key AND b.locked_until > now()) AS free
          FROM mk JOIN webhook_merchants m ON m.merchant_key = mk.merchant_key
-         LEFT JOIN busy b ON b.merchant_key = m.merchant_key
+         WHERE m.owner_node IS NULL OR m.owner_node = $6 OR m.owner_until <= now()
+       ), lock_owned AS (
+         -- Locked in key order (as complete() does), so concurrent statements cannot deadlock; the lock
+         -- re-checks the owner on the newest row version, so two nodes never both take a merchant.
+         SELECT m.merchant_key FROM webhook_merchants m
+         WHERE m.merchant_key IN (SELECT merchant_key FROM caps WHERE free > 0)
+           AND (m.owner_node IS NULL OR m.owner_node = $6 OR m.owner_until <= now())
+         ORDER BY m.merchant_key
+         FOR UPDATE
+       ), owned AS (
+         UPDATE webhook_merchants m SET owner_node = $6, owner_until = now() + $2::double precision ${MS}
+         FROM lock_owned o WHERE m.merchant_key = o.merchant_key
+         RETURNING m.merchant_key
+       ), mine AS (
+         SELECT c.merchant_key, c.free FROM caps c JOIN owned o ON o.merchant_key = c.merchant_key
        ), pick AS (
-         SELECT x.id, x.next_attempt_at, x.seq FROM caps c
+         SELECT x.id, x.next_attempt_at, x.seq FROM mine c
          CROSS JOIN LATERAL (
            SELECT d.id, d.next_attempt_at, d.seq FROM webhook_deliveries d
            WHERE d.merchant_key = c.merchant_key AND ${DUE}
@@ -385,7 +428,6 @@ export class WebhookQueue {
            LIMIT greatest(c.free, 0)
            FOR UPDATE OF d SKIP LOCKED
          ) x
-         WHERE c.free > 0
          ORDER BY x.next_attempt_at, x.seq
          LIMIT $1
        )
@@ -487,7 +529,8 @@ export class WebhookQueue {
          SELECT * FROM jsonb_to_recordset($2::jsonb) AS y(merchant_key text, times jsonb, successes int, failures int,
            had_success boolean, trail int, gone_url text, last_code int, last_error text)
        ), old AS (
-         SELECT m.* FROM webhook_merchants m WHERE m.merchant_key IN (SELECT merchant_key FROM y) FOR UPDATE
+         SELECT m.* FROM webhook_merchants m WHERE m.merchant_key IN (SELECT merchant_key FROM y)
+         ORDER BY m.merchant_key FOR UPDATE
        ), calc AS (
          SELECT y.*, old.breaker_state AS old_state, old.is_slow AS was_slow,
            (old.recent_ms || ARRAY(SELECT jsonb_array_elements_text(y.times)::int)) AS arr,
@@ -523,6 +566,7 @@ export class WebhookQueue {
          last_status_code = c.last_code,
          last_error = c.last_error,
          last_attempt_at = now(),
+         owner_until = CASE WHEN m.owner_node = $3 THEN now() + $8::double precision ${MS} ELSE m.owner_until END,
          updated_at = now()
        FROM calc3 c
        WHERE m.merchant_key = c.merchant_key
@@ -536,6 +580,7 @@ export class WebhookQueue {
         this.s.slowMinSamples,
         this.s.slowThreshold,
         this.s.breakerOpen,
+        this.s.lease,
       ],
     );
     const transitions = r.rows.map((x) => ({
@@ -771,7 +816,7 @@ export class WebhookQueue {
          finished_at = NULL, updated_at = now()
        WHERE (seq = $1 OR id = $2 OR order_no = $3)
          AND (status IN ('failed', 'delayed', 'retrying', 'pending') OR ($4::boolean AND status = 'delivered'))
-         AND (locked_until IS NULL OR locked_until <= now())
+         AND (locked_until IS NULL OR locked_until <= now()) AND purged_at IS NULL
        RETURNING ${DELIVERY_COLUMNS}`,
       [ref.seq ?? null, ref.id ?? null, ref.orderNo ?? null, includeDelivered],
     );
@@ -833,15 +878,30 @@ export class WebhookQueue {
     return { total: total.rows[0]?.n ?? 0, rows: rows.rows };
   }
 
-  /** Deletes attempt logs, and finished webhooks, older than `olderThanMs`. */
-  async cleanup(olderThanMs: number): Promise<{ logs: number; notifications: number }> {
+  /**
+   * Retention. Attempt logs older than `olderThanMs` are deleted; finished webhooks older than that lose
+   * their payload (`purged_at` is set; they can no longer be retried) but keep their row, so that their
+   * idempotency key still turns a producer's re-sent notification into a duplicate. Rows are deleted only
+   * once finished for longer than `keyRetentionMs` (never less than `olderThanMs`).
+   */
+  async cleanup(
+    olderThanMs: number,
+    keyRetentionMs: number,
+  ): Promise<{ logs: number; notifications: number; keys: number }> {
     const logs = await this.store.query(
       `DELETE FROM webhook_attempts WHERE created_at < now() - $1::double precision ${MS}`,
       [olderThanMs],
     );
     const notifications = await this.store.query(
-      `DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND finished_at < now() - $1::double precision ${MS}`,
+      `UPDATE webhook_deliveries SET body = '', purged_at = now()
+       WHERE purged_at IS NULL AND finished_at IS NOT NULL AND status IN ('delivered', 'failed')
+         AND finished_at < now() - $1::double precision ${MS}`,
       [olderThanMs],
+    );
+    const keys = await this.store.query(
+      `DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed')
+         AND finished_at < now() - greatest($1::double precision, $2::double precision) ${MS}`,
+      [olderThanMs, keyRetentionMs],
     );
     await this.store.query(
       `DELETE FROM webhook_alert_marks WHERE sent_at < now() - greatest($1::double precision, 604800000) ${MS}`,
@@ -851,6 +911,6 @@ export class WebhookQueue {
       `DELETE FROM webhook_alerts WHERE created_at < now() - $1::double precision ${MS}`,
       [olderThanMs],
     );
-    return { logs: logs.rowCount, notifications: notifications.rowCount };
+    return { logs: logs.rowCount, notifications: notifications.rowCount, keys: keys.rowCount };
   }
 }

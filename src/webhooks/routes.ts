@@ -452,18 +452,34 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
           '/cleanup',
           {
             schema: {
-              summary: 'Delete attempt logs and finished webhooks older than `days` (default 30)',
+              summary:
+                'Delete attempt logs older than `days` (default 30) and the payload of webhooks finished before then; ' +
+                'their idempotency keys stay until WEBHOOK_IDEMPOTENCY_RETENTION',
               body: Type.Object(
                 { days: Type.Optional(Type.Integer({ minimum: 1, maximum: 3650 })) },
                 { additionalProperties: false },
               ),
-              response: { 200: Envelope(Data, '{ days, deleted_logs, deleted_notifications }'), ...errors },
+              response: {
+                200: Envelope(
+                  Data,
+                  '{ days, deleted_logs, deleted_notifications, deleted_idempotency_keys }',
+                ),
+                ...errors,
+              },
             },
           },
           async (request) => {
             const days = (request.body as { days?: number } | undefined)?.days ?? 30;
             const r = await engine.cleanup(days * 86_400_000);
-            return ok({ days, deleted_logs: r.logs, deleted_notifications: r.notifications }, MSG_DONE);
+            return ok(
+              {
+                days,
+                deleted_logs: r.logs,
+                deleted_notifications: r.notifications,
+                deleted_idempotency_keys: r.keys,
+              },
+              MSG_DONE,
+            );
           },
         );
 

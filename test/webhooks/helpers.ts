@@ -22,6 +22,7 @@ export const FAST: Partial<Config> = {
   webhookBreakerOpen: 300_000,
   webhookBreakerDelay: 60_000,
   webhookDefaultSecret: `whsec_${Buffer.alloc(32, 7).toString('base64')}`,
+  telegramMinInterval: 50,
 };
 
 const schemas: string[] = [];

@@ -1,0 +1,34 @@
+import type { Migration } from '../migrations.js';
+
+/**
+ * Merchant webhook migrations added after 010/012 (src/webhooks). Never edit one that has shipped; add a
+ * new entry at the end.
+ */
+export const WEBHOOK_MIGRATIONS: Migration[] = [
+  {
+    // - owner_node / owner_until: the node that currently sends to a merchant. Claims take a merchant only
+    //   when no other live node owns it, so the per-merchant concurrency limit holds across the cluster.
+    // - purged_at: retention drops the payload and log of old finished webhooks but keeps the row (its
+    //   idempotency key) until WEBHOOK_IDEMPOTENCY_RETENTION, so a producer re-sending an old
+    //   notification never causes a second delivery.
+    // - webhook_node_windows: each node's alert-window counters, summed for cluster-wide system alerts.
+    id: '013_webhooks_cluster',
+    sql: `
+      ALTER TABLE webhook_merchants ADD COLUMN IF NOT EXISTS owner_node text;
+      ALTER TABLE webhook_merchants ADD COLUMN IF NOT EXISTS owner_until timestamptz;
+      ALTER TABLE webhook_deliveries ADD COLUMN IF NOT EXISTS purged_at timestamptz;
+      CREATE INDEX IF NOT EXISTS webhook_deliveries_purge ON webhook_deliveries (finished_at) WHERE purged_at IS NULL AND finished_at IS NOT NULL;
+      CREATE TABLE IF NOT EXISTS webhook_node_windows (
+        node_id text NOT NULL,
+        bucket timestamptz NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        successes integer NOT NULL DEFAULT 0,
+        total_ms double precision NOT NULL DEFAULT 0,
+        delivered integer NOT NULL DEFAULT 0,
+        failed integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (node_id, bucket)
+      );
+      CREATE INDEX IF NOT EXISTS webhook_node_windows_bucket ON webhook_node_windows (bucket);
+    `,
+  },
+];
