@@ -20,16 +20,20 @@ import { announcement } from './announce.js';
 import { PaymentIntake } from './intake.js';
 import {
   applyEvents,
+  claimOutbox,
   claimTimedOut,
   DuplicateConflict,
+  deletePublished,
   eventKey,
   findOrders,
   type HistoryEntry,
   listOrders,
   markWebhooks,
   type OrderFilter,
+  type OutboxKey,
   orderHistory,
   pendingWebhooks,
+  pruneMinuteCounts,
   type Stats,
   stats,
   timeoutEvent,
@@ -83,6 +87,20 @@ type EnqueueResult = 'sent' | 'failed' | 'retry';
 
 /** Orders closed per sweep transaction. */
 const SWEEP_BATCH = 200;
+/** Counter rows of the timeout sweep (the intake lanes use 0..lanes-1). */
+const SWEEP_SHARD = 100;
+/** Outbox rows published again per sweep transaction. */
+const OUTBOX_BATCH = 500;
+/** Published outbox rows not taken by a batch transaction within this long are deleted on their own. */
+const PUBLISHED_FLUSH_MS = 200;
+/** Per-minute counters are kept this long (GET /payments/stats reads at most 1440 minutes back). */
+const MINUTE_COUNTS_KEEP_MS = 2 * 24 * 3_600_000;
+
+/**
+ * Test-only: `HERALD_TEST_CRASH_AFTER_PAYMENT_COMMIT=1` makes the process kill itself (SIGKILL) right
+ * after the first batch with transitions commits and before anything is published, to test the outbox.
+ */
+const CRASH_AFTER_COMMIT = process.env.HERALD_TEST_CRASH_AFTER_PAYMENT_COMMIT === '1';
 
 /** Reads a machine's merchant id from the handshake: `x-merchant-id` header, else auth, else query. */
 export function readMerchantId(handshake: Socket['handshake']): string | undefined {
@@ -157,6 +175,15 @@ export class Payments {
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly markQueue: { appId: string; eventId: string; status: 'sent' | 'failed' }[] = [];
   private marking: Promise<void> | undefined;
+  /** Outbox rows whose notification is published, to delete (by the next batch, or on their own). */
+  private published: OutboxKey[] = [];
+  private publishedTimer: NodeJS.Timeout | undefined;
+  private deleting: Promise<void> | undefined;
+  /** Publishes started and not yet finished (awaited by stop()). */
+  private readonly publishing = new Set<Promise<unknown>>();
+  private lastPrune = 0;
+  private readonly startedAt = Date.now();
+  private outboxSwept = false;
   private stopped = false;
   private warnedNoNotifier = false;
 
@@ -190,6 +217,11 @@ export class Payments {
       batchMax: config.paymentBatchMax,
       lanes: store.kind === 'postgres' ? 4 : 1,
       onCommitted: (transitions) => this.committed(transitions),
+      realtime: realtimePayload,
+      published: {
+        take: () => this.takePublished(),
+        giveBack: (keys) => this.donePublishing(keys),
+      },
       onOutcome: (outcome) => this.eventsTotal.inc({ outcome }),
       onBatch: (_n, seconds) => this.batchSeconds.observe(seconds),
     });
@@ -299,7 +331,7 @@ export class Payments {
   }
 
   /** One pass of the sweep; public for tests and tools. */
-  async sweep(): Promise<{ closed: number; webhooks: number }> {
+  async sweep(): Promise<{ closed: number; webhooks: number; republished: number }> {
     let closed = 0;
     let webhooks = 0;
     try {
@@ -312,11 +344,71 @@ export class Payments {
     } catch (err) {
       this.log.error({ err }, 'merchant notification retry failed');
     }
+    let republished = 0;
+    try {
+      republished = await this.republishOutbox();
+    } catch (err) {
+      this.log.error({ err }, 'publishing the payment outbox again failed');
+    }
+    if (Date.now() - this.lastPrune >= 3_600_000) {
+      this.lastPrune = Date.now();
+      await pruneMinuteCounts(this.deps.store, MINUTE_COUNTS_KEEP_MS).catch((err: unknown) =>
+        this.log.warn({ err }, 'could not prune the per-minute payment counters'),
+      );
+    }
     if (Date.now() - this.lastPresenceTick >= this.deps.config.machinePresenceInterval) {
       this.lastPresenceTick = Date.now();
       await this.presence.tick().catch((err: unknown) => this.log.warn({ err }, 'presence refresh failed'));
     }
-    return { closed, webhooks };
+    return { closed, webhooks, republished };
+  }
+
+  /**
+   * Publishes again the realtime notifications of committed transitions that are still in the outbox
+   * (their node died between commit and publish, or the publish failed), with their original ids, and
+   * deletes them. Rows younger than a few sweep intervals belong to a live publish and are left alone,
+   * except at the first pass on the embedded store, which serves this process only.
+   */
+  private async republishOutbox(): Promise<number> {
+    const { store, config } = this.deps;
+    const first = !this.outboxSwept;
+    this.outboxSwept = true;
+    const minAge = Math.max(2000, 5 * config.paymentSweepInterval);
+    // Rows older than this process on the embedded store (one process) were left by the previous one.
+    const age = first && store.kind === 'embedded' ? Math.min(minAge, Date.now() - this.startedAt) : minAge;
+    let total = 0;
+    for (let round = 0; round < 20 && !this.stopped; round++) {
+      const n = await store.transaction(async (tx) => {
+        const rows = await claimOutbox(tx, age, OUTBOX_BATCH);
+        if (rows.length === 0) return 0;
+        const results = await Promise.allSettled(
+          rows.map((r) =>
+            this.deps.notify.publish({
+              id: r.notificationId,
+              appId: r.appId,
+              users: [r.merchantId],
+              devices: r.deviceId !== null ? [r.deviceId] : undefined,
+              eventTopics: [`order:${r.orderId}:status`],
+              data: r.data,
+              ack: true,
+            }),
+          ),
+        );
+        const done = rows.filter((_, i) => results[i]?.status === 'fulfilled');
+        await deletePublished(tx, done);
+        if (done.length < rows.length) {
+          this.log.warn(
+            { failed: rows.length - done.length },
+            'some payment notifications could not be published; kept for the next sweep',
+          );
+        }
+        return done.length;
+      });
+      total += n;
+      if (n < OUTBOX_BATCH) break;
+    }
+    if (total > 0) this.log.info({ count: total }, 'published payment notifications left in the outbox');
+    return total;
   }
 
   /** Closes orders that stayed `created`/`paying` longer than PAYMENT_TIMEOUT; returns how many. */
@@ -341,12 +433,12 @@ export class Payments {
             const r = await applyEvents(tx, orders, items, {
               defaultCurrency: config.paymentCurrency,
               knownDuplicates: new Set(),
+              shard: SWEEP_SHARD,
+              realtime: realtimePayload,
             });
             return { transitions: r.transitions, claimed: orders.size };
           });
           if (claimed === 0) return total;
-          const at = Date.now();
-          for (const t of transitions) t.at = at;
           total += transitions.length;
           this.eventsTotal.inc({ outcome: 'transition' }, transitions.length);
           this.committed(transitions);
@@ -391,25 +483,70 @@ export class Payments {
     return done.filter((d) => d === 'sent').length;
   }
 
-  /** After a commit: realtime notifications, then merchant notifications. */
+  /**
+   * After a commit: realtime notifications (each also in the outbox until published), then merchant
+   * notifications.
+   */
   private committed(transitions: Transition[]): void {
+    if (CRASH_AFTER_COMMIT && transitions.length > 0) process.kill(process.pid, 'SIGKILL');
     for (const t of transitions) {
-      const data = realtimePayload(t);
-      this.deps.notify
+      const p = this.deps.notify
         .publish({
+          // Derived from the event: the outbox sweep publishes it again with the same id if needed.
+          id: t.notificationId,
           appId: t.appId,
           users: [t.merchantId],
           devices: t.deviceId !== null ? [t.deviceId] : undefined,
           eventTopics: [`order:${t.orderId}:status`],
-          data,
+          data: t.data ?? realtimePayload(t),
           // Delivery receipts: GET /notify/:id tells whether the merchant's app heard the announcement.
           ack: true,
         })
-        .catch((err: unknown) =>
-          this.log.error({ err, appId: t.appId, orderId: t.orderId }, 'payment notification failed'),
+        .then(
+          () => this.donePublishing([{ appId: t.appId, eventId: t.eventId }]),
+          (err: unknown) =>
+            // Left in the outbox: the sweep publishes it again.
+            this.log.error({ err, appId: t.appId, orderId: t.orderId }, 'payment notification failed'),
         );
+      this.publishing.add(p);
+      void p.finally(() => this.publishing.delete(p));
       if (t.notifyUrl !== null) this.webhook(t);
     }
+  }
+
+  /** Hands the published outbox rows to the next batch transaction. */
+  private takePublished(): OutboxKey[] {
+    const list = this.published;
+    this.published = [];
+    return list;
+  }
+
+  /** Records published outbox rows; deletes them on their own when no batch takes them soon. */
+  private donePublishing(keys: OutboxKey[]): void {
+    for (const k of keys) this.published.push(k);
+    if (this.publishedTimer || this.published.length === 0) return;
+    this.publishedTimer = setTimeout(() => {
+      this.publishedTimer = undefined;
+      void this.flushPublished();
+    }, PUBLISHED_FLUSH_MS);
+    this.publishedTimer.unref();
+  }
+
+  private async flushPublished(): Promise<void> {
+    while (this.deleting) await this.deleting;
+    const list = this.takePublished();
+    if (list.length === 0) return;
+    this.deleting = deletePublished(this.deps.store, list).then(
+      () => {
+        this.deleting = undefined;
+      },
+      (err: unknown) => {
+        this.deleting = undefined;
+        // Left in the outbox: published again by a sweep with the same id (clients drop the copy).
+        this.log.warn({ err, count: list.length }, 'could not delete published payment notifications');
+      },
+    );
+    await this.deleting;
   }
 
   private webhook(t: Transition): void {
@@ -660,7 +797,10 @@ export class Payments {
     if (this.timer) clearInterval(this.timer);
     await this.sweeping;
     await this.intake.close();
-    await Promise.allSettled([...this.inflight]);
+    await Promise.allSettled([...this.inflight, ...this.publishing]);
+    if (this.publishedTimer) clearTimeout(this.publishedTimer);
+    this.publishedTimer = undefined;
+    await this.flushPublished();
     while (this.marking) await this.marking;
     await this.presence.close();
   }

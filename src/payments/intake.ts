@@ -8,6 +8,7 @@ import {
   type ItemOutcome,
   lockOrders,
   OrderConflict,
+  type OutboxKey,
   orderKey,
 } from './ledger.js';
 import type { EventSource, PaymentEvent, ReportResult, Transition } from './types.js';
@@ -25,6 +26,13 @@ export interface IntakeOptions {
   lanes: number;
   /** Called after each commit, before the reporters are answered, with the transitions to notify. */
   onCommitted: (transitions: Transition[]) => void;
+  /** The realtime payload of a transition, written to the outbox with it (see ApplyOptions.realtime). */
+  realtime?: (t: Transition) => Record<string, unknown>;
+  /**
+   * Outbox rows published since the last batch, deleted by the next batch transaction; `giveBack`
+   * returns them when that transaction did not commit.
+   */
+  published?: { take: () => OutboxKey[]; giveBack: (keys: OutboxKey[]) => void };
   /** Called once per stored event with its outcome, for metrics. */
   onOutcome?: (outcome: 'transition' | 'stale' | 'duplicate' | 'invalid') => void;
   /** Called after each transaction with the number of events and its duration in seconds. */
@@ -66,7 +74,7 @@ export class PaymentIntake {
   private closed = false;
 
   constructor(private readonly opts: IntakeOptions) {
-    this.lanes = Array.from({ length: Math.max(1, opts.lanes) }, () => new Lane(this));
+    this.lanes = Array.from({ length: Math.max(1, opts.lanes) }, (_, i) => new Lane(this, i));
   }
 
   /** Stores one validated event; resolves with its result or rejects with a HeraldError. */
@@ -82,14 +90,15 @@ export class PaymentIntake {
     await Promise.all(this.lanes.map((l) => l.idle()));
   }
 
-  /** Stores a batch, retrying on conflicts; answers every item. */
-  async process(batch: Pending[]): Promise<void> {
+  /** Stores a batch, retrying on conflicts; answers every item. `shard`: the lane's counter rows. */
+  async process(batch: Pending[], shard: number): Promise<void> {
     const { store, logger } = this.opts;
     let known = new Set<string>();
     for (let attempt = 1; ; attempt++) {
       const started = performance.now();
       let outcomes: ItemOutcome[];
       let transitions: Transition[];
+      const published = this.opts.published?.take() ?? [];
       try {
         ({ outcomes, transitions } = await store.transaction(async (tx) => {
           const orders = await lockOrders(
@@ -99,9 +108,13 @@ export class PaymentIntake {
           return applyEvents(tx, orders, batch, {
             defaultCurrency: this.opts.defaultCurrency,
             knownDuplicates: known,
+            shard,
+            realtime: this.opts.realtime,
+            published,
           });
         }));
       } catch (err) {
+        if (published.length > 0) this.opts.published?.giveBack(published);
         if (err instanceof DuplicateConflict && attempt < MAX_ATTEMPTS) {
           known = new Set([...known, ...err.keys]);
           continue;
@@ -116,7 +129,7 @@ export class PaymentIntake {
         if (batch.length > 1 && !(err instanceof SqlError && err.code === undefined)) {
           // One event may be what the store refuses: store the others one by one.
           logger.warn({ err, events: batch.length }, 'payment batch failed; storing its events one by one');
-          for (const p of batch) await this.process([p]);
+          for (const p of batch) await this.process([p], shard);
           return;
         }
         logger.error(
@@ -128,8 +141,6 @@ export class PaymentIntake {
         return;
       }
       this.opts.onBatch?.(batch.length, (performance.now() - started) / 1000);
-      const at = Date.now();
-      for (const t of transitions) t.at = at;
       try {
         this.opts.onCommitted(transitions);
       } catch (err) {
@@ -159,7 +170,10 @@ class Lane {
   private readonly queue: Pending[] = [];
   private running: Promise<void> | undefined;
 
-  constructor(private readonly intake: PaymentIntake) {}
+  constructor(
+    private readonly intake: PaymentIntake,
+    private readonly index: number,
+  ) {}
 
   push(p: Pending): void {
     this.queue.push(p);
@@ -172,7 +186,7 @@ class Lane {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, this.intake.batchMax);
       try {
-        await this.intake.process(batch);
+        await this.intake.process(batch, this.index);
       } catch {
         // process() answers every item itself; this only guards the lane against a bug there.
         for (const p of batch) p.reject(new HeraldError('internal_error'));

@@ -4,9 +4,17 @@
  * nodes never deadlock on each other's batches), the state machine decides in memory, then events,
  * new orders and changed orders are written with one set-based statement each.
  */
+import { createHash } from 'node:crypto';
 import { HeraldError } from '../errors.js';
 import type { Queryable } from '../store/index.js';
-import { decide, FINAL_STATES, ORDER_STATES, type OrderState, TIMEOUT_STATES } from './state-machine.js';
+import {
+  decide,
+  FINAL_STATES,
+  ORDER_STATES,
+  type OrderState,
+  RECONCILED_REASON,
+  TIMEOUT_STATES,
+} from './state-machine.js';
 import type { EventSource, Order, PaymentEvent, ReportResult, Transition } from './types.js';
 
 export function orderKey(appId: string, orderId: string): string {
@@ -15,6 +23,19 @@ export function orderKey(appId: string, orderId: string): string {
 
 export function eventKey(appId: string, eventId: string): string {
   return `${appId}\u0000${eventId}`;
+}
+
+/**
+ * The id of the realtime notification of the transition stored by event `eventId`: derived from the
+ * event, so a notification published again (outbox) keeps its id and SDKs drop the second copy.
+ * Shaped as a UUID (version 8, name-based on SHA-256).
+ */
+export function notificationIdOf(appId: string, eventId: string): string {
+  const h = createHash('sha256').update(`payment\u0000${appId}\u0000${eventId}`).digest();
+  h[6] = ((h[6] as number) & 0x0f) | 0x80;
+  h[8] = ((h[8] as number) & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
 }
 
 const ORDER_COLUMNS = `app_id, order_id, merchant_id, state, reason, amount::float8 AS amount, currency,
@@ -184,6 +205,21 @@ export interface ApplyOptions {
   defaultCurrency: string;
   /** Event keys (eventKey) known to be stored already: answered as duplicates. */
   knownDuplicates: ReadonlySet<string>;
+  /** Counter rows this transaction adds to (see migration 022); one per concurrent writer of a node. */
+  shard: number;
+  /**
+   * The realtime payload of a transition. When given, each transition's payload is written to the
+   * outbox in this transaction (and kept on the transition as `data`).
+   */
+  realtime?: (t: Transition) => Record<string, unknown>;
+  /** Outbox rows already published, deleted in this transaction. */
+  published?: readonly OutboxKey[];
+}
+
+/** Identifies an outbox row (the transition's event). */
+export interface OutboxKey {
+  appId: string;
+  eventId: string;
 }
 
 /**
@@ -204,6 +240,8 @@ export async function applyEvents(
   const created = new Set<string>();
   const changed = new Set<string>();
   const seen = new Set<string>();
+  /** Each touched existing order's state before this batch (for the state counters). */
+  const before = new Map<string, OrderState>();
   const now = Date.now();
 
   for (const { event: ev, source } of items) {
@@ -236,7 +274,7 @@ export async function applyEvents(
         continue;
       }
     }
-    const d = decide(order ? order.state : null, ev.type);
+    const d = decide(order ? order.state : null, ev.type, order ? order.reason : null);
     if (d.kind === 'invalid') {
       outcomes.push({
         ok: false,
@@ -271,7 +309,13 @@ export async function applyEvents(
     rows.push(row);
 
     if (d.kind === 'transition') {
-      const reason = d.to === 'closed' ? (ev.reason ?? 'cancelled') : d.to === 'failed' ? ev.reason : null;
+      const reason = d.reconciled
+        ? RECONCILED_REASON
+        : d.to === 'closed'
+          ? (ev.reason ?? 'cancelled')
+          : d.to === 'failed'
+            ? ev.reason
+            : null;
       if (!order) {
         order = {
           appId: ev.appId,
@@ -291,6 +335,7 @@ export async function applyEvents(
         orders.set(ok, order);
         created.add(ok);
       } else {
+        if (!created.has(ok) && !before.has(ok)) before.set(ok, order.state);
         order.state = d.to;
         order.reason = reason;
         order.version += 1;
@@ -304,7 +349,7 @@ export async function applyEvents(
       row.to = d.to;
       row.reason = reason;
       if (order.notifyUrl !== null) row.webhook = 'pending';
-      transitions.push({
+      const t: Transition = {
         appId: order.appId,
         orderId: order.orderId,
         merchantId: order.merchantId,
@@ -321,7 +366,10 @@ export async function applyEvents(
         occurredAt: ev.occurredAt,
         source,
         at: now,
-      });
+        notificationId: notificationIdOf(ev.appId, ev.eventId),
+      };
+      if (opts.realtime) t.data = opts.realtime(t);
+      transitions.push(t);
       outcomes.push({ ok: true, result: { eventId: ev.eventId, orderId: ev.orderId, state: d.to } });
     } else {
       // Stale: no state change, but an outcome that arrived first may have lacked the details
@@ -335,18 +383,59 @@ export async function applyEvents(
     }
   }
 
-  if (rows.length > 0) await insertEvents(tx, rows);
-  if (created.size > 0)
-    await insertOrders(
-      tx,
-      [...created].map((k) => orders.get(k) as Order),
-    );
-  if (changed.size > 0)
-    await updateOrders(
-      tx,
-      [...changed].map((k) => orders.get(k) as Order),
-    );
+  // State counters: +1 for each new order's state; -1/+1 for each existing order whose state changed.
+  const counts: CountDelta[] = [];
+  for (const k of created) {
+    const o = orders.get(k) as Order;
+    counts.push({ appId: o.appId, merchantId: o.merchantId, createdAt: null, state: o.state, delta: 1 });
+  }
+  for (const [k, was] of before) {
+    const o = orders.get(k) as Order;
+    if (o.state === was) continue;
+    const base = { appId: o.appId, merchantId: o.merchantId, createdAt: o.createdAt.toISOString() };
+    counts.push({ ...base, state: was, delta: -1 }, { ...base, state: o.state, delta: 1 });
+  }
+  const perMerchant = new Map<string, MinuteDelta>();
+  for (const r of rows) {
+    const k = orderKey(r.appId, r.merchantId);
+    let m = perMerchant.get(k);
+    if (!m) {
+      m = { appId: r.appId, merchantId: r.merchantId, events: 0, transitions: 0 };
+      perMerchant.set(k, m);
+    }
+    m.events++;
+    if (r.outcome === 'transition') m.transitions++;
+  }
+  const published = opts.published ?? [];
+  if (rows.length > 0 || published.length > 0) {
+    await writeBatch(tx, {
+      events: rows,
+      created: [...created].map((k) => orders.get(k) as Order),
+      changed: [...changed].map((k) => orders.get(k) as Order),
+      outbox: opts.realtime ? transitions : [],
+      published,
+      counts,
+      minutes: [...perMerchant.values()],
+      shard: opts.shard,
+    });
+  }
   return { outcomes, transitions };
+}
+
+interface CountDelta {
+  appId: string;
+  merchantId: string;
+  /** The order's creation time (ISO), or null for an order created by this transaction (now()). */
+  createdAt: string | null;
+  state: OrderState;
+  delta: number;
+}
+
+interface MinuteDelta {
+  appId: string;
+  merchantId: string;
+  events: number;
+  transitions: number;
 }
 
 /** Copies details the order lacks from an event; returns whether anything changed. */
@@ -369,42 +458,6 @@ function fillIn(order: Order, ev: PaymentEvent, defaultCurrency: string): boolea
 
 const col = <T, K extends keyof T>(list: readonly T[], key: K): T[K][] => list.map((x) => x[key]);
 
-async function insertEvents(tx: Queryable, rows: EventRow[]): Promise<void> {
-  const res = await tx.query<{ app_id: string; event_id: string }>(
-    `INSERT INTO payment_events (app_id, event_id, order_id, merchant_id, device_id, type, outcome, from_state,
-       to_state, reason, amount, currency, source, occurred_at, meta, webhook)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-       $8::text[], $9::text[], $10::text[], $11::numeric[], $12::text[], $13::text[], $14::timestamptz[],
-       $15::jsonb[], $16::text[])
-     ON CONFLICT (app_id, event_id) DO NOTHING
-     RETURNING app_id, event_id`,
-    [
-      col(rows, 'appId'),
-      col(rows, 'eventId'),
-      col(rows, 'orderId'),
-      col(rows, 'merchantId'),
-      col(rows, 'deviceId'),
-      col(rows, 'type'),
-      col(rows, 'outcome'),
-      col(rows, 'from'),
-      col(rows, 'to'),
-      col(rows, 'reason'),
-      col(rows, 'amount'),
-      col(rows, 'currency'),
-      col(rows, 'source'),
-      col(rows, 'occurredAt'),
-      col(rows, 'meta'),
-      col(rows, 'webhook'),
-    ],
-  );
-  if (res.rows.length !== rows.length) {
-    const stored = new Set(res.rows.map((r) => eventKey(r.app_id, r.event_id)));
-    throw new DuplicateConflict(
-      new Set(rows.map((r) => eventKey(r.appId, r.eventId)).filter((k) => !stored.has(k))),
-    );
-  }
-}
-
 const orderArrays = (list: Order[]) => [
   col(list, 'appId'),
   col(list, 'orderId'),
@@ -419,31 +472,243 @@ const orderArrays = (list: Order[]) => [
   col(list, 'version'),
 ];
 
-async function insertOrders(tx: Queryable, list: Order[]): Promise<void> {
-  const res = await tx.query(
-    `INSERT INTO payment_orders (app_id, order_id, merchant_id, state, reason, amount, currency, refunded_amount,
-       notify_url, device_id, version)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[],
-       $8::numeric[], $9::text[], $10::text[], $11::int[])
-     ON CONFLICT (app_id, order_id) DO NOTHING
-     RETURNING app_id`,
-    orderArrays(list),
-  );
-  if (res.rows.length !== list.length) throw new OrderConflict();
+/** Builds `$a::t1[], $b::t2[], ...` for a run of array parameters starting at `first`. */
+const arrays = (first: number, types: readonly string[]) =>
+  types.map((t, i) => `$${first + i}::${t}[]`).join(', ');
+
+const EVENT_TYPES = [
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'numeric',
+  'text',
+  'text',
+  'timestamptz',
+  'jsonb',
+  'text',
+] as const;
+const ORDER_TYPES = [
+  'text',
+  'text',
+  'text',
+  'text',
+  'text',
+  'numeric',
+  'text',
+  'numeric',
+  'text',
+  'text',
+  'int',
+] as const;
+const OUTBOX_TYPES = ['text', 'text', 'text', 'text', 'text', 'text', 'text'] as const;
+const COUNT_TYPES = ['text', 'text', 'timestamptz', 'text', 'int'] as const;
+const MINUTE_TYPES = ['text', 'text', 'int', 'int'] as const;
+const KEY_TYPES = ['text', 'text'] as const;
+
+/** Parameter positions of the one write statement (see writeBatch). */
+const P = (() => {
+  let n = 1;
+  const take = (k: number) => {
+    const at = n;
+    n += k;
+    return at;
+  };
+  return {
+    events: take(EVENT_TYPES.length),
+    created: take(ORDER_TYPES.length),
+    changed: take(ORDER_TYPES.length),
+    outbox: take(OUTBOX_TYPES.length),
+    published: take(KEY_TYPES.length),
+    counts: take(COUNT_TYPES.length),
+    minutes: take(MINUTE_TYPES.length),
+    shard: take(1),
+  };
+})();
+
+/**
+ * Every write of a batch in ONE statement (one round trip), data-modifying CTEs that all see the
+ * snapshot taken before it: events, new orders, changed orders, outbox rows, deletion of published
+ * outbox rows, state counters and per-minute counters. Counter rows are upserted in key order, so two
+ * transactions never deadlock on them. The result tells which events and orders another transaction
+ * stored first; the caller then rolls back and runs the batch again.
+ */
+const WRITE_SQL = `
+WITH ev AS (
+  INSERT INTO payment_events (app_id, event_id, order_id, merchant_id, device_id, type, outcome, from_state,
+    to_state, reason, amount, currency, source, occurred_at, meta, webhook)
+  SELECT * FROM unnest(${arrays(P.events, EVENT_TYPES)})
+  ON CONFLICT (app_id, event_id) DO NOTHING
+  RETURNING app_id, event_id
+), ins AS (
+  INSERT INTO payment_orders (app_id, order_id, merchant_id, state, reason, amount, currency, refunded_amount,
+    notify_url, device_id, version)
+  SELECT * FROM unnest(${arrays(P.created, ORDER_TYPES)})
+  ON CONFLICT (app_id, order_id) DO NOTHING
+  RETURNING 1
+), upd AS (
+  UPDATE payment_orders o SET state = u.state, reason = u.reason, amount = u.amount, currency = u.currency,
+    refunded_amount = u.refunded_amount, notify_url = u.notify_url, device_id = u.device_id,
+    version = u.version, updated_at = now()
+  FROM unnest(${arrays(P.changed, ORDER_TYPES)})
+    AS u(app_id, order_id, merchant_id, state, reason, amount, currency, refunded_amount, notify_url,
+      device_id, version)
+  WHERE o.app_id = u.app_id AND o.order_id = u.order_id
+  RETURNING 1
+), ob AS (
+  INSERT INTO payment_outbox (app_id, event_id, notification_id, order_id, merchant_id, device_id, data)
+  SELECT * FROM unnest(${arrays(P.outbox, OUTBOX_TYPES)})
+  ON CONFLICT (app_id, event_id) DO NOTHING
+  RETURNING 1
+), done AS (
+  DELETE FROM payment_outbox
+  WHERE (app_id, event_id) IN (SELECT * FROM unnest(${arrays(P.published, KEY_TYPES)}))
+  RETURNING 1
+), sc AS (
+  INSERT INTO payment_state_counts AS c (app_id, merchant_id, hour, state, shard, n)
+  SELECT x.a, mm.m, date_trunc('hour', coalesce(x.c, now()) AT TIME ZONE 'UTC'), x.s, $${P.shard}::int,
+    sum(x.d)
+  FROM unnest(${arrays(P.counts, COUNT_TYPES)}) AS x(a, m, c, s, d)
+    CROSS JOIN LATERAL (VALUES (x.m), ('')) AS mm(m)
+  GROUP BY 1, 2, 3, 4 HAVING sum(x.d) <> 0 ORDER BY 1, 2, 3, 4
+  ON CONFLICT (app_id, merchant_id, hour, state, shard) DO UPDATE SET n = c.n + excluded.n
+  RETURNING 1
+), mc AS (
+  INSERT INTO payment_minute_counts AS c (app_id, merchant_id, minute, shard, events, transitions)
+  SELECT x.a, mm.m, date_trunc('minute', now() AT TIME ZONE 'UTC'), $${P.shard}::int, sum(x.e), sum(x.t)
+  FROM unnest(${arrays(P.minutes, MINUTE_TYPES)}) AS x(a, m, e, t)
+    CROSS JOIN LATERAL (VALUES (x.m), ('')) AS mm(m)
+  GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+  ON CONFLICT (app_id, merchant_id, minute, shard) DO UPDATE
+    SET events = c.events + excluded.events, transitions = c.transitions + excluded.transitions
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM ev)::int AS events, (SELECT count(*) FROM ins)::int AS orders,
+  (SELECT count(*) FROM upd)::int AS updated, (SELECT count(*) FROM ob)::int AS outbox,
+  (SELECT count(*) FROM done)::int AS done, (SELECT count(*) FROM sc)::int AS counts,
+  (SELECT count(*) FROM mc)::int AS minutes,
+  (SELECT json_agg(json_build_array(ev.app_id, ev.event_id)) FROM ev) AS stored`;
+
+interface WriteInput {
+  events: EventRow[];
+  created: Order[];
+  changed: Order[];
+  outbox: Transition[];
+  published: readonly OutboxKey[];
+  counts: CountDelta[];
+  minutes: MinuteDelta[];
+  shard: number;
 }
 
-async function updateOrders(tx: Queryable, list: Order[]): Promise<void> {
-  await tx.query(
-    `UPDATE payment_orders o SET state = u.state, reason = u.reason, amount = u.amount, currency = u.currency,
-       refunded_amount = u.refunded_amount, notify_url = u.notify_url, device_id = u.device_id,
-       version = u.version, updated_at = now()
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[],
-       $8::numeric[], $9::text[], $10::text[], $11::int[])
-       AS u(app_id, order_id, merchant_id, state, reason, amount, currency, refunded_amount, notify_url,
-         device_id, version)
-     WHERE o.app_id = u.app_id AND o.order_id = u.order_id`,
-    orderArrays(list),
+async function writeBatch(tx: Queryable, w: WriteInput): Promise<void> {
+  const ev = w.events;
+  const params: unknown[] = [
+    col(ev, 'appId'),
+    col(ev, 'eventId'),
+    col(ev, 'orderId'),
+    col(ev, 'merchantId'),
+    col(ev, 'deviceId'),
+    col(ev, 'type'),
+    col(ev, 'outcome'),
+    col(ev, 'from'),
+    col(ev, 'to'),
+    col(ev, 'reason'),
+    col(ev, 'amount'),
+    col(ev, 'currency'),
+    col(ev, 'source'),
+    col(ev, 'occurredAt'),
+    col(ev, 'meta'),
+    col(ev, 'webhook'),
+    ...orderArrays(w.created),
+    ...orderArrays(w.changed),
+    col(w.outbox, 'appId'),
+    col(w.outbox, 'eventId'),
+    col(w.outbox, 'notificationId'),
+    col(w.outbox, 'orderId'),
+    col(w.outbox, 'merchantId'),
+    col(w.outbox, 'deviceId'),
+    w.outbox.map((t) => JSON.stringify(t.data ?? null)),
+    col(w.published, 'appId'),
+    col(w.published, 'eventId'),
+    col(w.counts, 'appId'),
+    col(w.counts, 'merchantId'),
+    col(w.counts, 'createdAt'),
+    col(w.counts, 'state'),
+    col(w.counts, 'delta'),
+    col(w.minutes, 'appId'),
+    col(w.minutes, 'merchantId'),
+    col(w.minutes, 'events'),
+    col(w.minutes, 'transitions'),
+    w.shard,
+  ];
+  const { rows } = await tx.query<{ events: number; orders: number; stored: [string, string][] | null }>(
+    WRITE_SQL,
+    params,
   );
+  const r = rows[0] as { events: number; orders: number; stored: [string, string][] | null };
+  if (Number(r.events) !== ev.length) {
+    const stored = new Set((r.stored ?? []).map(([a, e]) => eventKey(a, e)));
+    throw new DuplicateConflict(
+      new Set(ev.map((x) => eventKey(x.appId, x.eventId)).filter((k) => !stored.has(k))),
+    );
+  }
+  if (Number(r.orders) !== w.created.length) throw new OrderConflict();
+}
+
+/** Deletes outbox rows whose notification was published (when no batch transaction took them). */
+export async function deletePublished(q: Queryable, keys: readonly OutboxKey[]): Promise<void> {
+  if (keys.length === 0) return;
+  await q.query(
+    `DELETE FROM payment_outbox WHERE (app_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
+    [col(keys, 'appId'), col(keys, 'eventId')],
+  );
+}
+
+/** An outbox row: a transition's realtime notification that was not (known to be) published. */
+export interface OutboxRow {
+  appId: string;
+  eventId: string;
+  notificationId: string;
+  orderId: string;
+  merchantId: string;
+  deviceId: string | null;
+  data: Record<string, unknown>;
+}
+
+/**
+ * Claims outbox rows written at least `minAgeMs` ago, oldest first, locked for the caller's
+ * transaction (rows another node is publishing are skipped).
+ */
+export async function claimOutbox(tx: Queryable, minAgeMs: number, limit: number): Promise<OutboxRow[]> {
+  const { rows } = await tx.query<{
+    app_id: string;
+    event_id: string;
+    notification_id: string;
+    order_id: string;
+    merchant_id: string;
+    device_id: string | null;
+    data: string;
+  }>(
+    `SELECT app_id, event_id, notification_id, order_id, merchant_id, device_id, data FROM payment_outbox
+     WHERE created_at <= now() - $1::float8 * interval '1 millisecond'
+     ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED`,
+    [minAgeMs, limit],
+  );
+  return rows.map((r) => ({
+    appId: r.app_id,
+    eventId: r.event_id,
+    notificationId: r.notification_id,
+    orderId: r.order_id,
+    merchantId: r.merchant_id,
+    deviceId: r.device_id,
+    data: JSON.parse(r.data) as Record<string, unknown>,
+  }));
 }
 
 // ---- merchant notification outbox ----
@@ -503,6 +768,7 @@ export async function pendingWebhooks(
     occurredAt: new Date(r.occurred_at),
     source: r.source,
     at: new Date(r.received_at).getTime(),
+    notificationId: notificationIdOf(r.app_id, r.event_id),
   }));
 }
 
@@ -645,50 +911,97 @@ export interface Stats {
   };
 }
 
+const HOUR = 3_600_000;
+/** A UTC `timestamp` literal for a time in ms (the counters' hour and minute columns are UTC). */
+const utc = (ms: number) => new Date(ms).toISOString().slice(0, 23);
+
 /**
  * Counts per state of the orders created in [from, to), the success rate among finished ones, and
  * accepted events and transitions per minute over the last `minutes` minutes.
+ *
+ * Read from the counters kept by each batch transaction (payment_state_counts per creation hour,
+ * payment_minute_counts per minute), so the cost does not grow with the number of orders; the partial
+ * hours at the edges of [from, to) are counted from the orders through the created_at indexes.
  */
 export async function stats(q: Queryable, f: Omit<OrderFilter, 'state'>, minutes: number): Promise<Stats> {
-  const params: unknown[] = [];
-  const w = where(f, params);
-  const byState = await q.query<{ state: OrderState; n: number }>(
-    `SELECT state, count(*)::int AS n FROM payment_orders ${w} GROUP BY state`,
-    params,
-  );
   const counts = Object.fromEntries(ORDER_STATES.map((s) => [s, 0])) as Record<OrderState, number>;
-  for (const r of byState.rows) counts[r.state] = Number(r.n);
+  const add = (rows: { state: string; n: number | string }[]) => {
+    for (const r of rows) {
+      if ((ORDER_STATES as readonly string[]).includes(r.state)) counts[r.state as OrderState] += Number(r.n);
+    }
+  };
+  const from = f.from?.getTime();
+  const to = f.to?.getTime();
+  const hoursFrom = from === undefined ? undefined : Math.ceil(from / HOUR) * HOUR;
+  const hoursTo = to === undefined ? undefined : Math.floor(to / HOUR) * HOUR;
+  /** Orders created in [a, b), counted from the orders table. */
+  const scan = async (a: number | undefined, b: number | undefined) => {
+    const params: unknown[] = [];
+    const w = where({ appId: f.appId, merchantId: f.merchantId }, params);
+    const parts = [w || 'WHERE true'];
+    if (a !== undefined) {
+      params.push(new Date(a).toISOString());
+      parts.push(`created_at >= $${params.length}::timestamptz`);
+    }
+    if (b !== undefined) {
+      params.push(new Date(b).toISOString());
+      parts.push(`created_at < $${params.length}::timestamptz`);
+    }
+    const { rows } = await q.query<{ state: string; n: number }>(
+      `SELECT state, count(*)::int AS n FROM payment_orders ${parts.join(' AND ')} GROUP BY state`,
+      params,
+    );
+    add(rows);
+  };
+  if (from !== undefined && to !== undefined && (hoursFrom as number) >= (hoursTo as number)) {
+    if (from < to) await scan(from, to);
+  } else {
+    const params: unknown[] = [f.merchantId ?? ''];
+    const parts = ['merchant_id = $1'];
+    if (f.appId !== undefined) {
+      params.push(f.appId);
+      parts.push(`app_id = $${params.length}`);
+    }
+    if (hoursFrom !== undefined) {
+      params.push(utc(hoursFrom));
+      parts.push(`hour >= $${params.length}::timestamp`);
+    }
+    if (hoursTo !== undefined) {
+      params.push(utc(hoursTo));
+      parts.push(`hour < $${params.length}::timestamp`);
+    }
+    const { rows } = await q.query<{ state: string; n: number }>(
+      `SELECT state, sum(n)::bigint AS n FROM payment_state_counts WHERE ${parts.join(' AND ')} GROUP BY state`,
+      params,
+    );
+    add(rows);
+    if (from !== undefined && from < (hoursFrom as number)) await scan(from, hoursFrom);
+    if (to !== undefined && (hoursTo as number) < to) await scan(hoursTo, to);
+  }
   const total = ORDER_STATES.reduce((n, s) => n + counts[s], 0);
   const finished = FINAL_STATES.reduce((n, s) => n + counts[s], 0);
   const successRate = finished === 0 ? null : (counts.succeeded + counts.refunded) / finished;
 
-  const tp: unknown[] = [minutes];
-  const filters: string[] = [];
-  if (f.appId !== undefined) {
-    tp.push(f.appId);
-    filters.push(`AND app_id = $${tp.length}`);
-  }
-  if (f.merchantId !== undefined) {
-    tp.push(f.merchantId);
-    filters.push(`AND merchant_id = $${tp.length}`);
-  }
-  const perMinute = await q.query<{ minute: Date; events: number; transitions: number }>(
+  const tp: unknown[] = [minutes, f.merchantId ?? ''];
+  const appFilter = f.appId === undefined ? '' : `AND app_id = $${tp.push(f.appId)}`;
+  const perMinute = await q.query<{ minute: Date | string; events: number; transitions: number }>(
     `WITH span AS (
-       SELECT generate_series(date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute',
-                              date_trunc('minute', now()), interval '1 minute') AS minute
+       SELECT generate_series(date_trunc('minute', now() AT TIME ZONE 'UTC') - ($1::int - 1) * interval '1 minute',
+                              date_trunc('minute', now() AT TIME ZONE 'UTC'), interval '1 minute') AS minute
      ), counted AS (
-       SELECT date_trunc('minute', received_at) AS minute, count(*)::int AS events,
-              (count(*) FILTER (WHERE outcome = 'transition'))::int AS transitions
-       FROM payment_events
-       WHERE received_at >= date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute' ${filters.join(' ')}
-       GROUP BY 1
+       SELECT minute, sum(events)::bigint AS events, sum(transitions)::bigint AS transitions
+       FROM payment_minute_counts
+       WHERE merchant_id = $2 ${appFilter}
+         AND minute >= date_trunc('minute', now() AT TIME ZONE 'UTC') - ($1::int - 1) * interval '1 minute'
+       GROUP BY minute
      )
-     SELECT span.minute, coalesce(counted.events, 0) AS events, coalesce(counted.transitions, 0) AS transitions
+     SELECT to_char(span.minute, 'YYYY-MM-DD"T"HH24:MI:SS".000Z"') AS minute,
+       coalesce(counted.events, 0) AS events, coalesce(counted.transitions, 0) AS transitions
      FROM span LEFT JOIN counted ON counted.minute = span.minute ORDER BY span.minute`,
     tp,
   );
   const list = perMinute.rows.map((r) => ({
-    minute: new Date(r.minute).toISOString(),
+    minute: String(r.minute),
     events: Number(r.events),
     transitions: Number(r.transitions),
   }));
@@ -705,4 +1018,14 @@ export async function stats(q: Queryable, f: Omit<OrderFilter, 'state'>, minutes
       perMinute: list,
     },
   };
+}
+
+/** Deletes per-minute counters older than `keepMs` (stats read at most a day back). */
+export async function pruneMinuteCounts(q: Queryable, keepMs: number): Promise<number> {
+  const r = await q.query(
+    `DELETE FROM payment_minute_counts
+     WHERE minute < (now() AT TIME ZONE 'UTC') - $1::float8 * interval '1 millisecond'`,
+    [keepMs],
+  );
+  return r.rowCount;
 }

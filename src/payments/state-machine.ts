@@ -26,6 +26,21 @@ export const TRANSITIONS: Readonly<Record<OrderState, readonly OrderState[]>> = 
   refunded: [],
 };
 
+/**
+ * Reconciliations: the few moves out of a final state the table above does not allow, each only when
+ * the order reached that state for the given reason. A `succeeded` reported after the order was closed
+ * by PAYMENT_TIMEOUT means the money was taken after all (the payment back-end answered late): the
+ * order moves `closed -> succeeded`, recorded as a reconciliation, and app and merchant are told.
+ * An order closed for any other reason (cancelled by the merchant) stays closed: that success is an
+ * invalid transition for an operator to refund by hand.
+ */
+export const RECONCILIATIONS: Readonly<Partial<Record<OrderState, Partial<Record<OrderState, string>>>>> = {
+  closed: { succeeded: 'timeout' },
+};
+
+/** The reason a reconciliation transition records (and notifies). */
+export const RECONCILED_REASON = 'reconciled_after_timeout';
+
 /** States the timeout sweep closes: the non-terminal states that may move to `closed`. */
 export const TIMEOUT_STATES: readonly OrderState[] = ORDER_STATES.filter((s) =>
   TRANSITIONS[s].includes('closed'),
@@ -67,7 +82,7 @@ export function canReach(earlier: OrderState, later: OrderState): boolean {
 /** What an event does to an order. */
 export type Decision =
   /** The order moves from `from` (`null`: it did not exist) to `to`. */
-  | { kind: 'transition'; from: OrderState | null; to: OrderState }
+  | { kind: 'transition'; from: OrderState | null; to: OrderState; reconciled?: true }
   /** The order is already in, or past, the reported state: the event is recorded and has no effect. */
   | { kind: 'stale'; state: OrderState }
   /**
@@ -81,11 +96,16 @@ export type Decision =
  * Decides what an event of type `type` does to an order in state `current` (`null` when the order
  * does not exist yet). Pure: the caller applies the decision.
  *
- * - `type` is a successor of `current` in the table: a transition.
+ * - `type` is a successor of `current` in the table: a transition; also a reconciliation
+ *   (RECONCILIATIONS) when the order reached `current` for the reason it names (`currentReason`).
  * - `type` is `current`, or a state `current` has passed (a `paying` after `succeeded`): stale.
  * - otherwise: invalid, retryable when `type` can still be reached from `current`.
  */
-export function decide(current: OrderState | null, type: EventType): Decision {
+export function decide(
+  current: OrderState | null,
+  type: EventType,
+  currentReason: string | null = null,
+): Decision {
   if (current === null) {
     if (type === 'created' || TRANSITIONS.created.includes(type)) {
       return { kind: 'transition', from: null, to: type };
@@ -98,6 +118,10 @@ export function decide(current: OrderState | null, type: EventType): Decision {
     };
   }
   if (TRANSITIONS[current].includes(type)) return { kind: 'transition', from: current, to: type };
+  const onlyAfter = RECONCILIATIONS[current]?.[type];
+  if (onlyAfter !== undefined && currentReason === onlyAfter) {
+    return { kind: 'transition', from: current, to: type, reconciled: true };
+  }
   if (type === current || canReach(type, current)) return { kind: 'stale', state: current };
   if (canReach(current, type)) {
     return {
@@ -112,7 +136,7 @@ export function decide(current: OrderState | null, type: EventType): Decision {
     state: current,
     retryable: false,
     reason: isTerminal(current)
-      ? `The order is ${current}, a final state; it cannot become ${type}.`
+      ? `The order is ${current}${currentReason ? ` (${currentReason})` : ''}, a final state; it cannot become ${type}.`
       : `The order is ${current}; it can never become ${type} from there.`,
   };
 }

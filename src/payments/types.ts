@@ -70,8 +70,12 @@ export interface Transition {
   eventId: string;
   occurredAt: Date;
   source: EventSource;
-  /** When the transition was committed (ms since the epoch). */
+  /** When the transition was decided, just before its commit (ms since the epoch). */
   at: number;
+  /** The id of its realtime notification, derived from the event (stable across re-publishing). */
+  notificationId: string;
+  /** Its realtime payload, as written to the outbox. */
+  data?: Record<string, unknown>;
 }
 
 /** The input of the webhook engine's `enqueue` (src/webhooks), as payments uses it. */

@@ -17,6 +17,8 @@ export interface NotifyInput {
   data: unknown;
   /** Ask receivers for delivery receipts (GET /notify/:id). */
   ack?: boolean;
+  /** In-process producers only: a stable id, so a notification published again is de-duplicated by clients. */
+  id?: string;
 }
 
 export interface NotifyResult {
@@ -76,7 +78,7 @@ export class NotifyService {
         `data is larger than ${this.maxPayloadBytes} bytes as JSON.`,
       );
     }
-    const n: Notification = { v: 1, id: randomUUID(), appId: input.appId, ts: Date.now(), data };
+    const n: Notification = { v: 1, id: input.id ?? randomUUID(), appId: input.appId, ts: Date.now(), data };
     if (input.broadcast === true) n.broadcast = true;
     if (users) n.users = users;
     if (devices) n.devices = devices;

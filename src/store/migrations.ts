@@ -1,3 +1,4 @@
+import { PAYMENT_MIGRATIONS } from './migrations/payments.js';
 import { WEBHOOK_MIGRATIONS } from './migrations/webhooks.js';
 import type { Store } from './types.js';
 
@@ -193,6 +194,7 @@ export const MIGRATIONS: Migration[] = [
       CREATE INDEX IF NOT EXISTS webhook_alerts_created ON webhook_alerts (created_at DESC);
     `,
   },
+  ...PAYMENT_MIGRATIONS,
   ...WEBHOOK_MIGRATIONS,
 ];
 

@@ -8,6 +8,7 @@ import {
   ORDER_STATES,
   type OrderState,
   predecessors,
+  RECONCILIATIONS,
   TIMEOUT_STATES,
   TRANSITIONS,
 } from '../../src/payments/state-machine.js';
@@ -94,6 +95,32 @@ describe('payments: the order state machine', () => {
     const e = decide('closed', 'succeeded');
     if (e.kind === 'invalid')
       assert.equal(e.reason, 'The order is closed, a final state; it cannot become succeeded.');
+    const f = decide('closed', 'succeeded', 'cancelled');
+    assert.equal(f.kind, 'invalid');
+    if (f.kind === 'invalid') {
+      assert.equal(f.reason, 'The order is closed (cancelled), a final state; it cannot become succeeded.');
+      assert.equal(f.retryable, false);
+    }
+  });
+
+  it('reconciles a success that arrives after a timeout close, and nothing else', () => {
+    assert.deepEqual(RECONCILIATIONS, { closed: { succeeded: 'timeout' } });
+    assert.deepEqual(decide('closed', 'succeeded', 'timeout'), {
+      kind: 'transition',
+      from: 'closed',
+      to: 'succeeded',
+      reconciled: true,
+    });
+    // Only succeeded: a failure or a refund after a timeout close stays invalid; older states are stale.
+    assert.equal(decide('closed', 'failed', 'timeout').kind, 'invalid');
+    assert.equal(decide('closed', 'refunded', 'timeout').kind, 'invalid');
+    assert.deepEqual(decide('closed', 'paying', 'timeout'), { kind: 'stale', state: 'closed' });
+    // Once reconciled the order is an ordinary succeeded one.
+    assert.deepEqual(decide('succeeded', 'refunded', 'reconciled_after_timeout'), {
+      kind: 'transition',
+      from: 'succeeded',
+      to: 'refunded',
+    });
   });
 });
 

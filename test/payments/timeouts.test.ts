@@ -67,10 +67,47 @@ for (const kind of STORES) {
         );
         assert.equal((await get(herald, `/payments/orders/${paid}?appId=${APP}`)).body.state, 'succeeded');
 
-        // A success that arrives after the order timed out is refused for good, not applied.
+        // A success that arrives after the order timed out means the money was taken after all: the
+        // order is reconciled closed -> succeeded, and app and machine hear it (with the announcement).
         const late = await report(pos, ev({ orderId: created, type: 'succeeded' }));
-        assert.equal((late.error as { code: string }).code, 'invalid_transition');
-        assert.equal((late.error as { details: { retryable: boolean } }).details.retryable, false);
+        assert.deepEqual({ ok: late.ok, state: late.state }, { ok: true, state: 'succeeded' });
+        const paidOf = (list: Update[]) =>
+          list.find((u) => u.data.orderId === created && u.data.status === 'succeeded')?.data;
+        await until(() => !!paidOf(appGot) && !!paidOf(posGot), 5000, 'the reconciliation notification');
+        assert.deepEqual(
+          {
+            previous: paidOf(appGot)?.previous,
+            reason: paidOf(appGot)?.reason,
+            announcement: paidOf(appGot)?.announcement,
+            version: paidOf(appGot)?.version,
+          },
+          {
+            previous: 'closed',
+            reason: 'reconciled_after_timeout',
+            announcement: '收款 4.00 元',
+            version: 3,
+          },
+        );
+        const reconciled = await get(herald, `/payments/orders/${created}?appId=${APP}`);
+        assert.deepEqual(
+          { state: reconciled.body.state, reason: reconciled.body.reason },
+          { state: 'succeeded', reason: 'reconciled_after_timeout' },
+        );
+        const lastEvent = (reconciled.body.events as Record<string, unknown>[]).at(-1);
+        assert.deepEqual(
+          { from: lastEvent?.from, to: lastEvent?.to, reason: lastEvent?.reason },
+          { from: 'closed', to: 'succeeded', reason: 'reconciled_after_timeout' },
+        );
+        // The same report again is a duplicate; a second, different success is stale.
+        assert.equal((await report(pos, ev({ orderId: created, type: 'succeeded' }))).stale, true);
+
+        // An order the merchant cancelled stays closed: a success after it is refused for good.
+        const cancelled = newOrderId();
+        await report(pos, ev({ orderId: cancelled, type: 'created', amount: 2 }));
+        await report(pos, ev({ orderId: cancelled, type: 'closed', meta: { reason: 'cancelled' } }));
+        const refused = await report(pos, ev({ orderId: cancelled, type: 'succeeded' }));
+        assert.equal((refused.error as { code: string }).code, 'invalid_transition');
+        assert.equal((refused.error as { details: { retryable: boolean } }).details.retryable, false);
 
         // Each order is closed once, however many sweeps run.
         await sleep(300);
@@ -91,7 +128,11 @@ for (const kind of STORES) {
       const orderId = newOrderId();
       const pos = await machine(herald, APP, 'pos-restart', 'm-restart');
       assert.equal((await report(pos, ev({ orderId, type: 'paying', amount: 9 }))).state, 'paying');
-      assert.deepEqual(await herald.payments.sweep(), { closed: 0, webhooks: 0 }, 'not due yet');
+      assert.deepEqual(
+        await herald.payments.sweep(),
+        { closed: 0, webhooks: 0, republished: 0 },
+        'not due yet',
+      );
       pos.close();
       await herald.stop();
 

@@ -1,0 +1,64 @@
+import type { Migration } from '../migrations.js';
+
+/**
+ * Payment tracking migrations added after 020/021 (src/payments). Never edit one that has shipped;
+ * add a new entry at the end.
+ */
+export const PAYMENT_MIGRATIONS: Migration[] = [
+  {
+    // - payment_outbox: the realtime notification of every transition, written in the transaction that
+    //   stores the transition and deleted once published; rows left by a node that died between commit
+    //   and publish are published again by the sweep with the same notification id.
+    // - payment_state_counts / payment_minute_counts: counters kept in the same transactions, so that
+    //   GET /payments/stats reads a few rows instead of scanning every order and event. merchant_id ''
+    //   is the whole app; `shard` spreads the rows one node's concurrent transactions update (summed
+    //   when read). Hours and minutes are UTC.
+    // - payment_orders_created_at: the partial hours at the edges of a stats window are counted from
+    //   the orders themselves, also across apps.
+    id: '022_payments_outbox_counters',
+    sql: `
+      CREATE TABLE IF NOT EXISTS payment_outbox (
+        app_id text NOT NULL,
+        event_id text NOT NULL,
+        notification_id text NOT NULL,
+        order_id text NOT NULL,
+        merchant_id text NOT NULL,
+        device_id text,
+        data text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (app_id, event_id)
+      );
+      CREATE INDEX IF NOT EXISTS payment_outbox_created ON payment_outbox (created_at);
+      CREATE TABLE IF NOT EXISTS payment_state_counts (
+        app_id text NOT NULL,
+        merchant_id text NOT NULL,
+        hour timestamp NOT NULL,
+        state text NOT NULL,
+        shard smallint NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (app_id, merchant_id, hour, state, shard)
+      );
+      CREATE TABLE IF NOT EXISTS payment_minute_counts (
+        app_id text NOT NULL,
+        merchant_id text NOT NULL,
+        minute timestamp NOT NULL,
+        shard smallint NOT NULL,
+        events bigint NOT NULL,
+        transitions bigint NOT NULL,
+        PRIMARY KEY (app_id, merchant_id, minute, shard)
+      );
+      CREATE INDEX IF NOT EXISTS payment_minute_counts_minute ON payment_minute_counts (minute);
+      CREATE INDEX IF NOT EXISTS payment_orders_created_at ON payment_orders (created_at);
+      INSERT INTO payment_state_counts (app_id, merchant_id, hour, state, shard, n)
+        SELECT app_id, m, date_trunc('hour', created_at AT TIME ZONE 'UTC'), state, 0, count(*)
+        FROM payment_orders CROSS JOIN LATERAL (VALUES (merchant_id), ('')) AS mm(m)
+        GROUP BY 1, 2, 3, 4;
+      INSERT INTO payment_minute_counts (app_id, merchant_id, minute, shard, events, transitions)
+        SELECT app_id, m, date_trunc('minute', received_at AT TIME ZONE 'UTC'), 0, count(*),
+          count(*) FILTER (WHERE outcome = 'transition')
+        FROM payment_events CROSS JOIN LATERAL (VALUES (merchant_id), ('')) AS mm(m)
+        WHERE received_at >= now() - interval '1 day 1 hour'
+        GROUP BY 1, 2, 3;
+    `,
+  },
+];
