@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
+import { type History, newEpoch } from '../history/index.js';
+import { RedisHistory } from '../history/redis.js';
 import type { Logger } from '../logger.js';
 import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
@@ -105,6 +107,63 @@ for _, n in ipairs(nodes) do
   end
 end
 return sent
+`);
+
+/**
+ * Appends a notification to its history streams and publishes it, in one call: ROUTE_SCRIPT's routing
+ * (or a publish on the app channel) plus the history append of RedisHistory, with the offsets written
+ * into the published message. ARGV: mode (`app` | `route`), app channel, nodes zset, min heartbeat, caller
+ * node, online-set prefix, node-channel prefix, message head (the JSON without its last two braces),
+ * history key base, history entry, new-epoch candidate, now, stream count, then (stream, size, ttlMs)
+ * triples, then (route) the user ids. Returns offset, epoch per stream, then the number of nodes routed to.
+ */
+const RECORD_AND_PUBLISH_SCRIPT = new Script(`
+local count = tonumber(ARGV[13])
+local out = {}
+local pos = {}
+for k = 0, count - 1 do
+  local i = 14 + k * 3
+  local s, size, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local meta = ARGV[9] .. s .. '|m'
+  local off = redis.call('HINCRBY', meta, 'o', 1)
+  local ep = redis.call('HGET', meta, 'e')
+  if not ep then
+    ep = ARGV[11]
+    redis.call('HSET', meta, 'e', ep)
+  end
+  redis.call('PEXPIRE', meta, math.max(ttl * 12, 3600000))
+  local sk = ARGV[9] .. s .. '|s'
+  redis.call('XADD', sk, 'MAXLEN', size, off .. '-1', 't', ARGV[12], 'n', ARGV[10])
+  redis.call('PEXPIRE', sk, ttl)
+  out[#out + 1] = off
+  out[#out + 1] = ep
+  pos[#pos + 1] = cjson.encode(s) .. ':[' .. off .. ',' .. cjson.encode(ep) .. ']'
+end
+local msg = ARGV[8]
+if #pos > 0 then msg = msg .. ',"pos":{' .. table.concat(pos, ',') .. '}' end
+msg = msg .. '}}'
+local sent = 0
+if ARGV[1] == 'app' then
+  redis.call('PUBLISH', ARGV[2], msg)
+else
+  local users = {}
+  for i = 14 + count * 3, #ARGV do users[#users + 1] = ARGV[i] end
+  local nodes = redis.call('ZRANGEBYSCORE', ARGV[3], ARGV[4], '+inf')
+  for _, n in ipairs(nodes) do
+    if n ~= ARGV[5] then
+      local hits = redis.call('SMISMEMBER', ARGV[6] .. n, unpack(users))
+      for _, h in ipairs(hits) do
+        if h == 1 then
+          redis.call('PUBLISH', ARGV[7] .. n, msg)
+          sent = sent + 1
+          break
+        end
+      end
+    end
+  end
+end
+out[#out + 1] = sent
+return out
 `);
 
 /** Users per routed notification above which it goes to the app channel instead (one Lua call stays short). */
@@ -221,6 +280,11 @@ export class RedisCluster {
         }
         return undefined;
       },
+      publishRecorded(n: Notification, history: History) {
+        if (!(history instanceof RedisHistory) || n.pos !== undefined) return undefined;
+        const plan = history.plan(n);
+        return plan ? self.recordAndPublish(n, plan) : undefined;
+      },
       healthy: () => this.healthy(),
       close: () => this.close(),
     };
@@ -286,6 +350,40 @@ export class RedisCluster {
   }
 
   // --- routing --------------------------------------------------------------------------------
+
+  private async recordAndPublish(
+    n: Notification,
+    plan: NonNullable<ReturnType<RedisHistory['plan']>>,
+  ): Promise<undefined> {
+    const route = this.routable(n);
+    const json = JSON.stringify({ v: 1, t: 'notify', node: this.nodeId, n } satisfies ClusterMessage);
+    const res = (await RECORD_AND_PUBLISH_SCRIPT.run(
+      this.pub,
+      0,
+      route ? 'route' : 'app',
+      this.channel(n.appId),
+      this.key('nodes'),
+      String(Date.now() - this.opts.presenceTtlMs),
+      this.nodeId,
+      this.key(`pm:${n.appId}|${ONLINE_TOPIC}|`),
+      this.key('node:'),
+      json.slice(0, -2),
+      plan.base,
+      plan.entry,
+      newEpoch(),
+      Date.now(),
+      plan.triples.length / 3,
+      ...plan.triples,
+      ...(route ? (n.users as string[]) : []),
+    )) as unknown[];
+    RedisHistory.applyPositions(n, plan.triples, res);
+    if (route) {
+      this.stats.sentRouted++;
+      this.stats.routedNodes += Number(res[res.length - 1]);
+    } else this.stats.sentApp++;
+    this.opts.deliver(n);
+    return undefined;
+  }
 
   /** Whether a notification can go only to the nodes holding its users. */
   private routable(n: Notification): boolean {

@@ -1,3 +1,4 @@
+import type { History } from '../history/index.js';
 import type { TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
 
@@ -12,6 +13,13 @@ export interface Bus {
    * reached when this node can know it (single node), otherwise `undefined`.
    */
   publish(n: Notification): Promise<number | undefined>;
+  /**
+   * Appends `n` to `history` (setting its offsets) and publishes it in one step (cluster: one Redis
+   * script instead of two round trips). Returns `undefined`, having done nothing, when this bus cannot
+   * do that with this history (the caller appends, then publishes). A rejection means that nothing was
+   * appended or sent to other nodes, nor delivered here.
+   */
+  publishRecorded?(n: Notification, history: History): Promise<number | undefined> | undefined;
   /** Whether the bus currently reaches the other nodes. */
   healthy(): boolean;
   close(): Promise<void>;

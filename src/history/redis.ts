@@ -51,27 +51,47 @@ export class RedisHistory implements History {
     return `${this.prefix}h:${appId}|`;
   }
 
-  async append(n: Notification): Promise<void> {
-    const args: (string | number)[] = [];
+  /**
+   * What appending `n` takes: the key base, the entry, and (stream, size, ttlMs) triples of the streams
+   * that keep history; `undefined` when none does. Used by `append` and by the cluster bus, which appends
+   * and publishes in one script.
+   */
+  plan(n: Notification): { base: string; entry: string; triples: (string | number)[] } | undefined {
+    const triples: (string | number)[] = [];
     for (const key of streamsOf(n)) {
       const { size, ttlMs } = this.policy.for(n.appId, key);
-      if (size > 0) args.push(key, size, ttlMs);
+      if (size > 0) triples.push(key, size, ttlMs);
     }
-    if (args.length === 0) return;
+    if (triples.length === 0) return undefined;
     const entry = JSON.stringify({ id: n.id, ts: n.ts, data: n.data, ack: n.ack === true });
+    return { base: this.base(n.appId), entry, triples };
+  }
+
+  /** Sets `n.pos` from a script's flat (offset, epoch) answer for the planned triples. */
+  static applyPositions(
+    n: Notification,
+    triples: readonly (string | number)[],
+    res: readonly unknown[],
+  ): void {
+    n.pos ??= {};
+    for (let i = 0, k = 0; k < triples.length; i += 2, k += 3) {
+      n.pos[triples[k] as string] = [Number(res[i]), String(res[i + 1])];
+    }
+  }
+
+  async append(n: Notification): Promise<void> {
+    const plan = this.plan(n);
+    if (!plan) return;
     const res = (await APPEND_SCRIPT.run(
       this.redis,
       0,
-      this.base(n.appId),
-      entry,
+      plan.base,
+      plan.entry,
       newEpoch(),
       Date.now(),
-      ...args,
+      ...plan.triples,
     )) as (number | string)[];
-    n.pos ??= {};
-    for (let i = 0, k = 0; k < args.length; i += 2, k += 3) {
-      n.pos[args[k] as string] = [Number(res[i]), String(res[i + 1])];
-    }
+    RedisHistory.applyPositions(n, plan.triples, res);
   }
 
   async since(appId: string, key: string, from: StreamPosition): Promise<RecoveryResult> {

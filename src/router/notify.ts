@@ -61,6 +61,18 @@ export class NotifyService {
     this.maxPayloadBytes = deps.maxPayloadBytes;
   }
 
+  /** History is for recovery; a notification without offsets is still delivered live. */
+  private historyFailed(err: unknown): void {
+    const now = Date.now();
+    if (now - this.lastHistoryError > 5000) {
+      this.lastHistoryError = now;
+      this.deps.logger?.warn(
+        { err: (err as Error).message },
+        'history unavailable: delivering without offsets',
+      );
+    }
+  }
+
   prepare(input: NotifyInput): Notification {
     const users = unique(input.users);
     const devices = unique(input.devices);
@@ -89,23 +101,28 @@ export class NotifyService {
 
   async publish(input: NotifyInput): Promise<NotifyResult> {
     const n = this.prepare(input);
-    if (this.deps.history) {
+    if (n.ack && this.deps.receipts) await this.deps.receipts.expect(n);
+    const history = this.deps.history;
+    // A cluster bus appends to the history and publishes in one Redis call.
+    const recorded = history ? this.bus.publishRecorded?.(n, history) : undefined;
+    let delivered: number | undefined;
+    if (recorded) {
       try {
-        await this.deps.history.append(n);
+        delivered = await recorded;
       } catch (err) {
-        // History is for recovery; a notification without offsets is still delivered live.
-        const now = Date.now();
-        if (now - this.lastHistoryError > 5000) {
-          this.lastHistoryError = now;
-          this.deps.logger?.warn(
-            { err: (err as Error).message },
-            'history unavailable: delivering without offsets',
-          );
+        this.historyFailed(err);
+        delivered = await this.bus.publish(n);
+      }
+    } else {
+      if (history) {
+        try {
+          await history.append(n);
+        } catch (err) {
+          this.historyFailed(err);
         }
       }
+      delivered = await this.bus.publish(n);
     }
-    if (n.ack && this.deps.receipts) await this.deps.receipts.expect(n);
-    const delivered = await this.bus.publish(n);
     this.deps.afterPublish?.(n);
     this.metrics.published.inc({ app: n.appId });
     const result: NotifyResult = { id: n.id, ts: n.ts };

@@ -20,9 +20,14 @@ function connectTo(url: string, appId: string, clientId: string): Promise<Socket
   });
 }
 
-function collect(s: Socket): unknown[] {
-  const got: unknown[] = [];
-  s.on('dataUpdate', (data: unknown) => got.push(data));
+interface Got {
+  data: unknown;
+  meta: { stream?: string; offset?: number; epoch?: string };
+}
+
+function collect(s: Socket): Got[] {
+  const got: Got[] = [];
+  s.on('dataUpdate', (data: unknown, meta: Got['meta']) => got.push({ data, meta }));
   return got;
 }
 
@@ -104,6 +109,13 @@ describe('cluster: notifications to users go only to the nodes holding them', ()
     await until(() => gb.length === 1 && gc.length === 1, 5000, 'both devices');
     const s1 = await stats(a.url);
     assert.equal(s1.routed - s0.routed, 2);
+    // History offsets were assigned in the same Redis call and travel with the routed message.
+    for (const g of [gb, gc]) {
+      assert.equal(g[0]?.meta.stream, 'u:both');
+      assert.equal(g[0]?.meta.offset, 1);
+      assert.equal(typeof g[0]?.meta.epoch, 'string');
+    }
+    assert.equal(gb[0]?.meta.epoch, gc[0]?.meta.epoch);
 
     await notify(a.url, { appId: 'multi', users: ['local'], data: { k: 2 } });
     await until(() => ga.length === 1, 5000, 'local user');
