@@ -5,8 +5,9 @@
  * p50/p99/max publish→receive latency (a timestamp in the data), lost, duplicated, out of order.
  */
 
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { nowUs, Poster, readStamp, Samples } from '../lib/http.js';
-import { othersMeter } from '../lib/proc.js';
+import { cpuSplitMicros, othersMeter } from '../lib/proc.js';
 import { eachServer, log, type ScenarioResult } from '../lib/scenario.js';
 import { type Args, type Figure, num, percentiles, round, sleep, str, waitFor } from '../lib/util.js';
 import { LoadGen } from '../loadgen.js';
@@ -34,6 +35,12 @@ export const figures: Figure[] = [
   { key: 'clientCpuUsPerDelivery', label: 'load generator CPU µs / delivery', lowerIsBetter: true },
   { key: 'othersPct', label: 'other processes on the machine, % of a core', lowerIsBetter: true },
   { key: 'loopP99Ms', label: 'event-loop p99 delay ms', heraldOnly: true },
+  { key: 'systemCpuShare', label: 'share of server CPU in the kernel' },
+  {
+    key: 'clientLoopP99Ms',
+    label: 'load generator event-loop p99 delay ms (its own lag, part of every latency)',
+    lowerIsBetter: true,
+  },
 ];
 
 export async function run(args: Args): Promise<ScenarioResult> {
@@ -123,6 +130,9 @@ export async function run(args: Args): Promise<ScenarioResult> {
       await server.loopP99Ms(); // resets Herald's histogram
       const others = othersMeter(server.pid);
       const client0 = process.cpuUsage();
+      const clientLoop = monitorEventLoopDelay({ resolution: 5 });
+      clientLoop.enable();
+      const split0 = cpuSplitMicros(server.pid);
       const cpu0 = server.cpuMicros();
       const t0 = nowUs();
       const deadline = Date.now() + num(args, 'timeout', 240) * 1000;
@@ -140,6 +150,8 @@ export async function run(args: Args): Promise<ScenarioResult> {
       const tPosted = nowUs();
       await waitFor(() => received >= expected, num(args, 'drain', 15) * 1000, 10);
       const cpu1 = server.cpuMicros();
+      const split1 = cpuSplitMicros(server.pid);
+      clientLoop.disable();
       const client1 = process.cpuUsage(client0);
       const othersPct = others.end();
       const loopP99 = await server.loopP99Ms();
@@ -171,6 +183,12 @@ export async function run(args: Args): Promise<ScenarioResult> {
         windowS: round(windowS, 2),
         othersPct,
         loopP99Ms: loopP99 === null ? null : round(loopP99, 2),
+        systemCpuShare: round(
+          (split1.system - split0.system) /
+            Math.max(1, split1.user - split0.user + split1.system - split0.system),
+          2,
+        ),
+        clientLoopP99Ms: round(clientLoop.percentile(99) / 1e6, 2),
       };
     } finally {
       await poster.close();

@@ -40,9 +40,12 @@ interface EngineSocket {
   close(): void;
   /** Frames waiting for the end of this turn of the event loop (see `queueFrame`). */
   [OUT]?: Frame[] | undefined;
+  /** Bytes of the queued frames plus what the socket held when the first was queued. */
+  [OUT_BYTES]: number;
 }
 
 const OUT = Symbol('herald.out');
+const OUT_BYTES = Symbol('herald.outBytes');
 const WS_OPEN = 1;
 
 /**
@@ -53,22 +56,38 @@ const WS_OPEN = 1;
  */
 let queued: EngineSocket[] = [];
 let flushScheduled = false;
-/** The list being written, FLUSH_CHUNK connections per turn, and how far it got. */
+/** The list being written, a time slice per turn, and how far it got. */
 let flushing: EngineSocket[] | undefined;
 let flushPos = 0;
 
 /**
- * Connections written per turn of the event loop: at least FLUSH_CHUNK, and at least an eighth of all
- * those waiting. A fan-out to 10,000 sockets is 10,000 system calls; in chunks, HTTP requests and
- * heartbeats are served in between (the loop's delay stays low), and notifications that arrive
- * meanwhile join the frames still queued for the sockets not yet written (one write carries them
- * all). The share of the backlog keeps it bounded when notifications to distinct sockets arrive
- * faster than they can be written: the flush then takes more of the loop, which slows intake instead
- * of queueing without end. (Half the backlog per turn was measured to cost a 10k broadcast most of
- * its coalescing: bigger turns, fewer notifications arriving in between.)
+ * A flush turn writes queued connections for FLUSH_TURN_MS at most (checked every FLUSH_CHECK
+ * sockets, at least FLUSH_MIN of them), then yields to the event loop. A fan-out to 10,000 sockets is
+ * 10,000 system calls (100-300 ms here); in slices, HTTP requests, heartbeats and timers are served in
+ * between, so the loop's delay stays low, and notifications that arrive meanwhile join the frames
+ * still queued for the sockets not yet written (one write carries them all). Above FLOOD_BACKLOG
+ * waiting connections (notifications to distinct sockets arriving faster than they can be written), a
+ * turn writes at least an eighth of the backlog: the flush then takes more of the loop, which slows
+ * intake instead of queueing without end.
  */
-const FLUSH_CHUNK = 1000;
-const FLUSH_BACKLOG_SHARE = 8;
+const FLUSH_TURN_MS = 4;
+const FLUSH_CHECK = 16;
+const FLUSH_MIN = 64;
+const FLOOD_BACKLOG = 16_384;
+const FLOOD_SHARE = 8;
+
+/**
+ * Up to DIRECT_PER_TURN connections per turn with nothing queued and an empty send buffer are written
+ * at once rather than at the end of the turn (a targeted notification leaves with its request); the
+ * rest of a larger fan-out is queued and sliced as above.
+ */
+const DIRECT_PER_TURN = 64;
+let directLeft = DIRECT_PER_TURN;
+let directReset = false;
+const resetDirect = (): void => {
+  directLeft = DIRECT_PER_TURN;
+  directReset = false;
+};
 
 function scheduleFlush(): void {
   if (flushScheduled) return;
@@ -85,18 +104,49 @@ function flushQueued(): void {
   }
   const list = flushing;
   const backlog = list.length - flushPos + queued.length;
-  const end = Math.min(
-    list.length,
-    flushPos + Math.max(FLUSH_CHUNK, Math.ceil(backlog / FLUSH_BACKLOG_SHARE)),
-  );
+  const floor =
+    flushPos + (backlog > FLOOD_BACKLOG ? Math.ceil(backlog / FLOOD_SHARE) : FLUSH_MIN) - FLUSH_CHECK;
+  const deadline = performance.now() + FLUSH_TURN_MS;
   // A connection met again here (its frames were written early by sendPacket) has nothing queued.
-  for (; flushPos < end; flushPos++) flushEngine(list[flushPos] as EngineSocket);
+  while (flushPos < list.length) {
+    const end = Math.min(list.length, flushPos + FLUSH_CHECK);
+    for (; flushPos < end; flushPos++) flushEngine(list[flushPos] as EngineSocket);
+    if (flushPos >= floor && performance.now() >= deadline) break;
+  }
   if (flushPos < list.length) {
     scheduleFlush();
     return;
   }
   flushing = undefined;
+  lastOut = undefined;
+  lastWire = undefined;
   if (queued.length > 0) scheduleFlush();
+}
+
+/**
+ * The frames of the previous multi-frame write and their concatenation: in a fan-out every socket
+ * has the same frames queued, so the buffer is built once per sweep and written to each of them.
+ */
+let lastOut: Frame[] | undefined;
+let lastWire: Buffer | undefined;
+
+function wireOf(out: Frame[]): Buffer {
+  const prev = lastOut;
+  if (prev && lastWire && prev.length === out.length) {
+    let same = true;
+    for (let i = 0; i < out.length; i++) {
+      if (prev[i] !== out[i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return lastWire;
+  }
+  const parts = new Array<Buffer>(out.length);
+  for (let i = 0; i < out.length; i++) parts[i] = (out[i] as Frame).ws[0];
+  lastOut = out;
+  lastWire = Buffer.concat(parts);
+  return lastWire;
 }
 
 /** Writes the frames queued for one connection: one write on the WebSocket's TCP socket. */
@@ -104,6 +154,7 @@ function flushEngine(engine: EngineSocket): void {
   const out = engine[OUT];
   if (!out) return;
   engine[OUT] = undefined;
+  engine[OUT_BYTES] = 0;
   if (engine.readyState !== 'open') return; // closed meanwhile: dropped like any unsent data
   const ws = engine.transport.socket;
   const raw = ws?._socket;
@@ -114,12 +165,7 @@ function flushEngine(engine: EngineSocket): void {
     ws.readyState === WS_OPEN &&
     engine.writeBuffer.length === 0
   ) {
-    if (out.length === 1) raw.write((out[0] as Frame).ws[0]);
-    else {
-      const parts = new Array<Buffer>(out.length);
-      for (let i = 0; i < out.length; i++) parts[i] = (out[i] as Frame).ws[0];
-      raw.write(Buffer.concat(parts));
-    }
+    raw.write(out.length === 1 ? (out[0] as Frame).ws[0] : wireOf(out));
     return;
   }
   // The transport changed under us: hand the frames to engine.io, in order.
@@ -173,34 +219,48 @@ function prepareEngineSocket(engine: EngineSocket & { request: IncomingMessage |
   };
   engine.request = slim;
   engine[OUT] = undefined;
+  engine[OUT_BYTES] = 0;
   engine.sendPacket = sendPacketAfterQueued;
 }
 
 /**
- * Writes a pre-encoded frame to a connection: straight to the WebSocket's TCP socket at the end of
- * this turn, coalesced with the other frames queued for it; through engine.io when the transport is
- * long-polling, mid-upgrade, or engine.io itself has packets waiting (keeps them in order).
+ * Writes a pre-encoded frame to a connection: straight to the WebSocket's TCP socket, at once (a few
+ * per turn, when nothing waits for it) or at the end of this turn, coalesced with the other frames
+ * queued for it; through engine.io when the transport is long-polling, mid-upgrade, or engine.io
+ * itself has packets waiting (keeps them in order). `buffered` is what the socket already holds.
  */
-function queueFrame(engine: EngineSocket, frame: Frame): void {
+function queueFrame(engine: EngineSocket, frame: Frame, buffered: number): void {
   let out = engine[OUT];
   if (!out) {
     const ws = engine.transport.socket;
+    const raw = ws?._socket;
     if (
       engine.writeBuffer.length > 0 ||
       engine.transport.name !== 'websocket' ||
-      !ws?._socket ||
-      ws.readyState !== WS_OPEN ||
-      ws._sender._bufferedBytes !== 0
+      !raw ||
+      (ws as RawWebSocket).readyState !== WS_OPEN ||
+      (ws as RawWebSocket)._sender._bufferedBytes !== 0
     ) {
       engine.write(frame.packet, { wsPreEncodedFrame: frame.ws });
       return;
     }
     if (engine.sendPacket !== sendPacketAfterQueued) engine.sendPacket = sendPacketAfterQueued;
+    if (buffered === 0 && directLeft > 0) {
+      directLeft--;
+      if (!directReset) {
+        directReset = true;
+        setImmediate(resetDirect);
+      }
+      raw.write(frame.ws[0]);
+      return;
+    }
     out = [];
     engine[OUT] = out;
+    engine[OUT_BYTES] = buffered;
     queued.push(engine);
     scheduleFlush();
   }
+  engine[OUT_BYTES] += frame.ws[0].length;
   out.push(frame);
 }
 
@@ -252,16 +312,18 @@ export class SocketConn implements Conn {
     if (this.dropped) return false;
     const engine = this.socket.conn as unknown as EngineSocket;
     if (engine.readyState !== 'open') return false;
+    // With frames queued in this turn the transport was looked at when the first was queued and only
+    // the queue grew since (no need to walk to the TCP socket's state again for each notification).
     const buffered =
-      (engine.transport.socket?.bufferedAmount ?? 0) +
-      engine.writeBuffer.length * frame.packet.length +
-      (engine[OUT]?.length ?? 0) * frame.ws[0].length;
+      engine[OUT] !== undefined
+        ? engine[OUT_BYTES]
+        : (engine.transport.socket?.bufferedAmount ?? 0) + engine.writeBuffer.length * frame.packet.length;
     if (buffered > this.maxBuffer) {
       this.dropped = true;
       this.onSlow(this);
       return false;
     }
-    queueFrame(engine, frame);
+    queueFrame(engine, frame, buffered);
     return true;
   }
 }

@@ -10,6 +10,15 @@ interface TopicEntry {
   clients: Map<string, number>;
 }
 
+/** Sockets a fan-out writes in one go; above, it is written in slices across turns (see `runSweeps`). */
+const SWEEP_SLICE = 2048;
+/** Time budget of one slice (after the first SWEEP_SLICE sockets), checked every SWEEP_CHECK sockets. */
+const SWEEP_TURN_MS = 3;
+const SWEEP_CHECK = 64;
+/** Pending sockets above which a turn writes at least 1/SWEEP_FLOOD_SHARE of them. */
+const SWEEP_FLOOD = 65_536;
+const SWEEP_FLOOD_SHARE = 8;
+
 /** Everything one node knows about one app's sockets. */
 class AppIndex {
   readonly conns = new Set<Conn>();
@@ -307,19 +316,61 @@ export class Router {
   }
 
   private writeAll(
-    conns: Iterable<Conn>,
+    conns: Iterable<Conn> & { readonly size?: number; readonly length?: number },
     n: Notification,
     stream: string,
     topic: string | undefined,
   ): number {
-    let frame: Frame | undefined;
-    let written = 0;
-    for (const c of conns) {
-      if (!frame)
-        frame = encodeEvent(n.appId, 'dataUpdate', [n.data, JSON.stringify(metaFor(n, stream, topic))]);
-      if (c.write(frame)) written++;
+    const size = conns.size ?? conns.length ?? 0;
+    if (size === 0) return 0;
+    const frame = encodeEvent(n.appId, 'dataUpdate', [n.data, JSON.stringify(metaFor(n, stream, topic))]);
+    if (this.sweeps.length === 0 && size <= SWEEP_SLICE) {
+      let written = 0;
+      for (const c of conns) if (c.write(frame)) written++;
+      return written;
     }
-    return written;
+    // A large fan-out, or anything behind one: the sockets subscribed now, written in slices.
+    this.sweeps.push({ conns: Array.from(conns), pos: 0, frame });
+    this.pendingSweep += size;
+    if (this.sweeps.length === 1) this.runSweeps(false);
+    return size;
+  }
+
+  /**
+   * Fan-outs waiting to be written, oldest first. A notification to 10,000 sockets takes 10,000
+   * writes into their queues (5-15 ms here); done in one go it holds the event loop, so above
+   * SWEEP_SLICE sockets it is written SWEEP_TURN_MS at a time (the first slice at once), and every
+   * notification published while one is pending queues behind it, so each socket still receives them
+   * in publish order. The recipients are those subscribed at publish time; `deliver` then returns
+   * how many sockets it addressed.
+   */
+  private readonly sweeps: { conns: Conn[]; pos: number; frame: Frame }[] = [];
+  private pendingSweep = 0;
+  private sweepScheduled = false;
+
+  private runSweeps(scheduled: boolean): void {
+    if (scheduled) this.sweepScheduled = false;
+    const deadline = performance.now() + SWEEP_TURN_MS;
+    // At least SWEEP_SLICE sockets per turn; under a flood (more sockets pending than a few large
+    // sweeps) a share of the backlog, so that it slows intake instead of growing without end.
+    const floor =
+      this.pendingSweep > SWEEP_FLOOD ? Math.ceil(this.pendingSweep / SWEEP_FLOOD_SHARE) : SWEEP_SLICE;
+    let done = 0;
+    while (this.sweeps.length > 0) {
+      const job = this.sweeps[0] as { conns: Conn[]; pos: number; frame: Frame };
+      const end = Math.min(job.conns.length, job.pos + SWEEP_CHECK);
+      done += end - job.pos;
+      for (; job.pos < end; job.pos++) (job.conns[job.pos] as Conn).write(job.frame);
+      if (job.pos >= job.conns.length) {
+        this.sweeps.shift();
+        this.pendingSweep -= job.conns.length;
+      }
+      if (done >= floor && performance.now() >= deadline) break;
+    }
+    if (this.sweeps.length > 0 && !this.sweepScheduled) {
+      this.sweepScheduled = true;
+      setImmediate(() => this.runSweeps(true));
+    }
   }
 
   /** Connections per app, for metrics and the console. */

@@ -238,4 +238,46 @@ describe('Router subscriptions and counts', () => {
     assert.equal(r.router.connectionCount(), 5);
     assert.equal([...r.router.allConns()].length, 5);
   });
+  it('a large fan-out is written in slices across turns, once per socket, in publish order', async () => {
+    const router = new Router();
+    const conns: FakeConn[] = [];
+    for (let i = 0; i < 6000; i++) {
+      const c = new FakeConn(`big-${i}`, 'big', `user-${i}`);
+      router.add(c);
+      router.subscribe(c, ['wide']);
+      conns.push(c);
+    }
+    const first = note('big', { topics: ['wide'] }, { k: 1 });
+    const second = note('big', { users: ['user-5999'] }, { k: 2 });
+    const third = note('big', { topics: ['wide'] }, { k: 3 });
+    // Writes that take a little time, so that the sweep needs several turns (the outcome below must
+    // be the same however many it takes).
+    for (const c of conns) {
+      const write = c.write.bind(c);
+      c.write = (f: Frame) => {
+        const until = performance.now() + 0.002;
+        while (performance.now() < until);
+        return write(f);
+      };
+    }
+    // Addressed now; written over the next turns.
+    assert.equal(router.deliver(first), 6000);
+    // A socket that subscribes after the publish does not receive it.
+    const late = new FakeConn('late', 'big', 'late-user');
+    router.add(late);
+    router.subscribe(late, ['wide']);
+    assert.equal(router.deliver(second), 1);
+    assert.equal(router.deliver(third), 6001);
+    const deadline = Date.now() + 10_000;
+    while (conns.some((c) => c.frames.length < (c.clientId === 'user-5999' ? 3 : 2)) && Date.now() < deadline)
+      await new Promise((r) => setImmediate(r));
+    for (const c of conns) {
+      const ks = c.events().map((e) => (e.data as { k: number }).k);
+      assert.deepEqual(ks, c.clientId === 'user-5999' ? [1, 2, 3] : [1, 3], c.id);
+    }
+    assert.deepEqual(
+      late.events().map((e) => (e.data as { k: number }).k),
+      [3],
+    );
+  });
 });
