@@ -190,7 +190,7 @@ async function postJson(agent: Agent, url: string, body: unknown): Promise<void>
 const TELEGRAM_MAX_TEXT = 4096;
 /** Alerts waiting for one chat at most; beyond this the oldest are dropped (and logged as failed). */
 const TELEGRAM_MAX_QUEUED = 200;
-/** Tries of one message (a 429 waits `retry_after`; other failures wait a few seconds). */
+/** Tries of one message refused with 429 (each waits its `retry_after`); other failures are not retried. */
 const TELEGRAM_TRIES = 4;
 
 interface QueuedAlert {
@@ -228,8 +228,9 @@ export function telegramRetryAfterMs(body: string, header: string | string[] | u
  * (`disable_notification`), critical ones ring. Telegram allows about one message a second per chat:
  * each chat has a queue sent at most once per `minInterval`; alerts that arrive meanwhile are joined
  * into one message (up to Telegram's 4096 characters), and a 429 answer's `retry_after` is waited out
- * before the same message is tried again. Nothing is dropped silently: an alert that cannot be sent
- * (tries exhausted, queue overflow, shutdown) fails its `send()`, which the Alerter logs and counts.
+ * before the same message is tried again (up to 4 tries). Nothing is dropped silently: an alert that
+ * cannot be sent (other errors, tries exhausted, queue overflow, shutdown) fails its `send()`, which the
+ * Alerter logs and counts.
  */
 export class TelegramSink implements AlertSink {
   readonly name = 'telegram';
@@ -356,18 +357,20 @@ export class TelegramSink implements AlertSink {
       const error = new Error(`HTTP ${res.statusCode}: ${body.slice(0, 200)}`);
       if (res.statusCode === 429) {
         retryIn = telegramRetryAfterMs(body, res.headers['retry-after']) ?? Math.max(this.minInterval, 1000);
-      } else if (res.statusCode >= 500) retryIn = Math.max(this.minInterval, 1000) * 2 ** chat.tries;
+      }
       this.failed(chat, count, error, retryIn);
     } catch (err) {
-      retryIn = Math.max(this.minInterval, 1000) * 2 ** chat.tries;
-      this.failed(chat, count, err as Error, retryIn);
+      this.failed(chat, count, err as Error, 0);
     } finally {
       chat.sending = false;
       this.schedule(chat);
     }
   }
 
-  /** A message failed: try it again after `retryIn` (0: a 4xx that will not get better), or give up. */
+  /**
+   * A message failed: try it again after `retryIn` (a 429), or give up on its alerts (0: any other
+   * failure, reported at once like the other sinks do).
+   */
   private failed(chat: ChatQueue, count: number, error: Error, retryIn: number): void {
     chat.tries++;
     if (retryIn > 0 && chat.tries < TELEGRAM_TRIES) {

@@ -108,6 +108,8 @@ export class WebhookEngine {
   private readonly logger: Logger;
   private readonly sender: Sender;
   private readonly window: SlidingWindow;
+  /** Counts not yet added to the shared window table (PostgreSQL). */
+  private unpublished = { attempts: 0, successes: 0, totalMs: 0, delivered: 0, failed: 0 };
   private state: 'idle' | 'running' | 'stopping' | 'stopped' = 'idle';
   private stopping: Promise<void> | undefined;
   private loopDone: Promise<void> | undefined;
@@ -292,6 +294,9 @@ export class WebhookEngine {
       this.timers.push(t);
     };
     every(this.config.webhookAlertInterval, () => this.checkAlerts());
+    if (this.store.kind === 'postgres') {
+      every(this.publishEvery(), () => this.publishWindow());
+    }
     const cleanupEvery = Math.max(
       60_000,
       Math.min(3_600_000, Math.floor(this.config.webhookLogRetention / 10)),
@@ -327,6 +332,11 @@ export class WebhookEngine {
         for (const f of this.inFlight.values()) f.controller.abort();
         await all();
         await this.flushNow();
+        if (this.store.kind === 'postgres') {
+          await this.publishWindow().catch((err: unknown) =>
+            this.logger.warn({ err }, 'could not add the last alert-window counts to the shared table'),
+          );
+        }
         await this.queue
           .releaseOwnership()
           .catch((err: unknown) =>
@@ -741,8 +751,14 @@ export class WebhookEngine {
     if (result.outcome !== 'disabled') {
       this.metrics?.responseSeconds.observe(result.durationMs / 1000);
       this.window.attempt(result.outcome === 'success', result.durationMs);
+      this.unpublished.attempts++;
+      if (result.outcome === 'success') this.unpublished.successes++;
+      this.unpublished.totalMs += result.durationMs;
     }
-    if (status !== 'retrying') this.window.finished(status);
+    if (status !== 'retrying') {
+      this.window.finished(status);
+      this.unpublished[status]++;
+    }
     const log = {
       webhookId: row.id,
       orderNo: row.orderNo,
@@ -928,7 +944,11 @@ export class WebhookEngine {
     if (queued > c.webhookAlertQueueLength) {
       candidates.push(systemAlert('queue_length', queued, c.webhookAlertQueueLength, c.webhookAlertWindow));
     }
-    const w = this.window.snapshot();
+    // On PostgreSQL the window covers every node (shared counters); the embedded store has one node.
+    const w =
+      this.store.kind === 'postgres'
+        ? await this.publishWindow().then(() => this.queue.sharedWindow(c.webhookAlertWindow))
+        : this.window.snapshot();
     if (w.attempts >= c.webhookAlertMinSamples) {
       const rate = w.successes / w.attempts;
       if (rate < c.webhookAlertSuccessRate / 100) {
@@ -956,6 +976,30 @@ export class WebhookEngine {
       ),
     );
     for (const a of candidates) if (allowed.has(`system:${a.type}`)) this.alerter.emit(a);
+  }
+
+  /** How often a node adds its counts to the shared window: every second, or every check if more often. */
+  private publishEvery(): number {
+    return Math.min(this.config.webhookAlertInterval, 1000);
+  }
+
+  /** Adds this node's window counts to the shared table (PostgreSQL); kept for the next try on failure. */
+  private async publishWindow(): Promise<void> {
+    const d = this.unpublished;
+    this.unpublished = { attempts: 0, successes: 0, totalMs: 0, delivered: 0, failed: 0 };
+    try {
+      await this.queue.publishWindow(Math.max(1000, this.publishEvery()), this.config.webhookAlertWindow, d);
+    } catch (err) {
+      const u = this.unpublished;
+      this.unpublished = {
+        attempts: u.attempts + d.attempts,
+        successes: u.successes + d.successes,
+        totalMs: u.totalMs + d.totalMs,
+        delivered: u.delivered + d.delivered,
+        failed: u.failed + d.failed,
+      };
+      throw err;
+    }
   }
 
   private cachedDepth(): Promise<Record<string, number>> {

@@ -413,14 +413,9 @@ export class WebhookQueue {
            AND (m.owner_node IS NULL OR m.owner_node = $6 OR m.owner_until <= now())
          ORDER BY m.merchant_key
          FOR UPDATE
-       ), owned AS (
-         UPDATE webhook_merchants m SET owner_node = $6, owner_until = now() + $2::double precision ${MS}
-         FROM lock_owned o WHERE m.merchant_key = o.merchant_key
-         RETURNING m.merchant_key
-       ), mine AS (
-         SELECT c.merchant_key, c.free FROM caps c JOIN owned o ON o.merchant_key = c.merchant_key
        ), pick AS (
-         SELECT x.id, x.next_attempt_at, x.seq FROM mine c
+         SELECT x.id, x.next_attempt_at, x.seq, c.merchant_key FROM caps c
+         JOIN lock_owned o ON o.merchant_key = c.merchant_key
          CROSS JOIN LATERAL (
            SELECT d.id, d.next_attempt_at, d.seq FROM webhook_deliveries d
            WHERE d.merchant_key = c.merchant_key AND ${DUE}
@@ -430,6 +425,12 @@ export class WebhookQueue {
          ) x
          ORDER BY x.next_attempt_at, x.seq
          LIMIT $1
+       ), owned AS (
+         -- Only merchants that got rows become (or stay) this node's; the row locks above are held until
+         -- commit, so no other node can take them in between.
+         UPDATE webhook_merchants m SET owner_node = $6, owner_until = now() + $2::double precision ${MS}
+         WHERE m.merchant_key IN (SELECT DISTINCT merchant_key FROM pick)
+         RETURNING 1
        )
        UPDATE webhook_deliveries d SET locked_until = now() + $2::double precision ${MS}, locked_by = $6, updated_at = now()
        FROM webhook_merchants m
@@ -606,6 +607,65 @@ export class WebhookQueue {
        WHERE status = 'delayed' AND merchant_key IN (SELECT jsonb_array_elements_text($1::jsonb))`,
       [JSON.stringify(keys)],
     );
+  }
+
+  // ---- cluster-wide alert window -------------------------------------------------------------------
+
+  /**
+   * Adds this node's counts since its last call to the shared window table (one row per node and
+   * bucket), and deletes rows that left every window.
+   */
+  async publishWindow(
+    bucketMs: number,
+    windowMs: number,
+    d: { attempts: number; successes: number; totalMs: number; delivered: number; failed: number },
+  ): Promise<void> {
+    if (d.attempts + d.delivered + d.failed > 0) {
+      await this.store.query(
+        `INSERT INTO webhook_node_windows AS w (node_id, bucket, attempts, successes, total_ms, delivered, failed)
+         VALUES ($1, to_timestamp(floor(extract(epoch FROM now()) * 1000 / $2::double precision) * $2::double precision / 1000),
+           $3, $4, $5, $6, $7)
+         ON CONFLICT (node_id, bucket) DO UPDATE SET attempts = w.attempts + EXCLUDED.attempts,
+           successes = w.successes + EXCLUDED.successes, total_ms = w.total_ms + EXCLUDED.total_ms,
+           delivered = w.delivered + EXCLUDED.delivered, failed = w.failed + EXCLUDED.failed`,
+        [this.s.nodeId, bucketMs, d.attempts, d.successes, d.totalMs, d.delivered, d.failed],
+      );
+    }
+    await this.store.query(
+      `DELETE FROM webhook_node_windows WHERE bucket < now() - ($1::double precision + $2::double precision) ${MS}`,
+      [windowMs, bucketMs],
+    );
+  }
+
+  /** The window's counts over every node (buckets that started within the last `windowMs`). */
+  async sharedWindow(windowMs: number): Promise<{
+    attempts: number;
+    successes: number;
+    avgMs: number;
+    delivered: number;
+    failed: number;
+  }> {
+    const r = await this.store.query<{
+      attempts: number;
+      successes: number;
+      total_ms: number;
+      delivered: number;
+      failed: number;
+    }>(
+      `SELECT coalesce(sum(attempts), 0)::int AS attempts, coalesce(sum(successes), 0)::int AS successes,
+              coalesce(sum(total_ms), 0)::double precision AS total_ms,
+              coalesce(sum(delivered), 0)::int AS delivered, coalesce(sum(failed), 0)::int AS failed
+       FROM webhook_node_windows WHERE bucket > now() - $1::double precision ${MS}`,
+      [windowMs],
+    );
+    const w = r.rows[0] ?? { attempts: 0, successes: 0, total_ms: 0, delivered: 0, failed: 0 };
+    return {
+      attempts: w.attempts,
+      successes: w.successes,
+      avgMs: w.attempts > 0 ? w.total_ms / w.attempts : 0,
+      delivered: w.delivered,
+      failed: w.failed,
+    };
   }
 
   // ---- alert de-duplication ---------------------------------------------------------------------------

@@ -6,8 +6,10 @@ import {
   dropSchemas,
   Merchant,
   newSchema,
+  ok,
   orderNo,
   startNode,
+  status,
   TEST_DATABASE_URL,
   waitFor,
 } from './helpers.js';
@@ -105,6 +107,53 @@ describe('per-merchant concurrency across two nodes on one PostgreSQL', () => {
       assert.ok(merchant.maxInFlight <= 2, `saw ${merchant.maxInFlight} at once; the limit is 2`);
     } finally {
       await merchant.close();
+    }
+  });
+});
+
+describe('system alert windows across two nodes on one PostgreSQL', () => {
+  const nodes: TestHerald[] = [];
+  after(async () => {
+    for (const n of nodes) await n.cleanup();
+  });
+
+  it('a node that sends nothing alerts on the success rate of the webhooks another node sent', async () => {
+    const failing = await Merchant.start(status(500));
+    const sink = await Merchant.start(ok);
+    try {
+      const schema = newSchema();
+      const shared = { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, webhookAlertMinSamples: 5 };
+      // The sender never checks the rules itself (hourly); it only adds its counts to the shared window.
+      const sender = await startNode('postgres', {
+        ...shared,
+        webhookAlertInterval: 3_600_000,
+        webhookRetryDelays: [60_000],
+      });
+      nodes.push(sender);
+      // The watcher delivers nothing (dispatcher off), so its own counts stay empty.
+      const watcher = await startNode('postgres', {
+        ...shared,
+        webhookDispatch: false,
+        webhookAlertInterval: 100,
+        alertWebhookUrl: sink.url('/alerts'),
+      });
+      nodes.push(watcher);
+      for (let i = 0; i < 6; i++) {
+        await sender.webhooks.enqueue({ orderNo: orderNo('AW'), notifyUrl: failing.url(), payload: { i } });
+      }
+      const alert = await waitFor(
+        () =>
+          sink.received
+            .map((r) => JSON.parse(r.body) as { type: string; data: { value: number } })
+            .find((a) => a.type === 'success_rate'),
+        15_000,
+        'the success-rate alert on the watcher',
+      );
+      assert.equal(alert.data.value, 0);
+      assert.equal(failing.ids().size, 6);
+    } finally {
+      await failing.close();
+      await sink.close();
     }
   });
 });
