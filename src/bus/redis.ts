@@ -24,6 +24,11 @@ export interface RedisClusterOptions {
   hasApp: (appId: string) => boolean;
   /** This node's own count of a topic (used while Redis is away). */
   localCount: (appId: string, topic: string) => TopicCount;
+  /**
+   * What this node tells the others about itself (JSON-serialisable), written with every heartbeat and
+   * read by `nodes()` (the console's node list).
+   */
+  nodeInfo?: () => Record<string, unknown>;
   /** This node's current subscribers, to publish them again after Redis comes back. */
   localTopics: () => Iterable<{
     appId: string;
@@ -715,6 +720,9 @@ export class RedisCluster {
     const now = Date.now();
     try {
       await this.pub.zadd(this.key('nodes'), now, this.nodeId);
+      if (this.opts.nodeInfo) {
+        await this.pub.hset(this.key('nodeinfo'), this.nodeId, JSON.stringify(this.opts.nodeInfo()));
+      }
       if (this.resyncNeeded) await this.resync();
       const dead = await this.pub.zrangebyscore(this.key('nodes'), '-inf', now - this.opts.presenceTtlMs);
       for (const node of dead) await this.reap(node);
@@ -784,6 +792,7 @@ export class RedisCluster {
       touched.push({ appId: at.slice(0, bar), topic: at.slice(bar + 1) });
     }
     m.del(this.key(`nk:${node}`));
+    m.hdel(this.key('nodeinfo'), node);
     await m.exec();
     this.opts.logger.warn(
       { node, topics: entries.length },
@@ -839,6 +848,31 @@ export class RedisCluster {
     return this.opts.localCount(appId, topic);
   }
 
+  /**
+   * The live nodes (heartbeat within the presence TTL), this one included, with what each last said
+   * about itself (`nodeInfo`) and when. Rejects while Redis is away.
+   */
+  async nodes(): Promise<{ id: string; self: boolean; lastSeen: number; info: Record<string, unknown> }[]> {
+    const since = Date.now() - this.opts.presenceTtlMs;
+    const flat = await this.pub.zrangebyscore(this.key('nodes'), since, '+inf', 'WITHSCORES');
+    const ids: string[] = [];
+    const seen: number[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      ids.push(flat[i] as string);
+      seen.push(Number(flat[i + 1]));
+    }
+    const infos = ids.length ? await this.pub.hmget(this.key('nodeinfo'), ...ids) : [];
+    return ids.map((id, i) => {
+      let info: Record<string, unknown> = {};
+      try {
+        info = infos[i] ? (JSON.parse(infos[i] as string) as Record<string, unknown>) : {};
+      } catch {
+        // A node of another version wrote something else: show it without details.
+      }
+      return { id, self: id === this.nodeId, lastSeen: seen[i] as number, info };
+    });
+  }
+
   /** Leaves the cluster: removes this node's presence so no stale counts remain, and disconnects. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -868,6 +902,7 @@ export class RedisCluster {
     }
     m.del(this.key(`nk:${node}`));
     m.zrem(this.key('nodes'), node);
+    m.hdel(this.key('nodeinfo'), node);
     await m.exec();
     await this.announce(
       entries.map((at) => {
