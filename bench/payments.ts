@@ -19,7 +19,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -131,6 +131,24 @@ function cpuMs(pid: number | undefined): number {
   }
 }
 const CLK_TCK = 100;
+
+/** Payment transaction count and total seconds, and the event-loop p99, from Herald's /metrics. */
+async function scrape(url: string): Promise<{ txCount?: number; txSum?: number; loopP99?: number }> {
+  try {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const value = (name: string) => {
+      const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'm').exec(text);
+      return m ? Number(m[1]) : undefined;
+    };
+    return {
+      txCount: value('herald_payment_store_seconds_count'),
+      txSum: value('herald_payment_store_seconds_sum'),
+      loopP99: value('herald_event_loop_delay_p99_seconds'),
+    };
+  } catch {
+    return {};
+  }
+}
 
 // ---- a minimal Socket.IO v4 client over ws ----
 
@@ -375,6 +393,9 @@ export async function run(
     log(`warming up ${warmup} s`);
     await sleep(warmup * 1000);
     const cpu0 = cpuMs(node.child.pid);
+    const selfCpu0 = process.cpuUsage();
+    const metrics0 = await scrape(node.url);
+    const load0 = loadavg()[0] as number;
     const acked0 = acked;
     const sent0 = sent;
     measuring = true;
@@ -386,7 +407,12 @@ export async function run(
     const eventsPerSecond = (acked - acked0) / elapsed;
     const sentPerSecond = (sent - sent0) / elapsed;
     const cpu = (cpuMs(node.child.pid) - cpu0) / 1000 / elapsed;
+    const selfCpu = process.cpuUsage(selfCpu0);
+    const metrics1 = await scrape(node.url);
+    const load1 = loadavg()[0] as number;
     clearInterval(timer);
+    const txCount = (metrics1.txCount ?? 0) - (metrics0.txCount ?? 0);
+    const txSum = (metrics1.txSum ?? 0) - (metrics0.txSum ?? 0);
     log('draining: waiting for the last acks and notifications');
     const drainEnd = Date.now() + 30_000;
     while (Date.now() < drainEnd && machines.some((m) => m.busy)) await sleep(50);
@@ -429,6 +455,13 @@ export async function run(
       },
       ackMs: { p50: round(percentile(ackLatencies, 50)), p99: round(percentile(ackLatencies, 99)) },
       heraldCpuCores: round(cpu),
+      heraldCpuMsPerEvent: round((cpu * 1000) / eventsPerSecond),
+      loadgenCpuCores: round((selfCpu.user + selfCpu.system) / 1e6 / elapsed),
+      transactionsPerSecond: round(txCount / elapsed),
+      eventsPerTransaction: txCount > 0 ? round((eventsPerSecond * elapsed) / txCount) : null,
+      transactionMs: txCount > 0 ? round((txSum / txCount) * 1000) : null,
+      eventLoopP99Ms: metrics1.loopP99 === undefined ? null : round(metrics1.loopP99 * 1000),
+      loadAverage: [round(load0), round(load1)],
       transitions: expected.size,
       duplicatesAnswered: duplicates,
       staleAnswered: stale,

@@ -26,11 +26,12 @@ import {
   deletePublished,
   eventKey,
   findOrders,
+  foldCounts,
   type HistoryEntry,
   listOrders,
   markWebhooks,
   type OrderFilter,
-  type OutboxKey,
+  type OutboxNotification,
   orderHistory,
   pendingWebhooks,
   pruneMinuteCounts,
@@ -87,10 +88,10 @@ type EnqueueResult = 'sent' | 'failed' | 'retry';
 
 /** Orders closed per sweep transaction. */
 const SWEEP_BATCH = 200;
-/** Counter rows of the timeout sweep (the intake lanes use 0..lanes-1). */
-const SWEEP_SHARD = 100;
-/** Outbox rows published again per sweep transaction. */
-const OUTBOX_BATCH = 500;
+/** Outbox rows (batches of notifications) published again per sweep transaction. */
+const OUTBOX_BATCH = 20;
+/** Counter delta rows folded per sweep transaction. */
+const FOLD_BATCH = 200;
 /** Published outbox rows not taken by a batch transaction within this long are deleted on their own. */
 const PUBLISHED_FLUSH_MS = 200;
 /** Per-minute counters are kept this long (GET /payments/stats reads at most 1440 minutes back). */
@@ -175,8 +176,8 @@ export class Payments {
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly markQueue: { appId: string; eventId: string; status: 'sent' | 'failed' }[] = [];
   private marking: Promise<void> | undefined;
-  /** Outbox rows whose notification is published, to delete (by the next batch, or on their own). */
-  private published: OutboxKey[] = [];
+  /** Outbox rows whose notifications are all published, to delete (by the next batch, or on their own). */
+  private published: string[] = [];
   private publishedTimer: NodeJS.Timeout | undefined;
   private deleting: Promise<void> | undefined;
   /** Publishes started and not yet finished (awaited by stop()). */
@@ -216,11 +217,11 @@ export class Payments {
       defaultCurrency: config.paymentCurrency,
       batchMax: config.paymentBatchMax,
       lanes: store.kind === 'postgres' ? 4 : 1,
-      onCommitted: (transitions) => this.committed(transitions),
+      onCommitted: (transitions, outboxId) => this.committed(transitions, outboxId),
       realtime: realtimePayload,
       published: {
         take: () => this.takePublished(),
-        giveBack: (keys) => this.donePublishing(keys),
+        giveBack: (ids) => this.donePublishing(ids),
       },
       onOutcome: (outcome) => this.eventsTotal.inc({ outcome }),
       onBatch: (_n, seconds) => this.batchSeconds.observe(seconds),
@@ -344,6 +345,13 @@ export class Payments {
     } catch (err) {
       this.log.error({ err }, 'merchant notification retry failed');
     }
+    try {
+      for (let round = 0; round < 50 && !this.stopped; round++) {
+        if ((await foldCounts(this.deps.store, FOLD_BATCH)) < FOLD_BATCH) break;
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'could not fold the payment counters');
+    }
     let republished = 0;
     try {
       republished = await this.republishOutbox();
@@ -380,32 +388,25 @@ export class Payments {
     for (let round = 0; round < 20 && !this.stopped; round++) {
       const n = await store.transaction(async (tx) => {
         const rows = await claimOutbox(tx, age, OUTBOX_BATCH);
-        if (rows.length === 0) return 0;
-        const results = await Promise.allSettled(
-          rows.map((r) =>
-            this.deps.notify.publish({
-              id: r.notificationId,
-              appId: r.appId,
-              users: [r.merchantId],
-              devices: r.deviceId !== null ? [r.deviceId] : undefined,
-              eventTopics: [`order:${r.orderId}:status`],
-              data: r.data,
-              ack: true,
-            }),
-          ),
-        );
-        const done = rows.filter((_, i) => results[i]?.status === 'fulfilled');
-        await deletePublished(tx, done);
-        if (done.length < rows.length) {
-          this.log.warn(
-            { failed: rows.length - done.length },
-            'some payment notifications could not be published; kept for the next sweep',
-          );
+        if (rows.length === 0) return { rows: 0, notifications: 0 };
+        let notifications = 0;
+        const done: string[] = [];
+        for (const row of rows) {
+          const results = await Promise.allSettled(row.notifications.map((x) => this.publishOne(x)));
+          const failed = results.filter((r) => r.status === 'rejected').length;
+          notifications += results.length - failed;
+          if (failed === 0) done.push(row.id);
+          else
+            this.log.warn(
+              { failed },
+              'payment notifications could not be published; kept for the next sweep',
+            );
         }
-        return done.length;
+        await deletePublished(tx, done);
+        return { rows: rows.length, notifications };
       });
-      total += n;
-      if (n < OUTBOX_BATCH) break;
+      total += n.notifications;
+      if (n.rows < OUTBOX_BATCH) break;
     }
     if (total > 0) this.log.info({ count: total }, 'published payment notifications left in the outbox');
     return total;
@@ -421,9 +422,14 @@ export class Payments {
       let renamed = false;
       for (let attempt = 0; ; attempt++) {
         try {
-          const { transitions, claimed } = await store.transaction(async (tx) => {
+          const { transitions, outboxId, claimed } = await store.transaction(async (tx) => {
             const orders = await claimTimedOut(tx, config.paymentTimeout, SWEEP_BATCH);
-            if (orders.size === 0) return { transitions: [] as Transition[], claimed: 0 };
+            if (orders.size === 0)
+              return {
+                transitions: [] as Transition[],
+                outboxId: undefined as string | undefined,
+                claimed: 0,
+              };
             const items = [...orders.values()].map((o) => {
               const event = timeoutEvent(o, now);
               // An event id a reporter happened to use already: make this one unique.
@@ -433,15 +439,14 @@ export class Payments {
             const r = await applyEvents(tx, orders, items, {
               defaultCurrency: config.paymentCurrency,
               knownDuplicates: new Set(),
-              shard: SWEEP_SHARD,
               realtime: realtimePayload,
             });
-            return { transitions: r.transitions, claimed: orders.size };
+            return { transitions: r.transitions, outboxId: r.outboxId, claimed: orders.size };
           });
           if (claimed === 0) return total;
           total += transitions.length;
           this.eventsTotal.inc({ outcome: 'transition' }, transitions.length);
-          this.committed(transitions);
+          this.committed(transitions, outboxId);
           if (claimed < SWEEP_BATCH) return total;
           break;
         } catch (err) {
@@ -487,43 +492,59 @@ export class Payments {
    * After a commit: realtime notifications (each also in the outbox until published), then merchant
    * notifications.
    */
-  private committed(transitions: Transition[]): void {
+  private committed(transitions: Transition[], outboxId: string | undefined): void {
     if (CRASH_AFTER_COMMIT && transitions.length > 0) process.kill(process.pid, 'SIGKILL');
+    const all: Promise<unknown>[] = [];
     for (const t of transitions) {
-      const p = this.deps.notify
-        .publish({
+      all.push(
+        this.publishOne({
           // Derived from the event: the outbox sweep publishes it again with the same id if needed.
           id: t.notificationId,
           appId: t.appId,
-          users: [t.merchantId],
-          devices: t.deviceId !== null ? [t.deviceId] : undefined,
-          eventTopics: [`order:${t.orderId}:status`],
+          orderId: t.orderId,
+          merchantId: t.merchantId,
+          deviceId: t.deviceId,
           data: t.data ?? realtimePayload(t),
-          // Delivery receipts: GET /notify/:id tells whether the merchant's app heard the announcement.
-          ack: true,
-        })
-        .then(
-          () => this.donePublishing([{ appId: t.appId, eventId: t.eventId }]),
-          (err: unknown) =>
-            // Left in the outbox: the sweep publishes it again.
-            this.log.error({ err, appId: t.appId, orderId: t.orderId }, 'payment notification failed'),
-        );
-      this.publishing.add(p);
-      void p.finally(() => this.publishing.delete(p));
+        }),
+      );
       if (t.notifyUrl !== null) this.webhook(t);
     }
+    const p = Promise.all(all).then(
+      () => {
+        if (outboxId !== undefined) this.donePublishing([outboxId]);
+      },
+      (err: unknown) =>
+        // Left in the outbox: the sweep publishes the batch again (same ids: clients drop the copies).
+        this.log.error({ err, count: transitions.length }, 'payment notifications failed'),
+    );
+    this.publishing.add(p);
+    void p.finally(() => this.publishing.delete(p));
+  }
+
+  /** Publishes one transition's realtime notification (merchant app, device, order topic). */
+  private publishOne(x: OutboxNotification): Promise<unknown> {
+    return this.deps.notify.publish({
+      id: x.id,
+      appId: x.appId,
+      users: [x.merchantId],
+      devices: x.deviceId !== null ? [x.deviceId] : undefined,
+      eventTopics: [`order:${x.orderId}:status`],
+      data: x.data,
+      // Delivery receipts: GET /notify/:id tells whether the merchant's app heard the announcement.
+      ack: true,
+    });
   }
 
   /** Hands the published outbox rows to the next batch transaction. */
-  private takePublished(): OutboxKey[] {
+  private takePublished(): string[] {
     const list = this.published;
     this.published = [];
     return list;
   }
 
   /** Records published outbox rows; deletes them on their own when no batch takes them soon. */
-  private donePublishing(keys: OutboxKey[]): void {
-    for (const k of keys) this.published.push(k);
+  private donePublishing(ids: string[]): void {
+    for (const id of ids) this.published.push(id);
     if (this.publishedTimer || this.published.length === 0) return;
     this.publishedTimer = setTimeout(() => {
       this.publishedTimer = undefined;

@@ -8,7 +8,6 @@ import {
   type ItemOutcome,
   lockOrders,
   OrderConflict,
-  type OutboxKey,
   orderKey,
 } from './ledger.js';
 import type { EventSource, PaymentEvent, ReportResult, Transition } from './types.js';
@@ -24,15 +23,18 @@ export interface IntakeOptions {
    * them in arrival order; several lanes only help a store with several connections (PostgreSQL).
    */
   lanes: number;
-  /** Called after each commit, before the reporters are answered, with the transitions to notify. */
-  onCommitted: (transitions: Transition[]) => void;
+  /**
+   * Called after each commit, before the reporters are answered, with the transitions to notify and
+   * the outbox row that holds their realtime notifications.
+   */
+  onCommitted: (transitions: Transition[], outboxId: string | undefined) => void;
   /** The realtime payload of a transition, written to the outbox with it (see ApplyOptions.realtime). */
   realtime?: (t: Transition) => Record<string, unknown>;
   /**
    * Outbox rows published since the last batch, deleted by the next batch transaction; `giveBack`
    * returns them when that transaction did not commit.
    */
-  published?: { take: () => OutboxKey[]; giveBack: (keys: OutboxKey[]) => void };
+  published?: { take: () => string[]; giveBack: (ids: string[]) => void };
   /** Called once per stored event with its outcome, for metrics. */
   onOutcome?: (outcome: 'transition' | 'stale' | 'duplicate' | 'invalid') => void;
   /** Called after each transaction with the number of events and its duration in seconds. */
@@ -74,7 +76,7 @@ export class PaymentIntake {
   private closed = false;
 
   constructor(private readonly opts: IntakeOptions) {
-    this.lanes = Array.from({ length: Math.max(1, opts.lanes) }, (_, i) => new Lane(this, i));
+    this.lanes = Array.from({ length: Math.max(1, opts.lanes) }, () => new Lane(this));
   }
 
   /** Stores one validated event; resolves with its result or rejects with a HeraldError. */
@@ -90,17 +92,18 @@ export class PaymentIntake {
     await Promise.all(this.lanes.map((l) => l.idle()));
   }
 
-  /** Stores a batch, retrying on conflicts; answers every item. `shard`: the lane's counter rows. */
-  async process(batch: Pending[], shard: number): Promise<void> {
+  /** Stores a batch, retrying on conflicts; answers every item. */
+  async process(batch: Pending[]): Promise<void> {
     const { store, logger } = this.opts;
     let known = new Set<string>();
     for (let attempt = 1; ; attempt++) {
       const started = performance.now();
       let outcomes: ItemOutcome[];
       let transitions: Transition[];
+      let outboxId: string | undefined;
       const published = this.opts.published?.take() ?? [];
       try {
-        ({ outcomes, transitions } = await store.transaction(async (tx) => {
+        ({ outcomes, transitions, outboxId } = await store.transaction(async (tx) => {
           const orders = await lockOrders(
             tx,
             batch.map((p) => p.event),
@@ -108,7 +111,6 @@ export class PaymentIntake {
           return applyEvents(tx, orders, batch, {
             defaultCurrency: this.opts.defaultCurrency,
             knownDuplicates: known,
-            shard,
             realtime: this.opts.realtime,
             published,
           });
@@ -129,7 +131,7 @@ export class PaymentIntake {
         if (batch.length > 1 && !(err instanceof SqlError && err.code === undefined)) {
           // One event may be what the store refuses: store the others one by one.
           logger.warn({ err, events: batch.length }, 'payment batch failed; storing its events one by one');
-          for (const p of batch) await this.process([p], shard);
+          for (const p of batch) await this.process([p]);
           return;
         }
         logger.error(
@@ -142,7 +144,7 @@ export class PaymentIntake {
       }
       this.opts.onBatch?.(batch.length, (performance.now() - started) / 1000);
       try {
-        this.opts.onCommitted(transitions);
+        this.opts.onCommitted(transitions, outboxId);
       } catch (err) {
         logger.error({ err }, 'payment notifications failed');
       }
@@ -170,10 +172,7 @@ class Lane {
   private readonly queue: Pending[] = [];
   private running: Promise<void> | undefined;
 
-  constructor(
-    private readonly intake: PaymentIntake,
-    private readonly index: number,
-  ) {}
+  constructor(private readonly intake: PaymentIntake) {}
 
   push(p: Pending): void {
     this.queue.push(p);
@@ -186,7 +185,7 @@ class Lane {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, this.intake.batchMax);
       try {
-        await this.intake.process(batch, this.index);
+        await this.intake.process(batch);
       } catch {
         // process() answers every item itself; this only guards the lane against a bug there.
         for (const p of batch) p.reject(new HeraldError('internal_error'));
