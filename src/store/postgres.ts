@@ -4,9 +4,29 @@ import type { Queryable, QueryResult, Store } from './types.js';
 
 const INT8 = 20;
 
+const SQLSTATE = /^[0-9A-Z]{5}$/;
+
+/** Whether an error comes from PostgreSQL or the connection to it (not from the caller's code). */
+function isStoreFailure(err: unknown): boolean {
+  if (err instanceof pg.DatabaseError) return true;
+  const e = err as { syscall?: unknown; message?: unknown } | undefined;
+  return (
+    typeof e?.syscall === 'string' ||
+    /connection terminated|timeout exceeded when trying to connect|connection error|not queryable/i.test(
+      String(e?.message ?? ''),
+    )
+  );
+}
+
+/**
+ * Errors of the pool as SqlError with a SQLSTATE. Failures below SQL (ECONNREFUSED, ECONNRESET, a
+ * connection terminated, a connect timeout) carry no SQLSTATE: they become `08006` (connection failure),
+ * so every caller reads them as "the store is unavailable".
+ */
 function wrap(err: unknown): Error {
   const e = err as Error & { code?: string; detail?: string };
-  return new SqlError(e.message, e.code, e.detail);
+  const code = typeof e.code === 'string' && SQLSTATE.test(e.code) ? e.code : '08006';
+  return new SqlError(e.message, code, e.detail);
 }
 
 /** PostgreSQL through a `pg` connection pool; every connection has the Herald schema on its search path. */
@@ -85,7 +105,8 @@ export class PostgresStore implements Store {
       } catch {
         broken = true;
       }
-      throw err instanceof SqlError ? err : err instanceof Error && !('code' in err) ? err : wrap(err);
+      // Errors of the transaction's own code (HeraldError, TypeError...) pass through unchanged.
+      throw err instanceof SqlError || !isStoreFailure(err) ? err : wrap(err);
     } finally {
       client.release(broken);
     }
