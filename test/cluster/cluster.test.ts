@@ -96,8 +96,8 @@ describe('cluster: 3 nodes on Redis and PostgreSQL', () => {
     const g1 = collect(s1);
     const g2 = collect(s2);
     const g3 = collect(s3);
+    // No pause here: a node answers connect only once it listens to the app's channel (admission).
     for (const s of [s1, s2, s3]) await s.emitWithAck('subscribe', ['order:1']);
-    await sleep(100); // let the other nodes subscribe to the app channel
 
     // users + devices + topic: every socket matches more than once but must get it once.
     assert.equal(
@@ -237,6 +237,16 @@ describe('cluster: Redis restarted mid-test', () => {
           delivered = gb.length > before;
         }
         assert.ok(delivered, 'cross-node delivery recovered');
+        // Notifications to a user are routed by the online sets, which Redis lost: they reach the
+        // user on the other node again once the nodes re-published their presence.
+        delivered = false;
+        while (!delivered && Date.now() < deadline + 15_000) {
+          const before = gb.length;
+          await notify(a.url, { appId: 'r', users: ['ub'], data: { n: 4 } });
+          await sleep(300);
+          delivered = gb.length > before;
+        }
+        assert.ok(delivered, 'user-targeted cross-node delivery recovered');
         const sc = await connectTo(b.url, 'r', 'uc');
         await sc.emitWithAck('subscribe', 'x');
         await until(() => counts.at(-1) === 3, 15_000, 'cluster count recovered to 3');
