@@ -374,16 +374,20 @@ export class Payments {
   /**
    * Publishes again the realtime notifications of committed transitions that are still in the outbox
    * (their node died between commit and publish, or the publish failed), with their original ids, and
-   * deletes them. Rows younger than a few sweep intervals belong to a live publish and are left alone,
-   * except at the first pass on the embedded store, which serves this process only.
+   * deletes them. By default rows younger than a few sweep intervals belong to a live publish and are
+   * left alone, except at the first pass on the embedded store (which serves this process only), where
+   * every row older than this process is taken. `minAgeMs` overrides that (tools, tests); a row
+   * published twice reaches SDK clients once (same id).
    */
-  private async republishOutbox(): Promise<number> {
+  async republishOutbox(minAgeMs?: number): Promise<number> {
     const { store, config } = this.deps;
     const first = !this.outboxSwept;
     this.outboxSwept = true;
     const minAge = Math.max(2000, 5 * config.paymentSweepInterval);
     // Rows older than this process on the embedded store (one process) were left by the previous one.
-    const age = first && store.kind === 'embedded' ? Math.min(minAge, Date.now() - this.startedAt) : minAge;
+    const age =
+      minAgeMs ??
+      (first && store.kind === 'embedded' ? Math.min(minAge, Date.now() - this.startedAt) : minAge);
     let total = 0;
     for (let round = 0; round < 20 && !this.stopped; round++) {
       const n = await store.transaction(async (tx) => {

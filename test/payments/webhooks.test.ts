@@ -90,6 +90,27 @@ for (const kind of STORES) {
       assert.deepEqual(await webhookState(herald, orderId), ['sent', 'sent', 'sent', null]);
     });
 
+    it('tells the merchant server of a success reconciled after a timeout close', async () => {
+      const orderId = newOrderId();
+      const notifyUrl = 'https://merchant.example/pay/notify';
+      await report(pos, ev({ orderId, type: 'created', amount: 8, notifyUrl }));
+      await report(pos, ev({ orderId, type: 'closed', meta: { reason: 'timeout' } }));
+      const late = await report(pos, ev({ orderId, type: 'succeeded', amount: 8 }));
+      assert.equal(late.state, 'succeeded');
+      const key = `${APP}:${orderId}:succeeded`;
+      await until(() => fake.calls.some((c) => c.idempotencyKey === key), 5000, 'the reconciliation webhook');
+      const payload = fake.calls.find((c) => c.idempotencyKey === key)?.payload as Record<string, unknown>;
+      assert.deepEqual(
+        {
+          status: payload.status,
+          previous: payload.previous,
+          reason: payload.reason,
+          amount: payload.amount,
+        },
+        { status: 'succeeded', previous: 'closed', reason: 'reconciled_after_timeout', amount: 8 },
+      );
+    });
+
     it('offers a notification again when the engine could not take it, and gives up when it refuses it', async () => {
       const orderId = newOrderId();
       const notifyUrl = 'https://merchant.example/pay/notify';

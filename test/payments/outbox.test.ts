@@ -1,0 +1,200 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { io } from 'socket.io-client';
+import { notificationIdOf } from '../../src/payments/ledger.js';
+import type { Herald } from '../../src/server.js';
+import { collect, freePort, until } from '../helpers.js';
+import {
+  cleanupSpots,
+  ev,
+  eventually,
+  get,
+  machine,
+  merchantApp,
+  newOrderId,
+  newSpot,
+  report,
+  STORES,
+  type StoreSpot,
+  startNode,
+  TEST_DATABASE_URL,
+} from './helpers.js';
+
+const APP = 'pos-outbox';
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+type Update = { data: Record<string, unknown>; meta: Record<string, unknown> };
+
+after(cleanupSpots);
+
+/** Starts Herald as a child process on `spot`, with the test hook that kills it after the first commit. */
+async function startCrashingNode(spot: StoreSpot): Promise<{ child: ChildProcess; url: string }> {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    DATA_DIR: spot.dataDir,
+    DATABASE_SCHEMA: spot.databaseSchema,
+    LOG_LEVEL: 'silent',
+    HERALD_TEST_CRASH_AFTER_PAYMENT_COMMIT: '1',
+  };
+  if (spot.kind === 'postgres') env.DATABASE_URL = TEST_DATABASE_URL;
+  else delete env.DATABASE_URL;
+  delete env.HERALD_CONFIG;
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: ROOT,
+    env,
+    stdio: 'ignore',
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`the node exited with ${child.exitCode} while starting`);
+    try {
+      if ((await fetch(`${url}/readyz`)).ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error('the node did not become ready within 60 s');
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, url };
+}
+
+for (const kind of STORES) {
+  describe(`payments on the ${kind} store: realtime outbox`, () => {
+    it('publishes a transition committed by a node killed before it published, with the same notification id', async () => {
+      const spot = newSpot(kind);
+      const orderId = newOrderId();
+      const event = ev({ orderId, type: 'created', amount: 4, merchantId: 'm-crash', appId: APP });
+
+      // 1. A node that dies (SIGKILL) right after the commit of the first transition.
+      const { child, url } = await startCrashingNode(spot);
+      const exited = new Promise<NodeJS.Signals | null>((r) =>
+        child.once('exit', (_code, signal) => r(signal)),
+      );
+      const pos = io(`${url}/${APP}`, {
+        extraHeaders: { 'x-device-id': 'pos-crash', 'x-merchant-id': 'm-crash' },
+        transports: ['websocket'],
+        forceNew: true,
+        reconnection: false,
+      });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          pos.once('connect', () => resolve());
+          pos.once('connect_error', reject);
+        });
+        let acked = false;
+        pos.emit('payment:report', event, () => {
+          acked = true;
+        });
+        assert.equal(await exited, 'SIGKILL');
+        assert.equal(acked, false, 'the node died before answering');
+      } finally {
+        pos.close();
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
+
+      // 2. A new node on the same store: the transition is stored, its notification waits in the outbox.
+      let herald: Herald | undefined = await startNode(spot, { paymentSweepInterval: 600_000 });
+      try {
+        const order = await get(herald, `/payments/orders/${orderId}?appId=${APP}`);
+        assert.equal(order.body.state, 'created');
+        const waiting = await herald.store.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM payment_outbox_batches',
+        );
+        assert.equal(Number(waiting.rows[0]?.n), 1);
+
+        const app = await merchantApp(herald, APP, 'm-crash');
+        const got = collect(app) as unknown as Update[];
+        assert.equal(await herald.payments.republishOutbox(0), 1);
+        await until(
+          () => got.some((u) => u.data.orderId === orderId),
+          5000,
+          'the notification after restart',
+        );
+        const u = got.find((x) => x.data.orderId === orderId) as Update;
+        assert.deepEqual(
+          { status: u.data.status, announcement: u.data.announcement, id: u.meta.id },
+          {
+            status: 'created',
+            announcement: '新订单 4.00 元',
+            id: notificationIdOf(APP, String(event.eventId)),
+          },
+        );
+        // Published once: the row is gone and a second pass publishes nothing.
+        const left = await herald.store.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM payment_outbox_batches',
+        );
+        assert.equal(Number(left.rows[0]?.n), 0);
+        assert.equal(await herald.payments.republishOutbox(0), 0);
+
+        // The machine sends the unanswered report again: stored once, answered duplicate.
+        const again = await machine(herald, APP, 'pos-crash', 'm-crash');
+        const ack = await report(again, event);
+        assert.deepEqual(
+          { duplicate: ack.duplicate, state: ack.state },
+          { duplicate: true, state: 'created' },
+        );
+        again.close();
+        app.close();
+      } finally {
+        await herald.stop();
+        herald = undefined;
+      }
+    });
+
+    it('publishes again, from the sweep, a notification whose publish failed, once, with its id', async () => {
+      const herald = await startNode(newSpot(kind), { paymentSweepInterval: 100 });
+      try {
+        const app = await merchantApp(herald, APP, 'm-fail');
+        const got = collect(app) as unknown as Update[];
+        const pos = await machine(herald, APP, 'pos-fail', 'm-fail');
+        // The bus refuses the first publish (as when Redis is unreachable).
+        const notify = herald.notify as unknown as { publish: (input: unknown) => Promise<unknown> };
+        const real = notify.publish.bind(herald.notify);
+        let refused = 0;
+        notify.publish = (input) => {
+          if (refused === 0) {
+            refused++;
+            return Promise.reject(new Error('bus unavailable'));
+          }
+          return real(input);
+        };
+        const orderId = newOrderId();
+        const event = ev({ orderId, type: 'created', amount: 7 });
+        assert.equal((await report(pos, event)).state, 'created');
+        assert.equal(refused, 1);
+        await until(
+          () => got.some((u) => u.data.orderId === orderId),
+          10_000,
+          'the notification from the sweep',
+        );
+        const mine = got.filter((u) => u.data.orderId === orderId);
+        assert.equal(mine[0]?.meta.id, notificationIdOf(APP, String(event.eventId)));
+        await eventually(
+          async () =>
+            Number(
+              (
+                await herald.store.query<{ n: number }>(
+                  'SELECT count(*)::int AS n FROM payment_outbox_batches',
+                )
+              ).rows[0]?.n,
+            ) === 0,
+          5000,
+          'the outbox row deleted',
+        );
+        assert.equal(got.filter((u) => u.data.orderId === orderId).length, 1);
+        pos.close();
+        app.close();
+      } finally {
+        await herald.stop();
+      }
+    });
+  });
+}
