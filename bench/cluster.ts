@@ -36,6 +36,10 @@ interface PhaseFigures {
   deliveries: number;
   expected: number;
   cpuUsPerDelivery: number;
+  /** Less what the servers burn when idle (timers, pollers, pings) over the same window. */
+  netCpuUsPerDelivery: number;
+  /** Server CPU (sum over nodes, % of one core) with clients connected and nothing sent. */
+  idleCpuPct: number;
   redisCpuUsPerDelivery: number | null;
   p50Ms: number;
   p99Ms: number;
@@ -49,6 +53,7 @@ async function measure(
   rate: number,
   targeted: number,
   redis: number | null,
+  args: Args,
 ): Promise<{ fanout: PhaseFigures; targeted: PhaseFigures }> {
   const appId = 'bench';
   const topic = 'fanout:orders';
@@ -86,6 +91,13 @@ async function measure(
     await sleep(1500); // presence and app channels settle
     const cpu = () => servers.reduce((sum, s) => sum + s.cpuMicros(), 0);
     const rcpu = () => (redis ? cpuMicros(redis) : 0);
+    // What the servers cost doing nothing (clients connected): subtracted for the net figures.
+    const idleS = num(args, 'idle', 3);
+    const idle0 = cpu();
+    const idleT0 = nowUs();
+    await sleep(idleS * 1000);
+    const idleUsPerS = (cpu() - idle0) / ((nowUs() - idleT0) / 1e6);
+    log(`idle: ${round(idleUsPerS / 1e4, 2)} % of a core over ${servers.length} server(s)`);
     const phase = async (
       count: number,
       expectedPer: number,
@@ -117,6 +129,8 @@ async function measure(
         deliveries: received,
         expected,
         cpuUsPerDelivery: round(dc / Math.max(1, received), 3),
+        netCpuUsPerDelivery: round(Math.max(0, dc - idleUsPerS * windowS) / Math.max(1, received), 3),
+        idleCpuPct: round(idleUsPerS / 1e4, 2),
         redisCpuUsPerDelivery: redis ? round(dr / Math.max(1, received), 3) : null,
         p50Ms: round(p.p50 as number, 2),
         p99Ms: round(p.p99 as number, 2),
@@ -157,7 +171,7 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
   const single = await start('herald', args);
   let one: Awaited<ReturnType<typeof measure>>;
   try {
-    one = await measure([single], n, m, rate, targeted, null);
+    one = await measure([single], n, m, rate, targeted, null, args);
   } finally {
     await single.stop();
   }
@@ -174,7 +188,7 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
   let many: Awaited<ReturnType<typeof measure>>;
   try {
     for (let i = 0; i < nodes; i++) cluster.push(await start('herald', envArgs as unknown as Args));
-    many = await measure(cluster, n, m, rate, targeted, redisPid(redisUrl));
+    many = await measure(cluster, n, m, rate, targeted, redisPid(redisUrl), args);
   } finally {
     for (const s of cluster) await s.stop();
     try {
@@ -194,6 +208,8 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
     ratios: {
       fanoutCpuPerDelivery: ratio(many.fanout.cpuUsPerDelivery, one.fanout.cpuUsPerDelivery),
       targetedCpuPerDelivery: ratio(many.targeted.cpuUsPerDelivery, one.targeted.cpuUsPerDelivery),
+      fanoutNetCpuPerDelivery: ratio(many.fanout.netCpuUsPerDelivery, one.fanout.netCpuUsPerDelivery),
+      targetedNetCpuPerDelivery: ratio(many.targeted.netCpuUsPerDelivery, one.targeted.netCpuUsPerDelivery),
     },
   };
 }
