@@ -17,13 +17,14 @@
  * --cpu-prof <dir> (profile the Herald process of each drain phase).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { CLK_TCK } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 type Flags = Record<string, string | boolean | string[]>;
@@ -114,6 +115,22 @@ async function stopNode(n: Node): Promise<void> {
   const exited = new Promise((r) => n.child.once('exit', r));
   n.child.kill('SIGTERM');
   await exited;
+}
+
+/** CPU time in microseconds of a process (all threads) and of its main thread, from /proc. */
+function cpuOf(pid: number): { total: number; main: number } {
+  const ticks = (stat: string) => {
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(rest[11]) + Number(rest[12])) * 1e6) / CLK_TCK;
+  };
+  try {
+    return {
+      total: ticks(readFileSync(`/proc/${pid}/stat`, 'utf8')),
+      main: ticks(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8')),
+    };
+  } catch {
+    return { total: Number.NaN, main: Number.NaN };
+  }
 }
 
 /** POSTs every item with `concurrency` requests in flight; returns items per second. */
@@ -240,7 +257,15 @@ export async function run(
     node = await startNode(env, drainFlags);
     const sampler = loopSampler(node.base);
     const end = Date.now() + 600_000;
-    while (fast.times.length < n && Date.now() < end) await sleep(50);
+    // Herald's CPU time (all threads, and its main thread alone) from the first fast delivery to the
+    // last: a figure that depends much less on what else the shared machine runs than a rate does.
+    let cpuStart: { total: number; main: number; at: number } | undefined;
+    const pid = node.child.pid as number;
+    while (fast.times.length < n && Date.now() < end) {
+      if (!cpuStart && fast.times.length > 0) cpuStart = { ...cpuOf(pid), at: fast.times.length };
+      await sleep(50);
+    }
+    const cpuEnd = cpuOf(pid);
     const loop = await sampler.stop();
     await stopNode(node);
     const t = fast.times;
@@ -249,8 +274,12 @@ export async function run(
     log(
       `${name}: ${t.length} fast deliveries at ${Math.round(perSec)}/s, event-loop p99 max ${loop.maxMs} ms`,
     );
+    const counted = t.length - (cpuStart?.at ?? 0);
+    const perK = (us: number) => Math.round(us / 1000 / (counted / 1000));
     return {
       intakePerSec: Math.round(intakePerSec),
+      heraldCpuMsPer1000: cpuStart ? perK(cpuEnd.total - cpuStart.total) : null,
+      heraldMainThreadCpuMsPer1000: cpuStart ? perK(cpuEnd.main - cpuStart.main) : null,
       fastDelivered: t.length,
       fastPerSec: Math.round(perSec),
       loopP99MaxMs: loop.maxMs,

@@ -338,7 +338,7 @@ export const OPTIONS = {
   webhookPrefetch: {
     env: 'WEBHOOK_PREFETCH',
     type: { kind: 'int', min: 1, max: 1000 },
-    default: 20,
+    default: 50,
     doc:
       'A merchant may have this many times WEBHOOK_MERCHANT_CONCURRENCY webhooks claimed (buffered on the node that ' +
       'sends to it), so requests start from the buffer instead of waiting for a claim. Higher: fewer claims.',

@@ -135,6 +135,8 @@ export class WebhookEngine {
   /** Merchant key -> when this node learned that its breaker opened. */
   private readonly openKnown = new Map<string, number>();
   private results: Finished[] = [];
+  /** The batch being written by flushLoop (its rows are still leased until it commits). */
+  private flushingBatch: Finished[] = [];
   /** Results written since the last VACUUM (embedded store), and when it ran. */
   private sinceVacuum = 0;
   private lastVacuum = Date.now();
@@ -161,6 +163,7 @@ export class WebhookEngine {
     this.logger = opts.logger.child({ part: 'webhooks' });
     this.queue = new WebhookQueue(opts.store, {
       nodeId: this.nodeId,
+      singleNode: opts.store.kind === 'embedded',
       lease: config.webhookLease,
       merchantLeases: config.webhookMerchantConcurrency * config.webhookPrefetch,
       slowLeases: Math.min(config.webhookSlowConcurrency, config.webhookMerchantConcurrency),
@@ -522,7 +525,11 @@ export class WebhookEngine {
         if (room > 0 && this.state === 'running') {
           const want = Math.min(room, this.config.webhookClaimBatch);
           const claimedAt = Date.now();
-          const rows = await this.queue.claim(want, trials);
+          const rows = await this.queue.claim(
+            want,
+            trials,
+            this.store.kind === 'embedded' ? this.heldLeases() : undefined,
+          );
           if (trials.length > 0) {
             const used = new Set(rows.filter((r) => r.trial).map((r) => r.merchantKey));
             const unused = trials.filter((t) => !used.has(t));
@@ -620,6 +627,19 @@ export class WebhookEngine {
       }
       if (q.length === 0) this.buffered.delete(key);
     }
+  }
+
+  /**
+   * Leases this node holds per merchant: buffered, in flight, and finished but not yet written. On the
+   * embedded store (one node) this is every live lease, so claims need not look them up in the table.
+   */
+  private heldLeases(): Record<string, number> {
+    const held: Record<string, number> = {};
+    for (const [k, q] of this.buffered) held[k] = (held[k] ?? 0) + q.length;
+    for (const [k, n] of this.merchantInFlight) held[k] = (held[k] ?? 0) + n;
+    for (const f of this.results) held[f.row.merchantKey] = (held[f.row.merchantKey] ?? 0) + 1;
+    for (const f of this.flushingBatch) held[f.row.merchantKey] = (held[f.row.merchantKey] ?? 0) + 1;
+    return held;
   }
 
   /** The embedded store's upkeep (see WebhookQueue.vacuum), run between claims. */
@@ -815,6 +835,7 @@ export class WebhookEngine {
   private async flushLoop(): Promise<void> {
     while (this.results.length > 0) {
       const batch = this.results.splice(0, this.config.webhookFlushBatch);
+      this.flushingBatch = batch;
       const merchants = aggregate(batch);
       let transitions: MerchantTransition[] | undefined;
       for (let attempt = 1; ; attempt++) {
@@ -837,6 +858,7 @@ export class WebhookEngine {
           await sleep(100 * 2 ** attempt);
         }
       }
+      this.flushingBatch = [];
       this.wake();
       if (transitions) await this.onTransitions(transitions);
     }

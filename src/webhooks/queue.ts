@@ -13,6 +13,11 @@ const MS = `* interval '1 millisecond'`;
 export interface QueueSettings {
   /** Identifies this node's leases. */
   nodeId: string;
+  /**
+   * One node serves the store (embedded): leases set only locked_until (a HOT update, no index entries),
+   * and the node passes the leases it holds to claim() itself.
+   */
+  singleNode: boolean;
   lease: number;
   /** Rows one merchant may have leased across the cluster (its concurrency times the prefetch). */
   merchantLeases: number;
@@ -307,7 +312,7 @@ export class WebhookQueue {
     if (ids.length === 0) return;
     await this.store.query(
       `UPDATE webhook_deliveries SET locked_until = NULL, locked_by = NULL, updated_at = now()
-       WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND locked_by = $2`,
+       WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND (locked_by = $2 OR locked_by IS NULL)`,
       [JSON.stringify(ids), this.s.nodeId],
     );
   }
@@ -369,7 +374,11 @@ export class WebhookQueue {
    * does, renewed by every claim and result, given up with releaseOwnership): one node sends to a merchant
    * at a time, so the per-merchant concurrency limit holds across the cluster.
    */
-  async claim(limit: number, trials: readonly string[]): Promise<ClaimedDelivery[]> {
+  async claim(
+    limit: number,
+    trials: readonly string[],
+    held?: Readonly<Record<string, number>>,
+  ): Promise<ClaimedDelivery[]> {
     const r = await this.store.query<{
       id: string;
       seq: number;
@@ -396,13 +405,15 @@ export class WebhookQueue {
          FROM mk WHERE mk.merchant_key IS NOT NULL
        ), caps AS (
          -- A merchant's live leases are counted with the partial index of leased rows (per merchant, so
-         -- the cost follows the leases, not the table). Merchants another live node owns are left alone.
+         -- the cost follows the leases, not the table), or given by the one node of an embedded store ($7).
+         -- Merchants another live node owns are left alone.
          SELECT m.merchant_key,
            (CASE WHEN m.merchant_key IN (SELECT jsonb_array_elements_text($3::jsonb)) THEN 1
                  WHEN m.breaker_state = 'closed' THEN (CASE WHEN m.is_slow THEN $4::int ELSE $5::int END)
                  ELSE 0 END)
              - (SELECT count(*)::int FROM webhook_deliveries b
-                WHERE b.merchant_key = m.merchant_key AND b.locked_until > now()) AS free
+                WHERE b.merchant_key = m.merchant_key AND b.locked_by IS NOT NULL AND b.locked_until > now())
+             - coalesce(($7::jsonb ->> m.merchant_key)::int, 0) AS free
          FROM mk JOIN webhook_merchants m ON m.merchant_key = mk.merchant_key
          WHERE m.owner_node IS NULL OR m.owner_node = $6 OR m.owner_until <= now()
        ), lock_owned AS (
@@ -432,14 +443,23 @@ export class WebhookQueue {
          WHERE m.merchant_key IN (SELECT DISTINCT merchant_key FROM pick)
          RETURNING 1
        )
-       UPDATE webhook_deliveries d SET locked_until = now() + $2::double precision ${MS}, locked_by = $6, updated_at = now()
+       UPDATE webhook_deliveries d SET locked_until = now() + $2::double precision ${MS}, locked_by = $8::text, updated_at = now()
        FROM webhook_merchants m
        WHERE d.id = ANY(ARRAY(SELECT id FROM pick)) AND m.merchant_key = d.merchant_key
        RETURNING d.id, d.seq, d.order_no, d.event_type, d.merchant_key, d.notify_url, d.body, d.attempts,
          d.attempt_base, d.created_at, m.secret, m.require_success_body,
          coalesce(m.disabled_url = d.notify_url, false) AS disabled, m.breaker_state = 'half_open' AS trial,
          m.is_slow`,
-      [limit, this.s.lease, JSON.stringify(trials), this.s.slowLeases, this.s.merchantLeases, this.s.nodeId],
+      [
+        limit,
+        this.s.lease,
+        JSON.stringify(trials),
+        this.s.slowLeases,
+        this.s.merchantLeases,
+        this.s.nodeId,
+        JSON.stringify(held ?? {}),
+        this.s.singleNode ? null : this.s.nodeId,
+      ],
     );
     return r.rows
       .map((x) => ({
@@ -520,7 +540,8 @@ export class WebhookQueue {
            finished_at = CASE WHEN x.status IN ('delivered', 'failed') THEN now() ELSE NULL END,
            updated_at = now()
          FROM x
-         WHERE d.id = x.id AND d.status <> 'delivered' AND (d.locked_by = $3 OR x.status = 'delivered')
+         WHERE d.id = x.id AND d.status <> 'delivered'
+           AND (d.locked_by = $3 OR (d.locked_by IS NULL AND d.locked_until IS NOT NULL) OR x.status = 'delivered')
          RETURNING d.id
        ), log AS (
          INSERT INTO webhook_attempts (delivery_id, order_no, merchant_key, url, attempt, outcome, status_code, response_body, duration_ms, error)
