@@ -5,7 +5,9 @@
  *
  * Phase 1, fan-out: N clients subscribe to one topic (spread evenly over the nodes), M notifications
  * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
- * one user (of the N), posted as fast as 16 in flight allow. Server CPU is read from /proc for every
+ * one user (of the N), posted as fast as `--inflight` requests in flight per node allow (default 16: each node
+ * of the cluster gets the load the single node gets; `--inflight-total` keeps that many in flight in total
+ * instead, which leaves each cluster node a third of the single node's load). Server CPU is read from /proc for every
  * Herald process and for redis-server; figures are CPU µs per delivery, summed over the nodes, and the
  * ratio of the cluster to the single node (target: <= 1.3x). Traffic stays on 127.0.0.0/8.
  */
@@ -72,7 +74,9 @@ async function measure(
         },
       }),
   );
-  const posters = servers.map((s) => new Poster(s.url, 16));
+  const perNode = num(args, 'inflight', 16);
+  const inflight = args['inflight-total'] === true ? perNode : perNode * servers.length;
+  const posters = servers.map((s) => new Poster(s.url, perNode));
   try {
     const per = Math.ceil(n / servers.length);
     let connected = 0;
@@ -114,7 +118,7 @@ async function measure(
         if (paced) {
           const wait = (t0 + (i * 1e6) / rate - nowUs()) / 1000;
           if (wait > 1) await sleep(wait);
-        } else while (pending.size >= 16) await Promise.race(pending);
+        } else while (pending.size >= inflight) await Promise.race(pending);
         const p = send(i).finally(() => pending.delete(p));
         pending.add(p);
       }
@@ -202,7 +206,15 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
   const ratio = (a: number, b: number) => round(a / Math.max(1e-9, b), 2);
   return {
     scenario: 'cluster',
-    params: { n, m, rate, targeted, nodes },
+    params: {
+      n,
+      m,
+      rate,
+      targeted,
+      nodes,
+      inflight: num(args, 'inflight', 16),
+      inflightTotal: args['inflight-total'] === true,
+    },
     single: one,
     cluster: many,
     ratios: {
