@@ -17,7 +17,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -131,6 +131,30 @@ function cpuMs(pid: number | undefined): number {
   }
 }
 const CLK_TCK = 100;
+
+/** CPU ms of each `postgres` process on the machine (the PostgreSQL server, for --store postgres). */
+function postgresCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (!stat.includes('(postgres)')) continue;
+      const fields = (stat.split(') ')[1] ?? '').split(' ');
+      out.set(pid, ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK);
+    } catch {
+      // the process ended
+    }
+  }
+  return out;
+}
+
+/** CPU ms the postgres processes used since `before` (processes that ended meanwhile are not counted). */
+function postgresCpuSince(before: Map<string, number>): number {
+  let total = 0;
+  for (const [pid, ms] of postgresCpu()) total += ms - (before.get(pid) ?? 0);
+  return total;
+}
 
 /** Payment transaction count and total seconds, and the event-loop p99, from Herald's /metrics. */
 async function scrape(url: string): Promise<{ txCount?: number; txSum?: number; loopP99?: number }> {
@@ -394,6 +418,7 @@ export async function run(
     await sleep(warmup * 1000);
     const cpu0 = cpuMs(node.child.pid);
     const selfCpu0 = process.cpuUsage();
+    const pgCpu0 = postgresCpu();
     const metrics0 = await scrape(node.url);
     const load0 = loadavg()[0] as number;
     const acked0 = acked;
@@ -408,6 +433,7 @@ export async function run(
     const sentPerSecond = (sent - sent0) / elapsed;
     const cpu = (cpuMs(node.child.pid) - cpu0) / 1000 / elapsed;
     const selfCpu = process.cpuUsage(selfCpu0);
+    const pgCpu = store === 'postgres' ? postgresCpuSince(pgCpu0) / 1000 / elapsed : null;
     const metrics1 = await scrape(node.url);
     const load1 = loadavg()[0] as number;
     clearInterval(timer);
@@ -456,6 +482,8 @@ export async function run(
       ackMs: { p50: round(percentile(ackLatencies, 50)), p99: round(percentile(ackLatencies, 99)) },
       heraldCpuCores: round(cpu),
       heraldCpuMsPerEvent: round((cpu * 1000) / eventsPerSecond),
+      postgresCpuCores: pgCpu === null ? null : round(pgCpu),
+      postgresCpuMsPerEvent: pgCpu === null ? null : round((pgCpu * 1000) / eventsPerSecond),
       loadgenCpuCores: round((selfCpu.user + selfCpu.system) / 1e6 / elapsed),
       transactionsPerSecond: round(txCount / elapsed),
       eventsPerTransaction: txCount > 0 ? round((eventsPerSecond * elapsed) / txCount) : null,

@@ -103,8 +103,11 @@ export async function claimTimedOut(
 ): Promise<Map<string, Order>> {
   const { rows } = await tx.query<OrderRow>(
     `SELECT ${ORDER_COLUMNS} FROM payment_orders
-     WHERE state = ANY($1::text[]) AND created_at < now() - $2::float8 * interval '1 millisecond'
-     ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED`,
+     WHERE (app_id, order_id) IN (
+         SELECT app_id, order_id FROM payment_open_orders
+         WHERE created_at < now() - $2::float8 * interval '1 millisecond' ORDER BY created_at LIMIT $3)
+       AND state = ANY($1::text[])
+     ORDER BY app_id, order_id FOR UPDATE SKIP LOCKED`,
     [TIMEOUT_STATES, timeoutMs, limit],
   );
   return new Map(rows.map((r) => [orderKey(r.app_id, r.order_id), toOrder(r)]));
@@ -170,7 +173,7 @@ interface EventRow {
   currency: string | null;
   source: EventSource;
   occurredAt: string;
-  meta: string | null;
+  meta: Record<string, unknown> | null;
   webhook: 'pending' | null;
 }
 
@@ -305,7 +308,7 @@ export async function applyEvents(
       currency: ev.currency,
       source,
       occurredAt: ev.occurredAt.toISOString(),
-      meta: ev.meta === null ? null : JSON.stringify(ev.meta),
+      meta: ev.meta,
       webhook: null,
     };
     rows.push(row);
@@ -429,6 +432,17 @@ export async function applyEvents(
       });
     }
   }
+  // Orders that may time out are listed in payment_open_orders while they are open.
+  const opened: Order[] = [];
+  for (const k of created) {
+    const o = orders.get(k) as Order;
+    if (TIMEOUT_STATES.includes(o.state)) opened.push(o);
+  }
+  const shut: Order[] = [];
+  for (const [k, was] of before) {
+    const o = orders.get(k) as Order;
+    if (TIMEOUT_STATES.includes(was) && !TIMEOUT_STATES.includes(o.state)) shut.push(o);
+  }
   const outboxId = outbox.length > 0 ? randomUUID() : undefined;
   const published = opts.published ?? [];
   if (rows.length > 0 || published.length > 0) {
@@ -436,6 +450,8 @@ export async function applyEvents(
       events: rows,
       created: [...created].map((k) => orders.get(k) as Order),
       changed: [...changed].map((k) => orders.get(k) as Order),
+      opened,
+      shut,
       outboxId,
       outbox,
       published,
@@ -488,55 +504,27 @@ function fillIn(order: Order, ev: PaymentEvent, defaultCurrency: string): boolea
 
 const col = <T, K extends keyof T>(list: readonly T[], key: K): T[K][] => list.map((x) => x[key]);
 
-const orderArrays = (list: Order[]) => [
-  col(list, 'appId'),
-  col(list, 'orderId'),
-  col(list, 'merchantId'),
-  col(list, 'state'),
-  col(list, 'reason'),
-  col(list, 'amount'),
-  col(list, 'currency'),
-  col(list, 'refundedAmount'),
-  col(list, 'notifyUrl'),
-  col(list, 'deviceId'),
-  col(list, 'version'),
+/** The columns of an event row in the JSON parameter (json_to_recordset). */
+const EVENT_RECORD = `"appId" text, "eventId" text, "orderId" text, "merchantId" text, "deviceId" text,
+  type text, outcome text, "from" text, "to" text, reason text, amount numeric, currency text, source text,
+  "occurredAt" timestamptz, meta jsonb, webhook text`;
+/** The fields of an Order written to the store (the JSON.stringify allow-list). */
+const ORDER_KEYS = [
+  'appId',
+  'orderId',
+  'merchantId',
+  'state',
+  'reason',
+  'amount',
+  'currency',
+  'refundedAmount',
+  'notifyUrl',
+  'deviceId',
+  'version',
 ];
-
-/** Builds `$a::t1[], $b::t2[], ...` for a run of array parameters starting at `first`. */
-const arrays = (first: number, types: readonly string[]) =>
-  types.map((t, i) => `$${first + i}::${t}[]`).join(', ');
-
-const EVENT_TYPES = [
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'numeric',
-  'text',
-  'text',
-  'timestamptz',
-  'jsonb',
-  'text',
-] as const;
-const ORDER_TYPES = [
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'numeric',
-  'text',
-  'numeric',
-  'text',
-  'text',
-  'int',
-] as const;
+/** The columns of an order in the JSON parameter (json_to_recordset). */
+const ORDER_RECORD = `"appId" text, "orderId" text, "merchantId" text, state text, reason text, amount numeric,
+  currency text, "refundedAmount" numeric, "notifyUrl" text, "deviceId" text, version int`;
 
 /** Parameter positions of the one write statement (see writeBatch). */
 const P = (() => {
@@ -547,9 +535,11 @@ const P = (() => {
     return at;
   };
   return {
-    events: take(EVENT_TYPES.length),
-    created: take(ORDER_TYPES.length),
-    changed: take(ORDER_TYPES.length),
+    events: take(1),
+    created: take(1),
+    changed: take(1),
+    opened: take(2),
+    shut: take(2),
     outboxId: take(1),
     outbox: take(1),
     published: take(1),
@@ -560,7 +550,8 @@ const P = (() => {
 
 /**
  * Every write of a batch in ONE statement (one round trip): data-modifying CTEs that all see the
- * snapshot taken before it. Events, new orders, changed orders, one outbox row holding the batch's
+ * snapshot taken before it. Events, new orders, changed orders, the list of open orders, one outbox
+ * row holding the batch's
  * realtime notifications, deletion of outbox rows already published, and one row of counter deltas.
  * The result tells which events and orders another transaction stored first; the caller then rolls
  * back and runs the batch again.
@@ -569,23 +560,34 @@ const WRITE_SQL = `
 WITH ev AS (
   INSERT INTO payment_events (app_id, event_id, order_id, merchant_id, device_id, type, outcome, from_state,
     to_state, reason, amount, currency, source, occurred_at, meta, webhook)
-  SELECT * FROM unnest(${arrays(P.events, EVENT_TYPES)})
+  SELECT "appId", "eventId", "orderId", "merchantId", "deviceId", type, outcome, "from", "to", reason, amount,
+    currency, source, "occurredAt", meta, webhook
+  FROM json_to_recordset($${P.events}::json) AS x(${EVENT_RECORD})
   ON CONFLICT (app_id, event_id) DO NOTHING
   RETURNING app_id, event_id
 ), ins AS (
   INSERT INTO payment_orders (app_id, order_id, merchant_id, state, reason, amount, currency, refunded_amount,
     notify_url, device_id, version)
-  SELECT * FROM unnest(${arrays(P.created, ORDER_TYPES)})
+  SELECT "appId", "orderId", "merchantId", state, reason, amount, currency, "refundedAmount", "notifyUrl",
+    "deviceId", version
+  FROM json_to_recordset($${P.created}::json) AS x(${ORDER_RECORD})
   ON CONFLICT (app_id, order_id) DO NOTHING
   RETURNING 1
 ), upd AS (
   UPDATE payment_orders o SET state = u.state, reason = u.reason, amount = u.amount, currency = u.currency,
-    refunded_amount = u.refunded_amount, notify_url = u.notify_url, device_id = u.device_id,
+    refunded_amount = u."refundedAmount", notify_url = u."notifyUrl", device_id = u."deviceId",
     version = u.version, updated_at = now()
-  FROM unnest(${arrays(P.changed, ORDER_TYPES)})
-    AS u(app_id, order_id, merchant_id, state, reason, amount, currency, refunded_amount, notify_url,
-      device_id, version)
-  WHERE o.app_id = u.app_id AND o.order_id = u.order_id
+  FROM json_to_recordset($${P.changed}::json) AS u(${ORDER_RECORD})
+  WHERE o.app_id = u."appId" AND o.order_id = u."orderId"
+  RETURNING 1
+), op AS (
+  INSERT INTO payment_open_orders (app_id, order_id, created_at)
+  SELECT a, o, now() FROM unnest($${P.opened}::text[], $${P.opened + 1}::text[]) AS x(a, o)
+  ON CONFLICT (app_id, order_id) DO NOTHING
+  RETURNING 1
+), sh AS (
+  DELETE FROM payment_open_orders
+  WHERE (app_id, order_id) IN (SELECT * FROM unnest($${P.shut}::text[], $${P.shut + 1}::text[]))
   RETURNING 1
 ), ob AS (
   INSERT INTO payment_outbox_batches (id, notifications)
@@ -600,15 +602,18 @@ WITH ev AS (
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM ev)::int AS events, (SELECT count(*) FROM ins)::int AS orders,
-  (SELECT count(*) FROM upd)::int AS updated, (SELECT count(*) FROM ob)::int AS outbox,
+  (SELECT count(*) FROM upd)::int AS updated, (SELECT count(*) FROM op)::int AS opened,
+  (SELECT count(*) FROM sh)::int AS shut, (SELECT count(*) FROM ob)::int AS outbox,
   (SELECT count(*) FROM done)::int AS done, (SELECT count(*) FROM deltas)::int AS deltas,
-  CASE WHEN (SELECT count(*) FROM ev) <> cardinality($${P.events}::text[])
+  CASE WHEN (SELECT count(*) FROM ev) <> json_array_length($${P.events}::json)
     THEN (SELECT json_agg(json_build_array(ev.app_id, ev.event_id)) FROM ev) END AS stored`;
 
 interface WriteInput {
   events: EventRow[];
   created: Order[];
   changed: Order[];
+  opened: Order[];
+  shut: Order[];
   outboxId: string | undefined;
   outbox: OutboxNotification[];
   published: readonly string[];
@@ -619,24 +624,13 @@ interface WriteInput {
 async function writeBatch(tx: Queryable, w: WriteInput): Promise<void> {
   const ev = w.events;
   const params: unknown[] = [
-    col(ev, 'appId'),
-    col(ev, 'eventId'),
-    col(ev, 'orderId'),
-    col(ev, 'merchantId'),
-    col(ev, 'deviceId'),
-    col(ev, 'type'),
-    col(ev, 'outcome'),
-    col(ev, 'from'),
-    col(ev, 'to'),
-    col(ev, 'reason'),
-    col(ev, 'amount'),
-    col(ev, 'currency'),
-    col(ev, 'source'),
-    col(ev, 'occurredAt'),
-    col(ev, 'meta'),
-    col(ev, 'webhook'),
-    ...orderArrays(w.created),
-    ...orderArrays(w.changed),
+    JSON.stringify(ev),
+    JSON.stringify(w.created, ORDER_KEYS),
+    JSON.stringify(w.changed, ORDER_KEYS),
+    col(w.opened, 'appId'),
+    col(w.opened, 'orderId'),
+    col(w.shut, 'appId'),
+    col(w.shut, 'orderId'),
     w.outboxId ?? null,
     w.outboxId === undefined ? null : JSON.stringify(w.outbox),
     w.published,
@@ -955,6 +949,9 @@ export async function stats(q: Queryable, f: Omit<OrderFilter, 'state'>, minutes
     const params: unknown[] = [];
     const w = where({ appId: f.appId, merchantId: f.merchantId }, params);
     const parts = [w || 'WHERE true'];
+    // Across apps: enumerate the app ids through the (app_id, created_at) index, one probe each, so
+    // that the time range is read through that index too.
+    if (f.appId === undefined) parts.push(`app_id IN (SELECT app_id FROM apps WHERE app_id IS NOT NULL)`);
     if (a !== undefined) {
       params.push(new Date(a).toISOString());
       parts.push(`created_at >= $${params.length}::timestamptz`);
@@ -963,8 +960,14 @@ export async function stats(q: Queryable, f: Omit<OrderFilter, 'state'>, minutes
       params.push(new Date(b).toISOString());
       parts.push(`created_at < $${params.length}::timestamptz`);
     }
+    const apps = `WITH RECURSIVE apps AS (
+        (SELECT app_id FROM payment_orders ORDER BY app_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.app_id FROM payment_orders p WHERE p.app_id > apps.app_id ORDER BY p.app_id LIMIT 1)
+        FROM apps WHERE apps.app_id IS NOT NULL)`;
     const { rows } = await q.query<{ state: string; n: number }>(
-      `SELECT state, count(*)::int AS n FROM payment_orders ${parts.join(' AND ')} GROUP BY state`,
+      `${f.appId === undefined ? apps : ''}
+       SELECT state, count(*)::int AS n FROM payment_orders ${parts.join(' AND ')} GROUP BY state`,
       params,
     );
     add(rows);
