@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import { type History, newEpoch } from '../history/index.js';
-import { RedisHistory } from '../history/redis.js';
+import { APPEND_STREAMS_LUA, RedisHistory } from '../history/redis.js';
 import type { Logger } from '../logger.js';
 import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
@@ -89,61 +89,48 @@ return out
 `);
 
 /**
- * Publishes a notification addressed to users only to the live nodes (other than the caller) that hold
- * at least one of those users, on each node's own channel. Returns how many nodes it was sent to.
- * KEYS[1]: nodes zset. ARGV: min heartbeat, caller node, online-set prefix, node-channel prefix,
- * message, then the user ids.
+ * Lua `route(...)`: publishes a message addressed to users only to the live nodes (other than the caller)
+ * whose online set holds at least one of those users, on each node's own channel; returns how many nodes
+ * it was sent to. ROUTE_SCRIPT (used when the users' streams keep no history): KEYS[1] nodes zset; ARGV
+ * min heartbeat, caller node, online-set prefix, node-channel prefix, message, then the user ids.
  */
-const ROUTE_SCRIPT = new Script(`
-local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
-local users = {}
-for i = 6, #ARGV do users[#users + 1] = ARGV[i] end
-local sent = 0
-for _, n in ipairs(nodes) do
-  if n ~= ARGV[2] then
-    local hits = redis.call('SMISMEMBER', ARGV[3] .. n, unpack(users))
-    for _, h in ipairs(hits) do
-      if h == 1 then
-        redis.call('PUBLISH', ARGV[4] .. n, ARGV[5])
-        sent = sent + 1
-        break
+const ROUTE_LUA = `
+local function route(nodes_key, min_beat, self, online_prefix, channel_prefix, msg, users)
+  local nodes = redis.call('ZRANGEBYSCORE', nodes_key, min_beat, '+inf')
+  local sent = 0
+  for _, n in ipairs(nodes) do
+    if n ~= self then
+      local hits = redis.call('SMISMEMBER', online_prefix .. n, unpack(users))
+      for _, h in ipairs(hits) do
+        if h == 1 then
+          redis.call('PUBLISH', channel_prefix .. n, msg)
+          sent = sent + 1
+          break
+        end
       end
     end
   end
+  return sent
 end
-return sent
+`;
+
+const ROUTE_SCRIPT = new Script(`${ROUTE_LUA}
+local users = {}
+for i = 6, #ARGV do users[#users + 1] = ARGV[i] end
+return route(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], users)
 `);
 
 /**
- * Appends a notification to its history streams and publishes it, in one call: ROUTE_SCRIPT's routing
- * (or a publish on the app channel) plus the history append of RedisHistory, with the offsets written
- * into the published message. ARGV: mode (`app` | `route`), app channel, nodes zset, min heartbeat, caller
- * node, online-set prefix, node-channel prefix, message head (the JSON without its last two braces),
- * history key base, history entry, new-epoch candidate, now, stream count, then (stream, size, ttlMs)
- * triples, then (route) the user ids. Returns offset, epoch per stream, then the number of nodes routed to.
+ * Appends a notification to its history streams and publishes it, in one call: the history append of
+ * RedisHistory, with the offsets written into the message, then `route` (or a publish on the app
+ * channel). ARGV: mode (`app` | `route`), app channel, nodes zset, min heartbeat, caller node,
+ * online-set prefix, node-channel prefix, message head (the JSON without its last two braces), history
+ * key base, history entry, new-epoch candidate, now, stream count, then (stream, size, ttlMs) triples,
+ * then (route) the user ids. Returns offset, epoch per stream, then the number of nodes routed to.
  */
-const RECORD_AND_PUBLISH_SCRIPT = new Script(`
+const RECORD_AND_PUBLISH_SCRIPT = new Script(`${APPEND_STREAMS_LUA}${ROUTE_LUA}
 local count = tonumber(ARGV[13])
-local out = {}
-local pos = {}
-for k = 0, count - 1 do
-  local i = 14 + k * 3
-  local s, size, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local meta = ARGV[9] .. s .. '|m'
-  local off = redis.call('HINCRBY', meta, 'o', 1)
-  local ep = redis.call('HGET', meta, 'e')
-  if not ep then
-    ep = ARGV[11]
-    redis.call('HSET', meta, 'e', ep)
-  end
-  redis.call('PEXPIRE', meta, math.max(ttl * 12, 3600000))
-  local sk = ARGV[9] .. s .. '|s'
-  redis.call('XADD', sk, 'MAXLEN', size, off .. '-1', 't', ARGV[12], 'n', ARGV[10])
-  redis.call('PEXPIRE', sk, ttl)
-  out[#out + 1] = off
-  out[#out + 1] = ep
-  pos[#pos + 1] = cjson.encode(s) .. ':[' .. off .. ',' .. cjson.encode(ep) .. ']'
-end
+local out, pos = append_streams(ARGV[9], ARGV[10], ARGV[11], ARGV[12], 14, count, true)
 local msg = ARGV[8]
 if #pos > 0 then msg = msg .. ',"pos":{' .. table.concat(pos, ',') .. '}' end
 msg = msg .. '}}'
@@ -153,19 +140,7 @@ if ARGV[1] == 'app' then
 else
   local users = {}
   for i = 14 + count * 3, #ARGV do users[#users + 1] = ARGV[i] end
-  local nodes = redis.call('ZRANGEBYSCORE', ARGV[3], ARGV[4], '+inf')
-  for _, n in ipairs(nodes) do
-    if n ~= ARGV[5] then
-      local hits = redis.call('SMISMEMBER', ARGV[6] .. n, unpack(users))
-      for _, h in ipairs(hits) do
-        if h == 1 then
-          redis.call('PUBLISH', ARGV[7] .. n, msg)
-          sent = sent + 1
-          break
-        end
-      end
-    end
-  end
+  sent = route(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], msg, users)
 end
 out[#out + 1] = sent
 return out

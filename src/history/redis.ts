@@ -11,32 +11,41 @@ import {
 } from './index.js';
 
 /**
- * Appends one notification to several streams: per stream, the next offset and the epoch (kept in a
- * small hash, created with a new epoch when missing, e.g. after Redis lost its data), then an entry in
- * a Redis Stream whose id is the offset, trimmed to the stream's size.
- * ARGV: keyPrefix, entry JSON, new-epoch candidate, now, then triples (stream, size, ttlMs).
+ * Lua `append_streams(base, entry, epoch, now, first, count, with_pos)`: appends one notification to
+ * `count` streams whose (stream, size, ttlMs) triples start at ARGV[first]. Per stream: the next offset and
+ * the epoch (kept in a small hash, created with the candidate `epoch` when missing, e.g. after Redis lost
+ * its data), then an entry in a Redis Stream whose id is the offset, trimmed to the stream's size. Returns
+ * the flat (offset, epoch) list and, with `with_pos`, the `"stream":[offset,"epoch"]` JSON members.
+ * Shared by APPEND_SCRIPT (ARGV: keyPrefix, entry JSON, epoch candidate, now, triples) and the cluster
+ * bus, which appends and publishes in one script.
  */
-const APPEND_SCRIPT = new Script(`
-local out = {}
-local i = 5
-while i <= #ARGV do
-  local s, size, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local meta = ARGV[1] .. s .. '|m'
-  local off = redis.call('HINCRBY', meta, 'o', 1)
-  local ep = redis.call('HGET', meta, 'e')
-  if not ep then
-    ep = ARGV[3]
-    redis.call('HSET', meta, 'e', ep)
+export const APPEND_STREAMS_LUA = `
+local function append_streams(base, entry, epoch, now, first, count, with_pos)
+  local out, pos = {}, {}
+  for k = 0, count - 1 do
+    local i = first + k * 3
+    local s, size, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    local meta = base .. s .. '|m'
+    local off = redis.call('HINCRBY', meta, 'o', 1)
+    local ep = redis.call('HGET', meta, 'e')
+    if not ep then
+      ep = epoch
+      redis.call('HSET', meta, 'e', ep)
+    end
+    redis.call('PEXPIRE', meta, math.max(ttl * 12, 3600000))
+    local sk = base .. s .. '|s'
+    redis.call('XADD', sk, 'MAXLEN', size, off .. '-1', 't', now, 'n', entry)
+    redis.call('PEXPIRE', sk, ttl)
+    out[#out + 1] = off
+    out[#out + 1] = ep
+    if with_pos then pos[#pos + 1] = cjson.encode(s) .. ':[' .. off .. ',' .. cjson.encode(ep) .. ']' end
   end
-  redis.call('PEXPIRE', meta, math.max(ttl * 12, 3600000))
-  local sk = ARGV[1] .. s .. '|s'
-  redis.call('XADD', sk, 'MAXLEN', size, off .. '-1', 't', ARGV[4], 'n', ARGV[2])
-  redis.call('PEXPIRE', sk, ttl)
-  out[#out + 1] = off
-  out[#out + 1] = ep
-  i = i + 3
+  return out, pos
 end
-return out
+`;
+
+const APPEND_SCRIPT = new Script(`${APPEND_STREAMS_LUA}
+return (append_streams(ARGV[1], ARGV[2], ARGV[3], ARGV[4], 5, (#ARGV - 4) / 3, false))
 `);
 
 /** Cluster history in Redis, so a client recovers on whichever node it reconnects to. */

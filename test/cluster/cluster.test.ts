@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { io, type Socket } from 'socket.io-client';
+import type { Socket } from 'socket.io-client';
 import { sleep, until } from '../helpers.js';
 import {
   cleanRedis,
+  connectClient,
   dropSchema,
   type NodeProcess,
   spawnReadyNodes,
@@ -20,18 +21,10 @@ interface Got {
 
 const sockets: Socket[] = [];
 
-function connectTo(url: string, appId: string, clientId: string, deviceId?: string): Promise<Socket> {
-  const s = io(`${url}/${appId}`, {
-    auth: { clientId, ...(deviceId ? { deviceId } : {}) },
-    transports: ['websocket'],
-    forceNew: true,
-    reconnection: false,
-  });
+async function connectTo(url: string, appId: string, clientId: string, deviceId?: string): Promise<Socket> {
+  const s = await connectClient(url, appId, clientId, deviceId);
   sockets.push(s);
-  return new Promise((resolve, reject) => {
-    s.once('connect', () => resolve(s));
-    s.once('connect_error', reject);
-  });
+  return s;
 }
 
 function collect(s: Socket): Got[] {

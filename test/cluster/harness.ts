@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import pg from 'pg';
+import { io as ioClient, type Socket } from 'socket.io-client';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -201,4 +202,26 @@ export async function spawnReadyNodes(env: Record<string, string>, count: number
     throw err;
   }
   return nodes;
+}
+
+/** A socket.io-client socket to `/<appId>` of a node, WebSocket only, no reconnection; resolves on connect. */
+export function connectClient(
+  url: string,
+  appId: string,
+  clientId: string,
+  deviceId?: string,
+): Promise<Socket> {
+  const s = ioClient(`${url}/${appId}`, {
+    auth: { clientId, ...(deviceId ? { deviceId } : {}) },
+    transports: ['websocket'],
+    forceNew: true,
+    reconnection: false,
+  });
+  return new Promise((resolve, reject) => {
+    s.once('connect', () => resolve(s));
+    s.once('connect_error', (err) => {
+      s.close();
+      reject(err);
+    });
+  });
 }

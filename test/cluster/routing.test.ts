@@ -1,23 +1,22 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { io, type Socket } from 'socket.io-client';
+import type { Socket } from 'socket.io-client';
 import { sleep, until } from '../helpers.js';
-import { cleanRedis, type NodeProcess, spawnReadyNodes, TEST_REDIS_URL, uniqueName } from './harness.js';
+import {
+  cleanRedis,
+  connectClient,
+  type NodeProcess,
+  spawnReadyNodes,
+  TEST_REDIS_URL,
+  uniqueName,
+} from './harness.js';
 
 const sockets: Socket[] = [];
 
-function connectTo(url: string, appId: string, clientId: string): Promise<Socket> {
-  const s = io(`${url}/${appId}`, {
-    auth: { clientId },
-    transports: ['websocket'],
-    forceNew: true,
-    reconnection: false,
-  });
+async function connectTo(url: string, appId: string, clientId: string): Promise<Socket> {
+  const s = await connectClient(url, appId, clientId);
   sockets.push(s);
-  return new Promise((resolve, reject) => {
-    s.once('connect', () => resolve(s));
-    s.once('connect_error', reject);
-  });
+  return s;
 }
 
 interface Got {
@@ -156,5 +155,36 @@ describe('cluster: notifications to users go only to the nodes holding them', ()
     await until(() => gc.length === 1, 5000, 'topic delivery on node c');
     const s2 = await stats(a.url);
     assert.ok(s2.sentApp > s1.sentApp);
+  });
+});
+
+describe('cluster: routing without history (HISTORY_SIZE=0)', () => {
+  const prefix = `${uniqueName('hroute0')}:`;
+  const nodes: NodeProcess[] = [];
+  before(async () => {
+    nodes.push(
+      ...(await spawnReadyNodes(
+        { REDIS_URL: TEST_REDIS_URL, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s', HISTORY_SIZE: '0' },
+        2,
+      )),
+    );
+  });
+  after(async () => {
+    for (const s of sockets) s.close();
+    await Promise.all(nodes.map((n) => n.kill()));
+    await cleanRedis(TEST_REDIS_URL, prefix);
+  });
+
+  it('routes a notification to the one node holding the user, with no offsets', async () => {
+    const [a, b] = nodes as [NodeProcess, NodeProcess];
+    const s = await connectTo(b.url, 'plain', 'u1');
+    const got = collect(s);
+    const s0 = await stats(a.url);
+    await notify(a.url, { appId: 'plain', users: ['u1'], data: { k: 1 } });
+    await until(() => got.length === 1, 5000, 'delivery on node b');
+    const s1 = await stats(a.url);
+    assert.equal(s1.routed - s0.routed, 1);
+    assert.equal(s1.sentApp - s0.sentApp, 0);
+    assert.equal(got[0]?.meta.offset, undefined);
   });
 });
