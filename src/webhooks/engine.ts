@@ -23,8 +23,11 @@ import { SlidingWindow } from './window.js';
 
 /** Results written between two VACUUMs of the embedded store's queue tables at most. */
 const VACUUM_EVERY_RESULTS = 20_000;
-/** Time between two VACUUMs of the embedded store while webhooks are being delivered at all. */
-const VACUUM_EVERY_MS = 120_000;
+/**
+ * Time between two VACUUMs of the embedded store while webhooks are being delivered at all. A VACUUM holds
+ * the store's one connection while it runs, so it is not run more often than this.
+ */
+const VACUUM_EVERY_MS = 600_000;
 /** Breaker upkeep interval while this node knows of no open breaker. */
 const MAINTAIN_IDLE_EVERY = 5000;
 
@@ -650,7 +653,9 @@ export class WebhookEngine {
     this.lastVacuum = Date.now();
     const started = Date.now();
     await this.queue.vacuum();
-    this.logger.debug({ ms: Date.now() - started }, 'webhook queue tables vacuumed');
+    const ms = Date.now() - started;
+    if (ms > 1000) this.logger.info({ ms }, 'webhook queue tables vacuumed (the embedded store waited)');
+    else this.logger.debug({ ms }, 'webhook queue tables vacuumed');
   }
 
   /**

@@ -18,6 +18,22 @@ for (const store of STORES) {
       merchant = undefined;
     });
 
+    it('the queue tables can be vacuumed while the engine runs (embedded-store upkeep)', async () => {
+      merchant = await Merchant.start();
+      herald = await startNode(store);
+      const first = await herald.webhooks.enqueue({
+        orderNo: orderNo('VC'),
+        notifyUrl: merchant.url(),
+        payload: {},
+      });
+      await herald.webhooks.queue.vacuum();
+      await waitFor(
+        async () => (await herald?.webhooks.queue.getDelivery(first.id))?.status === 'delivered',
+        10_000,
+        'delivered after the vacuum',
+      );
+    });
+
     it('old webhooks lose payload and logs, but a re-sent notification stays a duplicate until the key retention', async () => {
       merchant = await Merchant.start();
       herald = await startNode(store, { webhookLogRetention: DAY, webhookIdempotencyRetention: 100 * DAY });
