@@ -192,6 +192,26 @@ interface SlimRequest {
   connection: { encrypted: boolean };
 }
 
+/** Headers of the WebSocket upgrade itself, of no use once the connection is open. */
+const UPGRADE_HEADERS = new Set([
+  'connection',
+  'upgrade',
+  'sec-websocket-key',
+  'sec-websocket-version',
+  'sec-websocket-extensions',
+]);
+
+/**
+ * The request headers a connection keeps for Socket.IO's handshake (identity, `x-merchant-id`,
+ * `origin`, ...): all but those of the WebSocket upgrade, in a plain object of their own rather than
+ * the request's (which the request's other parts would keep alive).
+ */
+function handshakeHeaders(headers: IncomingMessage['headers']): IncomingMessage['headers'] {
+  const out: IncomingMessage['headers'] = {};
+  for (const name in headers) if (!UPGRADE_HEADERS.has(name)) out[name] = headers[name];
+  return out;
+}
+
 /**
  * Per-connection set-up of an engine.io socket, once, when it opens:
  * - the upgrade request (an IncomingMessage with its stream state, raw headers and socket links,
@@ -212,7 +232,7 @@ function prepareEngineSocket(engine: EngineSocket & { request: IncomingMessage |
     }
   }
   const slim: SlimRequest = {
-    headers: req.headers,
+    headers: handshakeHeaders(req.headers),
     url: req.url,
     _query: req._query,
     connection: { encrypted: Boolean((req.socket as { encrypted?: boolean } | null)?.encrypted) },
@@ -264,10 +284,63 @@ function queueFrame(engine: EngineSocket, frame: Frame, buffered: number): void 
   out.push(frame);
 }
 
+/** The parts of socket.io-adapter's in-memory Adapter that `withoutOwnRooms` changes. */
+interface RoomAdapter {
+  readonly nsp: { name: string };
+  readonly sids: Map<string, Set<string>>;
+  addAll(id: string, rooms: Set<string>): void;
+}
+type RoomAdapterClass = new (nsp: Namespace) => RoomAdapter;
+
+/** A socket's rooms when it has none but its own: shared, so `add` is a no-op (nothing adds to it). */
+class NoRooms extends Set<string> {
+  override add(): this {
+    return this;
+  }
+}
+const NO_ROOMS: Set<string> = new NoRooms();
+
+/**
+ * The adapter of app namespaces: Socket.IO makes every socket join a room named after its own id (two
+ * Sets and two map entries per connection, about 250 bytes) for `io.to(socketId)`, which Herald never
+ * uses: it addresses sockets through its router. In app namespaces that room is not kept; the socket
+ * is still listed (namespace-wide emits reach it) and any other room works as usual. Other namespaces
+ * (the console's) use the adapter unchanged.
+ */
+function withoutOwnRooms(Base: RoomAdapterClass): RoomAdapterClass {
+  return class AppAdapter extends Base {
+    override addAll(id: string, rooms: Set<string>): void {
+      if (!APP_NAMESPACE_RE.test(this.nsp.name)) {
+        super.addAll(id, rooms);
+        return;
+      }
+      const others = new Set<string>();
+      for (const room of rooms) if (room !== id) others.add(room);
+      if (others.size === 0) {
+        if (!this.sids.has(id)) this.sids.set(id, NO_ROOMS);
+        return;
+      }
+      if (this.sids.get(id) === NO_ROOMS) this.sids.delete(id);
+      super.addAll(id, others);
+    }
+  };
+}
+
 /** A connected socket as the router sees it. */
 export class SocketConn implements Conn {
   readonly topics = new Set<string>();
-  readonly watches = new Set<string>();
+  private watchSet: Set<string> | undefined;
+
+  /** Topics whose counts this connection watches; made at first use (most connections watch none). */
+  get watches(): Set<string> {
+    this.watchSet ??= new Set();
+    return this.watchSet;
+  }
+
+  /** Subscriptions plus count watches of this connection (without making the watch set). */
+  get subscriptionCount(): number {
+    return this.topics.size + (this.watchSet?.size ?? 0);
+  }
   private dropped = false;
 
   constructor(
@@ -389,6 +462,11 @@ export class Gateway {
       },
     });
     this.io.engine.on('connection', prepareEngineSocket);
+    this.io.adapter(
+      withoutOwnRooms(Object.getPrototypeOf(this.io.of('/').adapter).constructor) as unknown as Parameters<
+        Server['adapter']
+      >[0],
+    );
     // The main namespace is not an app: tell clients where to go.
     this.io.of('/').use((_socket, next) => {
       next(
@@ -454,7 +532,7 @@ export class Gateway {
 
   private checkCap(conn: SocketConn, adding: number): void {
     const max = this.deps.config.maxTopicsPerConnection;
-    const held = conn.topics.size + conn.watches.size;
+    const held = conn.subscriptionCount;
     if (held + adding > max) {
       throw new HeraldError(
         'subscription_limit',
@@ -507,49 +585,75 @@ export class Gateway {
   }
 
   private onConnection(socket: Socket): void {
-    const { router, logger, metrics, config } = this.deps;
+    const { router, config } = this.deps;
     const identity = socket.data.identity as ClientIdentity;
-    const appId = socket.nsp.name.slice(1);
     const conn = new SocketConn(
       socket,
-      appId,
+      socket.nsp.name.slice(1),
       identity.clientId,
       identity.deviceId,
       config.maxSocketBuffer,
-      (c) => {
-        metrics.slowClients.inc();
-        logger.warn(
-          { appId, clientId: c.clientId, socketId: c.id },
-          'closing a connection whose send buffer is full',
-        );
-        setImmediate(() => c.socket.disconnect(true));
+      this.onSlow,
+    );
+    socket.data.conn = conn;
+    router.add(conn);
+    const admitted = socket.data.admitted as (() => void) | undefined;
+    if (admitted) {
+      socket.data.admitted = undefined;
+      admitted();
+    }
+    // Shared listeners (`this` is the socket), not closures made for each connection.
+    socket.on('disconnect', this.onDisconnect);
+    socket.onAny(this.onEvent);
+  }
+
+  /** A connection whose send buffer is full: counted, logged, disconnected. */
+  private readonly onSlow = (c: SocketConn): void => {
+    this.deps.metrics.slowClients.inc();
+    this.deps.logger.warn(
+      { appId: c.appId, clientId: c.clientId, socketId: c.id },
+      'closing a connection whose send buffer is full',
+    );
+    setImmediate(() => c.socket.disconnect(true));
+  };
+
+  private readonly onDisconnect = ((gateway: Gateway) =>
+    function (this: Socket): void {
+      const conn = this.data.conn as SocketConn | undefined;
+      if (conn) gateway.deps.router.remove(conn);
+    })(this);
+
+  private readonly onEvent = ((gateway: Gateway) =>
+    function (this: Socket, event: string, ...args: unknown[]): void {
+      gateway.dispatch(this, event, args);
+    })(this);
+
+  /** A client -> server event: its handler's result or error goes to the ack (or an `error` event). */
+  private dispatch(socket: Socket, event: string, args: unknown[]): void {
+    const conn = socket.data.conn as SocketConn;
+    const handler = this.handlers.get(event);
+    const last = args[args.length - 1];
+    const ack = typeof last === 'function' ? (args.pop() as Ack & ErrAck) : undefined;
+    if (!handler) {
+      this.reply(
+        socket,
+        event,
+        ack,
+        new HeraldError('unknown_event', `Unknown event ${JSON.stringify(event)}.`),
+      );
+      return;
+    }
+    handler({ conn, socket }, args).then(
+      (result) => ack?.({ ok: true, ...result }),
+      (err: unknown) => {
+        if (!isHeraldError(err))
+          this.deps.logger.error(
+            { err, appId: conn.appId, clientId: conn.clientId, event },
+            'event handler failed',
+          );
+        this.reply(socket, event, ack, err);
       },
     );
-    router.add(conn);
-    (socket.data.admitted as (() => void) | undefined)?.();
-    socket.on('disconnect', () => router.remove(conn));
-    socket.onAny((event: string, ...args: unknown[]) => {
-      const handler = this.handlers.get(event);
-      const last = args[args.length - 1];
-      const ack = typeof last === 'function' ? (args.pop() as Ack & ErrAck) : undefined;
-      if (!handler) {
-        this.reply(
-          socket,
-          event,
-          ack,
-          new HeraldError('unknown_event', `Unknown event ${JSON.stringify(event)}.`),
-        );
-        return;
-      }
-      handler({ conn, socket }, args).then(
-        (result) => ack?.({ ok: true, ...result }),
-        (err: unknown) => {
-          if (!isHeraldError(err))
-            logger.error({ err, appId, clientId: conn.clientId, event }, 'event handler failed');
-          this.reply(socket, event, ack, err);
-        },
-      );
-    });
   }
 
   private reply(socket: Socket, event: string, ack: ErrAck | undefined, err: unknown): void {
