@@ -459,7 +459,7 @@ export const OPTIONS = {
     env: 'PAYMENT_SWEEP_INTERVAL',
     type: { kind: 'duration', min: 50, max: 600_000 },
     default: 5000,
-    doc: 'How often each node looks for timed-out orders, undelivered merchant notifications and dead machines.',
+    doc: 'How often each node looks for timed-out orders, undelivered merchant and app notifications (outbox) and dead machines, and folds the stats counters.',
   },
   paymentBatchMax: {
     env: 'PAYMENT_BATCH_MAX',

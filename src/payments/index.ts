@@ -94,6 +94,8 @@ const OUTBOX_BATCH = 20;
 const FOLD_BATCH = 200;
 /** Published outbox rows not taken by a batch transaction within this long are deleted on their own. */
 const PUBLISHED_FLUSH_MS = 200;
+/** Embedded store: how often the small bookkeeping tables are vacuumed (PGlite has no autovacuum). */
+const VACUUM_EVERY_MS = 10 * 60_000;
 /** Per-minute counters are kept this long (GET /payments/stats reads at most 1440 minutes back). */
 const MINUTE_COUNTS_KEEP_MS = 2 * 24 * 3_600_000;
 
@@ -183,6 +185,7 @@ export class Payments {
   /** Publishes started and not yet finished (awaited by stop()). */
   private readonly publishing = new Set<Promise<unknown>>();
   private lastPrune = 0;
+  private lastVacuum = Date.now();
   private readonly startedAt = Date.now();
   private outboxSwept = false;
   private stopped = false;
@@ -357,6 +360,13 @@ export class Payments {
       republished = await this.republishOutbox();
     } catch (err) {
       this.log.error({ err }, 'publishing the payment outbox again failed');
+    }
+    if (this.deps.store.kind === 'embedded' && Date.now() - this.lastVacuum >= VACUUM_EVERY_MS) {
+      // PGlite has no autovacuum: these tables get a row and lose it for every open order / batch.
+      this.lastVacuum = Date.now();
+      await this.deps.store
+        .query('VACUUM payment_open_orders, payment_outbox_batches, payment_count_deltas')
+        .catch((err: unknown) => this.log.warn({ err }, 'could not vacuum the payment bookkeeping tables'));
     }
     if (Date.now() - this.lastPrune >= 3_600_000) {
       this.lastPrune = Date.now();
