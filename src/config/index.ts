@@ -54,6 +54,7 @@ export interface Config {
   webhookMerchantConcurrency: number;
   webhookSlowConcurrency: number;
   webhookSlowThreshold: number;
+  webhookSlowLaneAfter: number;
   webhookBreakerThreshold: number;
   webhookBreakerOpen: number;
   webhookBreakerDelay: number;

@@ -267,6 +267,14 @@ export const OPTIONS = {
     default: 3 * SECOND,
     doc: 'A merchant whose average response time over its last 100 requests is above this is marked slow.',
   },
+  webhookSlowLaneAfter: {
+    env: 'WEBHOOK_SLOW_LANE_AFTER',
+    type: { kind: 'duration', min: 1, max: 600_000 },
+    default: 500,
+    doc:
+      'A request still running after this long (or after WEBHOOK_SLOW_THRESHOLD, if shorter) leaves its normal ' +
+      'slot for the slow lane, so merchants not yet known to be slow hold up the others this long at most.',
+  },
   webhookBreakerThreshold: {
     env: 'WEBHOOK_BREAKER_THRESHOLD',
     type: { kind: 'int', min: 1, max: 1000 },

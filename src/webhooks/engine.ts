@@ -39,6 +39,7 @@ export type WebhookConfig = Pick<
   | 'webhookMerchantConcurrency'
   | 'webhookSlowConcurrency'
   | 'webhookSlowThreshold'
+  | 'webhookSlowLaneAfter'
   | 'webhookBreakerThreshold'
   | 'webhookBreakerOpen'
   | 'webhookBreakerDelay'
@@ -119,7 +120,7 @@ export class WebhookEngine {
   private wakeUp: (() => void) | undefined;
   private woken = false;
   private readonly inFlight = new Map<string, InFlight>();
-  /** In-flight requests in the slow lane (slow merchants, or running longer than the slow threshold). */
+  /** In-flight requests in the slow lane (slow merchants, or running longer than WEBHOOK_SLOW_LANE_AFTER). */
   private slowLane = 0;
   /** Claimed rows waiting for a slot, per merchant, oldest first. */
   private readonly buffered = new Map<string, { row: ClaimedDelivery; at: number }[]>();
@@ -582,8 +583,9 @@ export class WebhookEngine {
 
   /**
    * Free slots of the normal lane. Requests to merchants marked slow, and requests that have run longer
-   * than WEBHOOK_SLOW_THRESHOLD, move to a slow lane of the same size, so slow merchants (even ones not
-   * yet known to be slow) can never take the capacity that the others need.
+   * than WEBHOOK_SLOW_LANE_AFTER (or WEBHOOK_SLOW_THRESHOLD if shorter), move to a slow lane of the same
+   * size, so slow merchants (even ones not yet known to be slow) can never take the capacity that the
+   * others need for longer than that.
    */
   private freeSlots(): number {
     const c = this.config.webhookConcurrency;
@@ -708,7 +710,10 @@ export class WebhookEngine {
     const f: InFlight = { controller, done: Promise.resolve(), slow: false, timer: undefined };
     if (row.slow) this.toSlowLane(f);
     else {
-      f.timer = setTimeout(() => this.toSlowLane(f), this.config.webhookSlowThreshold);
+      f.timer = setTimeout(
+        () => this.toSlowLane(f),
+        Math.min(this.config.webhookSlowLaneAfter, this.config.webhookSlowThreshold),
+      );
       f.timer.unref();
     }
     this.merchantInFlight.set(row.merchantKey, (this.merchantInFlight.get(row.merchantKey) ?? 0) + 1);
