@@ -598,7 +598,7 @@ WITH ev AS (
   RETURNING 1
 ), deltas AS (
   INSERT INTO payment_count_deltas (states, minutes)
-  SELECT $${P.states}::json, $${P.minutes}::json WHERE $${P.minutes}::text <> '[]'
+  SELECT $${P.states}::text, $${P.minutes}::text WHERE $${P.minutes}::text <> '[]'
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM ev)::int AS events, (SELECT count(*) FROM ins)::int AS orders,
@@ -679,13 +679,13 @@ export async function claimOutbox(
 const STATE_DELTAS = `
   SELECT x.a AS app_id, mm.m AS merchant_id,
     coalesce(x.h, date_trunc('hour', d.created_at AT TIME ZONE 'UTC')) AS hour, x.s AS state, x.d AS n
-  FROM json_to_recordset(d.states) AS x(a text, m text, h timestamp, s text, d int)
+  FROM json_to_recordset(d.states::json) AS x(a text, m text, h timestamp, s text, d int)
     CROSS JOIN LATERAL (VALUES (x.m), ('')) AS mm(m)`;
 /** Expands the counter delta rows (alias `d`) into minute rows: app_id, merchant_id ('' too), minute, events, transitions. */
 const MINUTE_DELTAS = `
   SELECT x.a AS app_id, mm.m AS merchant_id, date_trunc('minute', d.created_at AT TIME ZONE 'UTC') AS minute,
     x.e AS events, x.t AS transitions
-  FROM json_to_recordset(d.minutes) AS x(a text, m text, e int, t int)
+  FROM json_to_recordset(d.minutes::json) AS x(a text, m text, e int, t int)
     CROSS JOIN LATERAL (VALUES (x.m), ('')) AS mm(m)`;
 
 /**
