@@ -65,7 +65,12 @@ export const NotifyAccepted = Type.Object(
     id: Type.String({ description: 'Notification id, also in meta.id of dataUpdate.' }),
     ts: Type.Number({ description: 'Accepted at, milliseconds since the epoch.' }),
     delivered: Type.Optional(
-      Type.Number({ description: 'Sockets reached (single-node mode only; absent in cluster mode).' }),
+      Type.Number({
+        description:
+          'Sockets reached (single-node mode only; absent in cluster mode). A fan-out to more than 2,048 sockets ' +
+          '(or one published while such a fan-out is being written) is written over the next milliseconds, in ' +
+          'publish order; it then counts the sockets it addresses.',
+      }),
     ),
   },
   { $id: 'NotifyAccepted' },
