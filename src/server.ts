@@ -95,6 +95,8 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   let counts: CountNotifier | undefined;
   let presence: Presence | undefined;
   let cluster: RedisCluster | undefined;
+  // What this node says about itself with each cluster heartbeat: the console's sampler, set up later.
+  let nodeInfo: (() => Record<string, unknown>) | undefined;
   const router = new Router({
     onTopicChange: (change) => presence?.local(change),
     onAppAdded: (appId) => cluster?.appAdded(appId),
@@ -120,6 +122,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       hasUser: (appId, clientId) => router.hasUser(appId, clientId),
       hasApp: (appId) => router.appIds().includes(appId),
       localTopics: () => router.allTopics(),
+      nodeInfo: () => nodeInfo?.() ?? {},
       logger: logger.child({ part: 'cluster' }),
     });
     await cluster.start();
@@ -281,7 +284,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   // ---- end payment tracking ----
 
   // ---- web console (src/console): /console, /admin/api/*, the /admin/console namespace ----
-  await registerConsole({
+  const consoleParts = await registerConsole({
     http,
     io: gateway.io,
     config,
@@ -291,6 +294,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     access,
     store,
     bus,
+    ...(cluster ? { cluster } : {}),
     readiness,
     logger,
     version: VERSION,
@@ -299,6 +303,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       if (draining) throw new HeraldError('shutting_down');
     },
   });
+  nodeInfo = consoleParts.nodeInfo;
   // ---- end web console ----
 
   try {

@@ -8,7 +8,7 @@ import type { Router } from '../router/index.js';
 import type { NotifyInput, NotifyService } from '../router/notify.js';
 import { APPS_MODE_NEEDS_TOKEN } from './messages.js';
 import { busiestTopics, type StatsSampler } from './stats.js';
-import type { ClientSocket } from './types.js';
+import type { ClientSocket, NodeList, StatsSnapshot } from './types.js';
 
 export interface ConsoleApiDeps {
   config: Pick<Config, 'adminToken' | 'maxTargets' | 'apps'>;
@@ -16,6 +16,10 @@ export interface ConsoleApiDeps {
   router: Router;
   notify: NotifyService;
   sampler: StatsSampler;
+  /** The last snapshot with the node list. */
+  snapshot: () => Promise<StatsSnapshot>;
+  /** Every node of the deployment (this one on a single node). */
+  nodes: () => Promise<NodeList>;
   /** Throws `shutting_down` while the node drains. */
   assertAccepting: () => void;
 }
@@ -58,7 +62,8 @@ export async function consoleApi(app: FastifyInstance, deps: ConsoleApiDeps): Pr
           checkAdmin(config.adminToken, request, deps.access.mode),
         );
 
-        admin.get('/overview', { schema: hide }, async () => sampler.last ?? (await sampler.sample()));
+        admin.get('/overview', { schema: hide }, async () => deps.snapshot());
+        admin.get('/nodes', { schema: hide }, async () => deps.nodes());
         admin.get('/history', { schema: hide }, async () => sampler.history());
 
         admin.get(

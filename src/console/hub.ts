@@ -5,8 +5,9 @@ import type { Router } from '../router/index.js';
 import type { Queryable } from '../store/index.js';
 import { MachineTail, paymentTail, webhookTail } from './feeds.js';
 import { APPS_MODE_NEEDS_TOKEN } from './messages.js';
+import type { NodeDirectory } from './nodes.js';
 import { busiestTopics, type StatsSampler } from './stats.js';
-import type { ConsoleServerEvents, FeedName } from './types.js';
+import type { ConsoleServerEvents, FeedName, StatsSnapshot } from './types.js';
 
 /**
  * The console's namespace. Its name is outside the app namespaces (`/<appId>` without a slash), so
@@ -25,6 +26,8 @@ export interface HubDeps {
   /** In apps mode the namespace is closed unless ADMIN_TOKEN is set. */
   accessMode: 'open' | 'apps';
   sampler: StatsSampler;
+  /** The node list carried by each pushed snapshot. */
+  nodes: NodeDirectory;
   router: Router;
   db: Queryable;
   logger: Logger;
@@ -87,6 +90,16 @@ export class ConsoleHub {
     this.timer.unref();
   }
 
+  /**
+   * The current snapshot with the node list (read from Redis at most about once a second, however
+   * many consoles ask): what the console and GET /admin/api/overview show.
+   */
+  async snapshot(snap?: StatsSnapshot): Promise<StatsSnapshot> {
+    const { sampler } = this.deps;
+    const base = snap ?? sampler.last ?? (await sampler.sample());
+    return { ...base, nodes: await this.deps.nodes.list() };
+  }
+
   /** Console sockets connected to this node. */
   count(): number {
     return this.nsp.sockets.size;
@@ -128,7 +141,7 @@ export class ConsoleHub {
           const { sampler } = this.deps;
           socket.emit('history', sampler.history());
           sampler.refreshHealth();
-          socket.emit('stats', sampler.last ?? (await sampler.sample()));
+          socket.emit('stats', await this.snapshot());
           break;
         }
         case 'topics':
@@ -173,9 +186,10 @@ export class ConsoleHub {
     const { sampler } = this.deps;
     const consoles = this.count() > 0;
     try {
-      if (consoles) sampler.refreshHealth();
+      // In a cluster the other nodes' consoles show this node's health (from its heartbeat info).
+      if (consoles || (this.deps.nodes.mode === 'cluster' && this.tickNo % 2 === 1)) sampler.refreshHealth();
       const snap = await sampler.sample();
-      if (this.watching('stats')) this.nsp.to('stats').emit('stats', snap);
+      if (this.watching('stats')) this.nsp.to('stats').emit('stats', await this.snapshot(snap));
     } catch (err) {
       this.deps.logger.warn({ err }, 'console: stats sample failed');
     }

@@ -4,6 +4,7 @@
  * guards the API and the namespace; the pages themselves are public files that ask for the token.
  */
 import { existsSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Server } from 'socket.io';
@@ -17,6 +18,7 @@ import type { NotifyService } from '../router/notify.js';
 import type { Store } from '../store/index.js';
 import { consoleApi } from './api.js';
 import { ConsoleHub } from './hub.js';
+import { type ClusterNodes, NodeDirectory } from './nodes.js';
 import { consoleStatic } from './static.js';
 import { StatsSampler } from './stats.js';
 
@@ -35,6 +37,8 @@ export interface ConsoleDeps {
   access: AccessControl;
   store: Store;
   bus: { kind: 'memory' | 'redis' };
+  /** Cluster mode (REDIS_URL): lists the live nodes for the Overview's node list. */
+  cluster?: ClusterNodes;
   readiness: Readiness;
   logger: Logger;
   version: string;
@@ -60,9 +64,12 @@ export function defaultDistDir(): string {
 }
 
 /** Registers the console's routes and namespace; stops its timer when the HTTP server closes. */
-export async function registerConsole(
-  deps: ConsoleDeps,
-): Promise<{ hub: ConsoleHub; sampler: StatsSampler }> {
+export async function registerConsole(deps: ConsoleDeps): Promise<{
+  hub: ConsoleHub;
+  sampler: StatsSampler;
+  /** What this node says about itself (its node-list entry): for the cluster heartbeat. */
+  nodeInfo: () => Record<string, unknown>;
+}> {
   const { config, logger } = deps;
   const distDir = deps.distDir ?? defaultDistDir();
   let hub: ConsoleHub | undefined;
@@ -78,15 +85,23 @@ export async function registerConsole(
     adminToken: config.adminToken !== undefined,
     consoles: () => hub?.count() ?? 0,
   });
-  hub = new ConsoleHub({
+  const nodeId = deps.cluster?.nodeId ?? `${hostname()}-${process.pid}`;
+  const nodes = new NodeDirectory({
+    self: () => sampler.nodeInfo(nodeId),
+    presenceTtlMs: config.presenceTtl,
+    ...(deps.cluster ? { cluster: deps.cluster } : {}),
+  });
+  const running = new ConsoleHub({
     io: deps.io,
     adminToken: config.adminToken,
     accessMode: deps.access.mode,
     sampler,
+    nodes,
     router: deps.router,
     db: deps.store,
     logger: logger.child({ part: 'console' }),
   });
+  hub = running;
   await consoleStatic(deps.http, distDir);
   await consoleApi(deps.http, {
     config,
@@ -94,9 +109,10 @@ export async function registerConsole(
     router: deps.router,
     notify: deps.notify,
     sampler,
+    snapshot: () => running.snapshot(),
+    nodes: () => nodes.list(),
     assertAccepting: deps.assertAccepting,
   });
-  const running = hub;
   deps.http.addHook('onClose', async () => {
     running.close();
     sampler.close();
@@ -109,5 +125,5 @@ export async function registerConsole(
       'ADMIN_TOKEN is not set: the web console (/console, /admin/api, /admin/console) is open to anyone.',
     );
   }
-  return { hub: running, sampler };
+  return { hub: running, sampler, nodeInfo: () => ({ ...sampler.nodeInfo(nodeId) }) };
 }

@@ -1,9 +1,10 @@
+import { hostname } from 'node:os';
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Counter } from 'prom-client';
 import type { Readiness } from '../http/ops.js';
 import type { Metrics } from '../metrics/index.js';
 import type { Router } from '../router/index.js';
-import type { AppStats, HealthCheck, StatsPoint, StatsSnapshot, TopicRow } from './types.js';
+import type { AppStats, HealthCheck, NodeInfo, StatsPoint, StatsSnapshot, TopicRow } from './types.js';
 
 /** Points kept for the charts: five minutes at one per second. */
 export const HISTORY_POINTS = 300;
@@ -162,6 +163,37 @@ export class StatsSampler {
     });
     if (this.points.length > HISTORY_POINTS) this.points.splice(0, this.points.length - HISTORY_POINTS);
     return snap;
+  }
+
+  /**
+   * What this node says about itself in the node list (and, in a cluster, with each heartbeat): the
+   * figures of the last sample, the uptime and memory of now. Before the first sample the counts are 0.
+   */
+  nodeInfo(id: string): NodeInfo {
+    const now = Date.now();
+    const last = this.last;
+    return {
+      id,
+      host: hostname(),
+      pid: process.pid,
+      version: this.deps.version,
+      nodeVersion: process.version,
+      startedAt: this.deps.startedAt,
+      uptime: Math.round((now - this.deps.startedAt) / 1000),
+      connections: last?.totals.connections ?? 0,
+      subscriptions: last?.totals.subscriptions ?? 0,
+      topics: last?.totals.topics ?? 0,
+      apps: last?.totals.apps ?? 0,
+      notifyRate: last?.notifyRate ?? 0,
+      deliveryRate: last?.deliveryRate ?? 0,
+      loopP99: last?.loop.p99 ?? 0,
+      rssBytes: process.memoryUsage.rss(),
+      store: this.deps.store,
+      bus: this.deps.bus,
+      status: this.deps.readiness.draining() ? 'draining' : this.status,
+      health: this.health,
+      at: now,
+    };
   }
 
   close(): void {

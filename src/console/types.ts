@@ -51,6 +51,92 @@ export interface StatsSnapshot {
   status: string;
   /** Console sockets connected to this node. */
   consoles: number;
+  /**
+   * Every node of the deployment (this one alone on a single node); see {@link NodeList}. Set on the
+   * snapshots the console pushes and GET /admin/api/overview serves; absent from the sampler's own.
+   */
+  nodes?: NodeList;
+}
+
+/**
+ * What a node says about itself: written to Redis with each cluster heartbeat (`<prefix>nodeinfo`)
+ * and shown in the console's node list. Figures are those of the node's last one-second sample.
+ */
+export interface NodeInfo {
+  /** The cluster node id (`<host>-<pid>-<random>`); `<host>-<pid>` on a single node. */
+  id: string;
+  host: string;
+  pid: number;
+  /** Herald's version. */
+  version: string;
+  nodeVersion: string;
+  /** When the node started (epoch ms). */
+  startedAt: number;
+  /** Seconds since the node started, when this info was made. */
+  uptime: number;
+  connections: number;
+  subscriptions: number;
+  topics: number;
+  apps: number;
+  /** Notifications accepted per second (last sample). */
+  notifyRate: number;
+  /** Socket writes per second (last sample). */
+  deliveryRate: number;
+  /** Event-loop delay p99 over the last sample, in milliseconds. */
+  loopP99: number;
+  rssBytes: number;
+  store: 'embedded' | 'postgres';
+  bus: 'memory' | 'redis';
+  /** readyz status: ready, degraded, not_ready or draining. */
+  status: string;
+  /** `store` and `bus` checks of /readyz (empty until the first check has finished). */
+  health: Record<string, HealthCheck>;
+  /** When this info was made (epoch ms). */
+  at: number;
+}
+
+/** One row of the node list. */
+export interface NodeRow {
+  id: string;
+  /** The node serving this console. */
+  self: boolean;
+  /** Its last cluster heartbeat (epoch ms); null on a single node or when Redis is unreachable. */
+  lastSeen: number | null;
+  /** Missed heartbeats: silent for more than two heartbeat periods (it is dropped after PRESENCE_TTL). */
+  stale: boolean;
+  /**
+   * What the node last said about itself. Fields it did not send (an older version, or a node that
+   * has just started and not yet sampled) are absent.
+   */
+  info: Partial<NodeInfo>;
+}
+
+/**
+ * The nodes of the deployment, as the `nodes` field of {@link StatsSnapshot} and GET /admin/api/nodes.
+ * Single node: this node only. Cluster (REDIS_URL): every node with a heartbeat within PRESENCE_TTL,
+ * read from Redis at most about once a second per node; `state: 'unreachable'` when Redis cannot be
+ * read, with this node only.
+ */
+export interface NodeList {
+  mode: 'single' | 'cluster';
+  state: 'ok' | 'unreachable';
+  /** Why the cluster could not be read (state `unreachable`). */
+  error?: string;
+  /** When the list was read (epoch ms). */
+  readAt: number;
+  /** Cluster mode: heartbeat period and presence TTL, in milliseconds. */
+  heartbeatMs?: number;
+  presenceTtlMs?: number;
+  /** This node first, then by id. */
+  nodes: NodeRow[];
+  /** Sums over the listed nodes. */
+  totals: {
+    nodes: number;
+    connections: number;
+    subscriptions: number;
+    notifyRate: number;
+    deliveryRate: number;
+  };
 }
 
 /** A compact point of the charts (one per second). */

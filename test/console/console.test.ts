@@ -103,6 +103,11 @@ describe('web console', () => {
       sockets.push(a, b);
       await waitText(page, '[data-testid=total-connections]', (t) => t === '2');
       await page.locator('tr[data-app=shop]').waitFor();
+      // A single node lists itself in the node list, with the same connections.
+      await page.locator('[data-testid=nodes][data-mode=single][data-state=ok]').waitFor();
+      await waitText(page, '[data-testid=nodes-count]', (t) => t === '1');
+      await waitText(page, '[data-testid=nodes-total-connections]', (t) => t === '2');
+      assert.equal(await page.locator('[data-testid=nodes-table] tr[data-self=true]').count(), 1);
 
       // Notifications/s rises while notifications flow.
       const pump = setInterval(() => {

@@ -2,6 +2,7 @@ import { useState } from 'preact/hooks';
 import type { StatsPoint, StatsSnapshot } from '../../../src/console/types.js';
 import { useLive } from '../live.js';
 import { Badge, Card, Empty, fmtBytes, fmtDuration, fmtNum, Loading, Sparkline, stateTone } from '../ui.js';
+import { NodesCard } from './nodes.js';
 
 const WINDOW = 120;
 
@@ -102,6 +103,8 @@ export function OverviewPage() {
         </Card>
       </div>
 
+      <NodesCard list={snap.nodes} />
+
       <Card title="This node">
         <div class="kv">
           <span>Version</span>
@@ -146,7 +149,7 @@ export function OverviewPage() {
         <Health snap={snap} />
         <p class="note">
           {snap.node.bus === 'redis'
-            ? 'Cluster mode: figures on this page are this node’s; every node serves its own console.'
+            ? 'Cluster mode: the charts and apps on this page are this node’s; the Nodes card lists every node.'
             : 'Single node: in-memory fan-out.'}
         </p>
       </Card>
