@@ -82,6 +82,7 @@ export interface WebhookEngineOptions {
 }
 
 interface InFlight {
+  key: string;
   controller: AbortController;
   done: Promise<void>;
   slow: boolean;
@@ -122,6 +123,14 @@ export class WebhookEngine {
   private readonly inFlight = new Map<string, InFlight>();
   /** In-flight requests in the slow lane (slow merchants, or running longer than WEBHOOK_SLOW_LANE_AFTER). */
   private slowLane = 0;
+  /** The same per merchant. */
+  private readonly slowLaneOf = new Map<string, number>();
+  /**
+   * Merchants whose last request this node sent finished within the normal lane. Until then (a merchant
+   * this node has not heard from yet, or one that just lagged) a merchant gets the slow share: a slow start,
+   * so that many merchants turning slow at once cannot fill both lanes before any of them is marked slow.
+   */
+  private readonly provenFast = new Set<string>();
   /** Claimed rows waiting for a slot, per merchant, oldest first. */
   private readonly buffered = new Map<string, { row: ClaimedDelivery; at: number }[]>();
   private bufferedCount = 0;
@@ -597,6 +606,8 @@ export class WebhookEngine {
     if (f.slow) return;
     f.slow = true;
     this.slowLane++;
+    this.provenFast.delete(f.key);
+    this.slowLaneOf.set(f.key, (this.slowLaneOf.get(f.key) ?? 0) + 1);
     this.pump();
     this.wake();
   }
@@ -606,7 +617,10 @@ export class WebhookEngine {
     if (row.trial) return 1;
     if (this.openKnown.has(key)) return 0;
     if ((this.localFailures.get(key) ?? 0) >= this.config.webhookBreakerThreshold) return 0;
-    if (row.slow || this.slowKnown.has(key)) {
+    // A merchant with a request in the slow lane, or not yet heard answering in time, gets the slow share
+    // (before enough samples mark it slow): otherwise many merchants that turn slow together could fill
+    // both lanes until their first answers.
+    if (row.slow || this.slowKnown.has(key) || this.slowLaneOf.has(key) || !this.provenFast.has(key)) {
       return Math.min(this.config.webhookSlowConcurrency, this.config.webhookMerchantConcurrency);
     }
     return this.config.webhookMerchantConcurrency;
@@ -707,7 +721,13 @@ export class WebhookEngine {
 
   private launch(row: ClaimedDelivery): void {
     const controller = new AbortController();
-    const f: InFlight = { controller, done: Promise.resolve(), slow: false, timer: undefined };
+    const f: InFlight = {
+      key: row.merchantKey,
+      controller,
+      done: Promise.resolve(),
+      slow: false,
+      timer: undefined,
+    };
     if (row.slow) this.toSlowLane(f);
     else {
       f.timer = setTimeout(
@@ -728,7 +748,16 @@ export class WebhookEngine {
       )
       .finally(() => {
         if (f.timer) clearTimeout(f.timer);
-        if (f.slow) this.slowLane--;
+        if (!f.slow && !f.controller.signal.aborted) {
+          if (this.provenFast.size >= 100_000) this.provenFast.clear();
+          this.provenFast.add(f.key);
+        }
+        if (f.slow) {
+          this.slowLane--;
+          const s = (this.slowLaneOf.get(f.key) ?? 1) - 1;
+          if (s > 0) this.slowLaneOf.set(f.key, s);
+          else this.slowLaneOf.delete(f.key);
+        }
         this.inFlight.delete(row.id);
         const n = (this.merchantInFlight.get(row.merchantKey) ?? 1) - 1;
         if (n > 0) this.merchantInFlight.set(row.merchantKey, n);

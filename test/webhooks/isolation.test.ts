@@ -75,6 +75,56 @@ for (const store of STORES) {
       assert.equal(fastSt.status, 'normal');
     });
 
+    it('merchants that turn slow together, before any is marked slow, do not hold up a fast one', async () => {
+      let release: () => void = () => undefined;
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      // Three merchants that answer only when the test lets them: never within the test's wait.
+      const hanging = await Promise.all(
+        [0, 1, 2].map(() =>
+          Merchant.start(async (req, res, n) => {
+            await gate;
+            ok(req, res, n);
+          }),
+        ),
+      );
+      const fast = await Merchant.start(ok);
+      merchants.push(...hanging, fast);
+      herald = await startNode(store, {
+        webhookConcurrency: 4,
+        webhookMerchantConcurrency: 4,
+        webhookSlowConcurrency: 1,
+        webhookSlowLaneAfter: 100,
+        webhookSlowThreshold: 60_000,
+        webhookTimeout: 30_000,
+        webhookLease: 60_000,
+      });
+      try {
+        for (const m of hanging) {
+          for (let i = 0; i < 6; i++) {
+            await herald.webhooks.enqueue({ orderNo: orderNo('H'), notifyUrl: m.url(), payload: { i } });
+          }
+        }
+        await waitFor(
+          () => hanging.every((m) => m.received.length >= 1),
+          10_000,
+          'the hanging merchants called',
+        );
+        for (let i = 0; i < 20; i++) {
+          await herald.webhooks.enqueue({ orderNo: orderNo('F'), notifyUrl: fast.url(), payload: { i } });
+        }
+        // 3 merchants x 4 requests would fill both lanes (2 x 4 slots) until they answer; a merchant with a
+        // request in the slow lane gets the slow share at once instead, so the normal lane stays free.
+        await waitFor(() => fast.ids().size >= 20, 15_000, 'the fast merchant to get all its webhooks');
+        for (const m of hanging) {
+          assert.ok(m.maxInFlight <= 4, `a hanging merchant got ${m.maxInFlight} requests at once`);
+        }
+      } finally {
+        release();
+      }
+    });
+
     it('merchants keyed by merchantId share one limit across notify URLs', async () => {
       const m = await Merchant.start(delayed(100, ok));
       merchants.push(m);
