@@ -146,6 +146,11 @@ out[#out + 1] = sent
 return out
 `);
 
+/** How often a node heartbeats for a presence TTL: four times per TTL, at most every 500 ms. */
+export function heartbeatPeriod(presenceTtlMs: number): number {
+  return Math.max(500, Math.floor(presenceTtlMs / 4));
+}
+
 /** Users per routed notification above which it goes to the app channel instead (one Lua call stays short). */
 const ROUTE_MAX_USERS = 1000;
 
@@ -279,8 +284,6 @@ export class RedisCluster {
 
   /** Connects (waiting at most `timeoutMs`; a node starts degraded rather than not at all). */
   async start(timeoutMs = 10_000): Promise<boolean> {
-    // Replies to this node's remote calls come on its own channel.
-    this.sub.subscribe(this.key(`node:${this.nodeId}`)).catch(() => undefined);
     const connect = Promise.all([this.pub.connect(), this.sub.connect()]).then(
       () => true,
       (err: Error) => {
@@ -291,12 +294,15 @@ export class RedisCluster {
         return false;
       },
     );
+    // Replies to this node's remote calls and routed notifications come on its own channel. Subscribed
+    // once the connection is under way (a command before connect() would start it and make connect()
+    // fail); queued until Redis answers, and re-subscribed after every reconnect.
+    this.sub.subscribe(this.key(`node:${this.nodeId}`)).catch(() => undefined);
     const ok = await Promise.race([
       connect,
       new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs)),
     ]);
-    const period = Math.max(500, Math.floor(this.opts.presenceTtlMs / 4));
-    this.heartbeat = setInterval(() => void this.beat(), period);
+    this.heartbeat = setInterval(() => void this.beat(), heartbeatPeriod(this.opts.presenceTtlMs));
     this.heartbeat.unref();
     return ok;
   }

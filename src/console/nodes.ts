@@ -1,3 +1,4 @@
+import { heartbeatPeriod } from '../bus/redis.js';
 import type { HealthCheck, NodeInfo, NodeList, NodeRow } from './types.js';
 
 /** A node as the cluster lists it (RedisCluster.nodes()). */
@@ -28,10 +29,8 @@ export interface NodeDirectoryDeps {
   timeoutMs?: number;
 }
 
-/** The heartbeat period of RedisCluster for a presence TTL (see RedisCluster.start). */
-export function heartbeatPeriod(presenceTtlMs: number): number {
-  return Math.max(500, Math.floor(presenceTtlMs / 4));
-}
+/** The heartbeat period of RedisCluster for a presence TTL. */
+export { heartbeatPeriod };
 
 type Read = { at: number; ok: true; nodes: ClusterNode[] } | { at: number; ok: false; error: string };
 
