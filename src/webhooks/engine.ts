@@ -514,10 +514,17 @@ export class WebhookEngine {
     while (this.state === 'running') {
       try {
         let trials: string[] = [];
-        // Breaker upkeep runs every poll while this node knows of a breaker that is not closed, and
+        // Breaker upkeep runs often while this node knows of a breaker that is not closed, and
         // every few seconds otherwise (to find breakers opened by other nodes): most of the time no
         // breaker is open, and the statement is not free on the single-connection embedded store.
-        const every = this.openKnown.size > 0 ? poll : Math.max(poll, MAINTAIN_IDLE_EVERY);
+        // With a breaker open, upkeep runs often enough for its periods (a tenth of the shorter of open
+        // period and delay, at most every second), not every poll: on the embedded store each run takes the
+        // store's one connection from the claims and results of the healthy merchants.
+        const openEvery = Math.max(
+          poll,
+          Math.min(1000, this.config.webhookBreakerOpen / 10, this.config.webhookBreakerDelay / 10),
+        );
+        const every = this.openKnown.size > 0 ? openEvery : Math.max(poll, MAINTAIN_IDLE_EVERY);
         if (Date.now() >= lastMaintain + every) {
           lastMaintain = Date.now();
           const m = await this.queue.maintain();
