@@ -7,7 +7,8 @@
  * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
  * one user (of the N), posted as fast as `--inflight` requests in flight per node allow (default 16: each node
  * of the cluster gets the load the single node gets; `--inflight-total` keeps that many in flight in total
- * instead, which leaves each cluster node a third of the single node's load). Server CPU is read from /proc for every
+ * instead, which leaves each cluster node a third of the single node's load). `--warmup` targeted
+ * notifications (default 30,000) are sent first and not measured, on the single node and on the cluster. Server CPU is read from /proc for every
  * Herald process and for redis-server; figures are CPU µs per delivery, summed over the nodes, and the
  * ratio of the cluster to the single node (target: <= 1.3x). Traffic stays on 127.0.0.0/8.
  */
@@ -148,6 +149,13 @@ async function measure(
       await poster.post('/notify', body(i, target));
     };
     const fanout = await phase(m, connected, (i) => post(i, `"eventTopics":["${topic}"]`), true);
+    // Warm-up, not measured: every node's request, Redis and delivery paths get compiled by the JIT
+    // first (3 nodes each see a third of the traffic, so a cold start weighs 3 times as much on them).
+    const warmup = num(args, 'warmup', 30_000);
+    if (warmup > 0) {
+      await phase(warmup, 1, (i) => post(i, `"users":["u${(i * 104729) % connected}"]`), false);
+      log(`warm-up: ${warmup} targeted notifications (not measured)`);
+    }
     const targetedFig = await phase(
       targeted,
       1,
