@@ -43,11 +43,14 @@ class CuttableProxy {
     return this.port;
   }
 
-  /** PostgreSQL is gone: new connections are refused, open ones are reset. */
+  /** PostgreSQL is gone: new connections are refused, open ones are closed. */
   async cut(): Promise<void> {
     const server = this.server;
     this.server = undefined;
-    for (const s of this.sockets) s.resetAndDestroy();
+    // destroy(), not resetAndDestroy(): on a socket still connecting, the latter waits for the connect
+    // to send its RST, and a handle left in that state kept the test process from exiting.
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
