@@ -185,10 +185,19 @@ for (const store of STORES) {
       assert.ok(types.has('success_rate'));
       const err = sink.received.map((r) => JSON.parse(r.body)).find((b) => b.type === 'error_rate');
       assert.match(err.text, /错误率: \d+\.\d{2}%/);
-      const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
-      assert.match(
-        metrics,
-        /herald_webhook_alerts_total\{type="success_rate",sink="telegram",result="failed"\} 1/,
+      // Each sink reports on its own: the failing Telegram call can end after the webhook sink's success.
+      const h = herald;
+      const metrics = await waitFor(
+        async () => {
+          const text = await (await fetch(`${h.url()}/metrics`)).text();
+          return /herald_webhook_alerts_total\{type="success_rate",sink="telegram",result="failed"\} 1/.test(
+            text,
+          )
+            ? text
+            : undefined;
+        },
+        10_000,
+        'the failed Telegram alert to be counted',
       );
       assert.match(
         metrics,
