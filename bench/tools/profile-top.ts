@@ -57,7 +57,9 @@ for (const [id, t] of self) {
   }
 }
 const pct = (t: number) => `${((t / total) * 100).toFixed(1).padStart(5)}%`;
-console.log(`total ${(total / 1000).toFixed(0)} ms of samples, ${from.toFixed(1)}-${to.toFixed(1)} s of ${span.toFixed(1)} s`);
+console.log(
+  `total ${(total / 1000).toFixed(0)} ms of samples, ${from.toFixed(1)}-${to.toFixed(1)} s of ${span.toFixed(1)} s`,
+);
 console.log('--- self');
 for (const [l, t] of [...selfBy].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(pct(t), l);
 console.log('--- inclusive');

@@ -537,18 +537,25 @@ export class WebhookEngine {
         await this.releaseStale();
         await this.releaseIdleOwnership();
         await this.vacuumIfDue();
-        const room =
+        const budget =
           this.config.webhookConcurrency * 2 +
-          this.config.webhookMerchantConcurrency * this.config.webhookPrefetch -
-          this.inFlight.size -
-          this.bufferedCount;
-        if (room > 0 && this.state === 'running') {
+          this.config.webhookMerchantConcurrency * this.config.webhookPrefetch;
+        const room = budget - this.inFlight.size - this.bufferedCount;
+        // A claim costs the store one statement that visits every merchant with queued rows, whatever it
+        // returns: while the buffer still holds work for every slot, the next claim waits until it can take
+        // a good share of the budget (a quarter), so that rows held by slow merchants or by open breakers
+        // cannot turn the dispatcher into a stream of claims of a few rows each.
+        const chunk = Math.min(this.config.webhookClaimBatch, Math.max(1, Math.floor(budget / 4)));
+        // Free slots after a pump: nothing buffered can start, so a claim is needed however small.
+        const starving = this.freeSlots() > 0;
+        if (room > 0 && (room >= chunk || starving || trials.length > 0) && this.state === 'running') {
           const want = Math.min(room, this.config.webhookClaimBatch);
           const claimedAt = Date.now();
           const rows = await this.queue.claim(
             want,
             trials,
             this.store.kind === 'embedded' ? this.heldLeases() : undefined,
+            this.lagCaps(),
           );
           if (trials.length > 0) {
             const used = new Set(rows.filter((r) => r.trial).map((r) => r.merchantKey));
@@ -583,7 +590,8 @@ export class WebhookEngine {
           this.pump();
           if (giveBack.length > 0) await this.queue.release(giveBack);
           failures = 0;
-          if (rows.length === want) continue;
+          // A full claim suggests more due rows: claim again at once while there is room for a chunk.
+          if (rows.length === want && room - rows.length >= chunk) continue;
         } else if (trials.length > 0) {
           await this.queue.releaseTrials(trials);
         }
@@ -668,6 +676,18 @@ export class WebhookEngine {
     return held;
   }
 
+  /**
+   * Lease caps for the merchants with a request in the slow lane that the store has not marked slow yet:
+   * the slow share, so their backlog does not fill this node's buffer while their answers take seconds.
+   */
+  private lagCaps(): Record<string, number> | undefined {
+    if (this.slowLaneOf.size === 0) return undefined;
+    const caps: Record<string, number> = {};
+    const share = Math.min(this.config.webhookSlowConcurrency, this.config.webhookMerchantConcurrency);
+    for (const k of this.slowLaneOf.keys()) caps[k] = share;
+    return caps;
+  }
+
   /** The embedded store's upkeep (see WebhookQueue.vacuum), run between claims. */
   private async vacuumIfDue(): Promise<void> {
     if (this.store.kind !== 'embedded' || this.sinceVacuum === 0) return;
@@ -715,11 +735,20 @@ export class WebhookEngine {
   private async releaseStale(): Promise<void> {
     if (this.bufferedCount === 0) return;
     const limit = Date.now() - (this.config.webhookLease - this.config.webhookTimeout) / 2;
+    const share = Math.min(this.config.webhookSlowConcurrency, this.config.webhookMerchantConcurrency);
     const ids: string[] = [];
     for (const [k, q] of this.buffered) {
       while (q.length > 0 && (q[0] as { at: number }).at < limit) {
         ids.push((q.shift() as { row: ClaimedDelivery }).row.id);
         this.bufferedCount--;
+      }
+      // A merchant that turned out to lag keeps no more buffered than its slow share: the rest go back to
+      // the queue (in order, as their place there is kept), so its backlog does not hold the buffer that
+      // the healthy merchants draw from for seconds.
+      if (this.slowLaneOf.has(k) && q.length > share) {
+        const extra = q.splice(share);
+        for (const b of extra) ids.push(b.row.id);
+        this.bufferedCount -= extra.length;
       }
       if (q.length === 0) this.buffered.delete(k);
     }

@@ -374,12 +374,14 @@ export class WebhookQueue {
    * the length of the queue. Rows are locked with FOR UPDATE SKIP LOCKED, so concurrent claimers never take
    * the same row. A merchant is claimed only by the node that owns it (taken here when no other live node
    * does, renewed by every claim and result, given up with releaseOwnership): one node sends to a merchant
-   * at a time, so the per-merchant concurrency limit holds across the cluster.
+   * at a time, so the per-merchant concurrency limit holds across the cluster. `caps` lowers the lease cap
+   * of the merchants the caller names (merchants it sees lagging before the store marks them slow).
    */
   async claim(
     limit: number,
     trials: readonly string[],
     held?: Readonly<Record<string, number>>,
+    caps?: Readonly<Record<string, number>>,
   ): Promise<ClaimedDelivery[]> {
     const r = await this.store.query<{
       id: string;
@@ -409,9 +411,11 @@ export class WebhookQueue {
          -- A merchant's live leases are counted with the partial index of leased rows (per merchant, so
          -- the cost follows the leases, not the table), or given by the one node of an embedded store ($7).
          -- Merchants another live node owns are left alone.
+         -- $9 lowers the cap of merchants the claiming node sees lagging before the store marks them slow.
          SELECT m.merchant_key,
            (CASE WHEN m.merchant_key IN (SELECT jsonb_array_elements_text($3::jsonb)) THEN 1
-                 WHEN m.breaker_state = 'closed' THEN (CASE WHEN m.is_slow THEN $4::int ELSE $5::int END)
+                 WHEN m.breaker_state = 'closed' THEN least(CASE WHEN m.is_slow THEN $4::int ELSE $5::int END,
+                   coalesce(($9::jsonb ->> m.merchant_key)::int, $5::int))
                  ELSE 0 END)
              - (SELECT count(*)::int FROM webhook_deliveries b
                 WHERE b.merchant_key = m.merchant_key AND b.locked_by IS NOT NULL AND b.locked_until > now())
@@ -461,6 +465,7 @@ export class WebhookQueue {
         this.s.nodeId,
         JSON.stringify(held ?? {}),
         this.s.singleNode ? null : this.s.nodeId,
+        JSON.stringify(caps ?? {}),
       ],
     );
     return r.rows

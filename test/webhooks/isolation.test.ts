@@ -125,6 +125,63 @@ for (const store of STORES) {
       }
     });
 
+    it("a lagging merchant's backlog goes back to the queue instead of filling the claim buffer", async () => {
+      let release: () => void = () => undefined;
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      const hanging = await Promise.all(
+        [0, 1].map(() =>
+          Merchant.start(async (req, res, n) => {
+            await gate;
+            ok(req, res, n);
+          }),
+        ),
+      );
+      const fast = await Merchant.start(ok);
+      merchants.push(...hanging, fast);
+      // The claim budget is 4 x 2 + 4 x 5 = 28 rows; each hanging merchant may lease 4 x 5 = 20, so their
+      // 40 rows, claimed first, would fill it until their leases went stale (15 s here).
+      herald = await startNode(store, {
+        webhookConcurrency: 4,
+        webhookMerchantConcurrency: 4,
+        webhookPrefetch: 5,
+        webhookSlowConcurrency: 1,
+        webhookSlowLaneAfter: 100,
+        webhookSlowThreshold: 60_000,
+        webhookTimeout: 30_000,
+        webhookLease: 60_000,
+      });
+      const h = herald;
+      try {
+        for (const m of hanging) {
+          for (let i = 0; i < 20; i++) {
+            await h.webhooks.enqueue({ orderNo: orderNo('H'), notifyUrl: m.url(), payload: { i } });
+          }
+        }
+        await waitFor(
+          () => hanging.every((m) => m.received.length >= 1),
+          10_000,
+          'the hanging merchants called',
+        );
+        for (let i = 0; i < 30; i++) {
+          await h.webhooks.enqueue({ orderNo: orderNo('F'), notifyUrl: fast.url(), payload: { i } });
+        }
+        await waitFor(() => fast.ids().size >= 30, 10_000, 'the fast merchant to get all its webhooks');
+        for (const m of hanging) {
+          assert.ok(m.maxInFlight <= 1, `a lagging merchant keeps its slow share (saw ${m.maxInFlight})`);
+        }
+      } finally {
+        release();
+      }
+      // Nothing given back was lost: every hanging webhook is delivered once the merchants answer.
+      await waitFor(
+        () => hanging.every((m) => m.ids().size >= 20),
+        20_000,
+        'the backlog of the merchants that lagged',
+      );
+    });
+
     it('merchants keyed by merchantId share one limit across notify URLs', async () => {
       const m = await Merchant.start(delayed(100, ok));
       merchants.push(m);
