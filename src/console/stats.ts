@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Counter } from 'prom-client';
 import type { Readiness } from '../http/ops.js';
-import type { Metrics } from '../metrics/index.js';
+import { LOOP_RESOLUTION_MS, loopDelayMs, type Metrics } from '../metrics/index.js';
 import type { Router } from '../router/index.js';
 import type { AppStats, HealthCheck, NodeInfo, StatsPoint, StatsSnapshot, TopicRow } from './types.js';
 
@@ -32,8 +32,9 @@ async function perApp(counter: Counter<'app'>): Promise<Map<string, number>> {
   return out;
 }
 
+/** An event-loop delay histogram value in ms, less the sampling interval (see loopDelayMs). */
 function ms(ns: number): number {
-  return Number.isFinite(ns) ? Math.round(ns / 1e4) / 100 : 0;
+  return Number.isFinite(ns) ? Math.round(loopDelayMs(ns) * 100) / 100 : 0;
 }
 
 /**
@@ -52,7 +53,7 @@ export class StatsSampler {
   last: StatsSnapshot | undefined;
 
   constructor(private readonly deps: SamplerDeps) {
-    this.loop = monitorEventLoopDelay({ resolution: 10 });
+    this.loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
     this.loop.enable();
   }
 

@@ -1,6 +1,18 @@
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
+/** Sampling interval of the event-loop delay histograms. */
+export const LOOP_RESOLUTION_MS = 10;
+
+/**
+ * The delay in ms of a value from a `monitorEventLoopDelay` histogram. Each sample is the time between two
+ * runs of its timer, so it includes the sampling interval itself (an idle process shows about 10 ms at a
+ * resolution of 10 ms); the interval is taken off, as APM agents do.
+ */
+export function loopDelayMs(nanos: number): number {
+  return Math.max(0, nanos / 1e6 - LOOP_RESOLUTION_MS);
+}
+
 export interface GatewayStats {
   stats(): { appId: string; connections: number; subscriptions: number; topics: number }[];
 }
@@ -25,7 +37,7 @@ export class Metrics {
   constructor(gateway: GatewayStats) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.eventLoop = monitorEventLoopDelay({ resolution: 10 });
+    this.eventLoop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
     this.eventLoop.enable();
     const loop = this.eventLoop;
 
@@ -94,7 +106,7 @@ export class Metrics {
       help: 'Largest event-loop delay since the previous scrape (read before the p99 gauge resets the histogram).',
       registers,
       collect() {
-        this.set(loop.max / 1e9);
+        this.set(loopDelayMs(loop.max) / 1000);
       },
     });
     new Gauge({
@@ -102,7 +114,7 @@ export class Metrics {
       help: 'p99 event-loop delay since the previous scrape.',
       registers,
       collect() {
-        this.set(loop.percentile(99) / 1e9);
+        this.set(loopDelayMs(loop.percentile(99)) / 1000);
         loop.reset();
       },
     });
