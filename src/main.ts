@@ -15,28 +15,10 @@ async function main(): Promise<void> {
     throw err;
   }
   const logger = createLogger(config.logLevel);
-  let herald: Awaited<ReturnType<typeof startHerald>>;
-  try {
-    herald = await startHerald({ config, logger });
-  } catch (err) {
-    logger.fatal({ err }, 'herald failed to start');
-    process.exit(1);
-  }
-
+  let herald: Awaited<ReturnType<typeof startHerald>> | undefined;
   let signalled = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (signalled) {
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    signalled = true;
-    logger.info({ signal }, 'signal received');
-    const timer = setTimeout(() => {
-      logger.warn({ timeoutMs: config.shutdownTimeout }, 'shutdown took too long; exiting');
-      process.exit(0);
-    }, config.shutdownTimeout);
-    timer.unref();
-    herald.stop().then(
+  const shutdown = (h: NonNullable<typeof herald>) => {
+    h.stop().then(
       () => process.exit(0),
       (err: unknown) => {
         logger.error({ err }, 'shutdown failed');
@@ -44,8 +26,34 @@ async function main(): Promise<void> {
       },
     );
   };
+  // Installed before start-up: the node answers /healthz before startHerald resolves, and a SIGTERM in
+  // that window (a fast rollout, a test) must still drain and exit 0, not kill the process outright.
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    signalled = true;
+    logger.info(
+      { signal },
+      herald ? 'signal received' : 'signal received during start-up; stopping once started',
+    );
+    const timer = setTimeout(() => {
+      logger.warn({ timeoutMs: config.shutdownTimeout }, 'shutdown took too long; exiting');
+      process.exit(0);
+    }, config.shutdownTimeout);
+    timer.unref();
+    if (herald) shutdown(herald);
+  };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  try {
+    herald = await startHerald({ config, logger });
+  } catch (err) {
+    logger.fatal({ err }, 'herald failed to start');
+    process.exit(1);
+  }
+  if (signalled) shutdown(herald);
   process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'));
   process.on('uncaughtException', (err) => {
     logger.fatal({ err }, 'uncaught exception');

@@ -198,6 +198,38 @@ describe('graceful shutdown: SIGTERM to the real process', () => {
     assert.match(stderr, /eighty/);
   });
 
+  it('a SIGTERM during start-up still ends in a graceful exit 0', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'herald-sigterm-early-'));
+    const port = await freePort();
+    const early = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dir, LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    let sent = false;
+    const onData = (d: Buffer) => {
+      output += d.toString();
+      // The first warning comes from inside start-up (open mode), after main() took the signals.
+      if (!sent && output.includes('open mode')) {
+        sent = true;
+        early.kill('SIGTERM');
+      }
+    };
+    early.stdout?.on('data', onData);
+    early.stderr?.on('data', onData);
+    try {
+      const { code, signal } = await new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+        early.once('exit', (c, s) => resolve({ code: c, signal: s })),
+      );
+      assert.ok(sent, `the start-up warning was seen: ${output}`);
+      assert.equal(signal, null, `killed by the signal instead of stopping: ${output}`);
+      assert.equal(code, 0, output);
+    } finally {
+      if (early.exitCode === null && early.signalCode === null) early.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('exits 0 within 10 s after telling connected clients to reconnect', async () => {
     const port = await freePort();
     let output = '';
