@@ -515,7 +515,7 @@ export async function run(
     for (const m of machines) m.client.close();
     for (const a of apps) a.close();
     await stopHeraldProcess(node, f.keep === true);
-    if (schema) {
+    if (schema && f.keep !== true) {
       const c = new pg.Client({ connectionString: databaseUrl });
       await c.connect();
       await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);

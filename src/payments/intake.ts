@@ -6,7 +6,7 @@ import {
   DuplicateConflict,
   type Item,
   type ItemOutcome,
-  lockOrders,
+  loadOrders,
   OrderConflict,
   orderKey,
 } from './ledger.js';
@@ -68,7 +68,7 @@ function hash(text: string): number {
 /**
  * The one pipeline for payment events, whatever their source. Events wait in a queue while a
  * transaction is running and are stored together in the next one (group commit): under load one
- * transaction stores hundreds of events with a handful of statements, and a lone event is stored
+ * batch stores hundreds of events with two statements (a read, one write), and a lone event is stored
  * at once. A reporter is answered only after the transaction that stored its event has committed.
  */
 export class PaymentIntake {
@@ -103,17 +103,17 @@ export class PaymentIntake {
       let outboxId: string | undefined;
       const published = this.opts.published?.take() ?? [];
       try {
-        ({ outcomes, transitions, outboxId } = await store.transaction(async (tx) => {
-          const orders = await lockOrders(
-            tx,
-            batch.map((p) => p.event),
-          );
-          return applyEvents(tx, orders, batch, {
-            defaultCurrency: this.opts.defaultCurrency,
-            knownDuplicates: known,
-            realtime: this.opts.realtime,
-            published,
-          });
+        // Two round trips and no explicit transaction: read the orders, then one statement that
+        // writes everything and aborts itself if another statement changed any of it meanwhile.
+        const orders = await loadOrders(
+          store,
+          batch.map((p) => p.event),
+        );
+        ({ outcomes, transitions, outboxId } = await applyEvents(store, orders, batch, {
+          defaultCurrency: this.opts.defaultCurrency,
+          knownDuplicates: known,
+          realtime: this.opts.realtime,
+          published,
         }));
       } catch (err) {
         if (published.length > 0) this.opts.published?.giveBack(published);

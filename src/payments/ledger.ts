@@ -6,7 +6,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { HeraldError } from '../errors.js';
-import type { Queryable } from '../store/index.js';
+import { type Queryable, SqlError } from '../store/index.js';
 import {
   decide,
   FINAL_STATES,
@@ -75,19 +75,21 @@ function toOrder(r: OrderRow): Order {
   };
 }
 
-/** Locks the existing orders among `keys` until the transaction ends; returns them by orderKey. */
-export async function lockOrders(
-  tx: Queryable,
+/**
+ * Reads the existing orders among `keys`, by orderKey, without locking them: the write of the batch
+ * (writeBatch) updates an order only if its version is still the one read here, and aborts itself
+ * with OrderConflict otherwise. Events of one order go to one intake lane, so on one node a conflict
+ * needs another node (or the timeout sweep) to change the order in between.
+ */
+export async function loadOrders(
+  q: Queryable,
   keys: readonly { appId: string; orderId: string }[],
 ): Promise<Map<string, Order>> {
-  const sorted = [...new Map(keys.map((k) => [orderKey(k.appId, k.orderId), k])).values()].sort((a, b) =>
-    a.appId === b.appId ? (a.orderId < b.orderId ? -1 : 1) : a.appId < b.appId ? -1 : 1,
-  );
-  const { rows } = await tx.query<OrderRow>(
+  const unique = [...new Map(keys.map((k) => [orderKey(k.appId, k.orderId), k])).values()];
+  const { rows } = await q.query<OrderRow>(
     `SELECT ${ORDER_COLUMNS} FROM payment_orders
-     WHERE (app_id, order_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-     ORDER BY app_id, order_id FOR UPDATE`,
-    [sorted.map((k) => k.appId), sorted.map((k) => k.orderId)],
+     WHERE (app_id, order_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
+    [unique.map((k) => k.appId), unique.map((k) => k.orderId)],
   );
   return new Map(rows.map((r) => [orderKey(r.app_id, r.order_id), toOrder(r)]));
 }
@@ -150,10 +152,13 @@ export class DuplicateConflict extends Error {
   }
 }
 
-/** Thrown when another transaction created one of the batch's new orders first; run the batch again. */
+/**
+ * Thrown when another statement created one of the batch's new orders first, or changed one of its
+ * orders since loadOrders read it; run the batch again.
+ */
 export class OrderConflict extends Error {
   constructor() {
-    super('an order was created concurrently');
+    super('an order was created or changed concurrently');
     this.name = 'OrderConflict';
   }
 }
@@ -247,6 +252,9 @@ export async function applyEvents(
   const seen = new Set<string>();
   /** Each touched existing order's state before this batch (for the state counters). */
   const before = new Map<string, OrderState>();
+  /** Each existing order's version as read: writeBatch updates it only if it is still that. */
+  const readVersion = new Map<string, number>();
+  for (const [k, o] of orders) readVersion.set(k, o.version);
   const now = Date.now();
 
   for (const { event: ev, source } of items) {
@@ -449,7 +457,10 @@ export async function applyEvents(
     await writeBatch(tx, {
       events: rows,
       created: [...created].map((k) => orders.get(k) as Order),
-      changed: [...changed].map((k) => orders.get(k) as Order),
+      changed: [...changed].map((k) => ({
+        ...(orders.get(k) as Order),
+        expected: readVersion.get(k) as number,
+      })),
       opened,
       shut,
       outboxId,
@@ -525,6 +536,9 @@ const ORDER_KEYS = [
 /** The columns of an order in the JSON parameter (json_to_recordset). */
 const ORDER_RECORD = `"appId" text, "orderId" text, "merchantId" text, state text, reason text, amount numeric,
   currency text, "refundedAmount" numeric, "notifyUrl" text, "deviceId" text, version int`;
+/** A changed order also carries the version it was read with. */
+const CHANGED_KEYS = [...ORDER_KEYS, 'expected'];
+const CHANGED_RECORD = `${ORDER_RECORD}, expected int`;
 
 /** Parameter positions of the one write statement (see writeBatch). */
 const P = (() => {
@@ -577,8 +591,8 @@ WITH ev AS (
   UPDATE payment_orders o SET state = u.state, reason = u.reason, amount = u.amount, currency = u.currency,
     refunded_amount = u."refundedAmount", notify_url = u."notifyUrl", device_id = u."deviceId",
     version = u.version, updated_at = now()
-  FROM json_to_recordset($${P.changed}::json) AS u(${ORDER_RECORD})
-  WHERE o.app_id = u."appId" AND o.order_id = u."orderId"
+  FROM json_to_recordset($${P.changed}::json) AS u(${CHANGED_RECORD})
+  WHERE o.app_id = u."appId" AND o.order_id = u."orderId" AND o.version = u.expected
   RETURNING 1
 ), op AS (
   INSERT INTO payment_open_orders (app_id, order_id, created_at)
@@ -601,17 +615,24 @@ WITH ev AS (
   SELECT $${P.states}::text, $${P.minutes}::text WHERE $${P.minutes}::text <> '[]'
   RETURNING 1
 )
-SELECT (SELECT count(*) FROM ev)::int AS events, (SELECT count(*) FROM ins)::int AS orders,
-  (SELECT count(*) FROM upd)::int AS updated, (SELECT count(*) FROM op)::int AS opened,
-  (SELECT count(*) FROM sh)::int AS shut, (SELECT count(*) FROM ob)::int AS outbox,
-  (SELECT count(*) FROM done)::int AS done, (SELECT count(*) FROM deltas)::int AS deltas,
-  CASE WHEN (SELECT count(*) FROM ev) <> json_array_length($${P.events}::json)
-    THEN (SELECT json_agg(json_build_array(ev.app_id, ev.event_id)) FROM ev) END AS stored`;
+SELECT CASE
+    WHEN (SELECT count(*) FROM ev) <> json_array_length($${P.events}::json) THEN herald_payment_conflict('events',
+      (SELECT coalesce(json_agg(json_build_array(ev.app_id, ev.event_id)), '[]'::json) FROM ev)::text)
+    WHEN (SELECT count(*) FROM ins) <> json_array_length($${P.created}::json)
+      OR (SELECT count(*) FROM upd) <> json_array_length($${P.changed}::json)
+      THEN herald_payment_conflict('orders', '')
+    ELSE 0 END AS conflict,
+  (SELECT count(*) FROM op)::int AS opened, (SELECT count(*) FROM sh)::int AS shut,
+  (SELECT count(*) FROM ob)::int AS outbox, (SELECT count(*) FROM done)::int AS done,
+  (SELECT count(*) FROM deltas)::int AS deltas`;
+
+/** The SQLSTATE herald_payment_conflict raises (migration 027). */
+const CONFLICT_SQLSTATE = 'HR409';
 
 interface WriteInput {
   events: EventRow[];
   created: Order[];
-  changed: Order[];
+  changed: (Order & { expected: number })[];
   opened: Order[];
   shut: Order[];
   outboxId: string | undefined;
@@ -621,12 +642,17 @@ interface WriteInput {
   minutes: MinuteDelta[];
 }
 
-async function writeBatch(tx: Queryable, w: WriteInput): Promise<void> {
+/**
+ * Writes a batch with one statement, atomic by itself (no explicit transaction needed). It aborts
+ * itself, writing nothing, when another statement stored one of its events or new orders first or
+ * changed one of its orders since it was read: DuplicateConflict / OrderConflict.
+ */
+async function writeBatch(q: Queryable, w: WriteInput): Promise<void> {
   const ev = w.events;
   const params: unknown[] = [
     JSON.stringify(ev),
     JSON.stringify(w.created, ORDER_KEYS),
-    JSON.stringify(w.changed, ORDER_KEYS),
+    JSON.stringify(w.changed, CHANGED_KEYS),
     col(w.opened, 'appId'),
     col(w.opened, 'orderId'),
     col(w.shut, 'appId'),
@@ -637,18 +663,18 @@ async function writeBatch(tx: Queryable, w: WriteInput): Promise<void> {
     JSON.stringify(w.states),
     JSON.stringify(w.minutes),
   ];
-  const { rows } = await tx.query<{ events: number; orders: number; stored: [string, string][] | null }>(
-    WRITE_SQL,
-    params,
-  );
-  const r = rows[0] as { events: number; orders: number; stored: [string, string][] | null };
-  if (Number(r.events) !== ev.length) {
-    const stored = new Set((r.stored ?? []).map(([a, e]) => eventKey(a, e)));
+  try {
+    await q.query(WRITE_SQL, params);
+  } catch (err) {
+    if (!(err instanceof SqlError) || err.code !== CONFLICT_SQLSTATE) throw err;
+    if (!err.message.endsWith('events')) throw new OrderConflict();
+    const stored = new Set(
+      (JSON.parse(err.detail ?? '[]') as [string, string][]).map(([a, e]) => eventKey(a, e)),
+    );
     throw new DuplicateConflict(
       new Set(ev.map((x) => eventKey(x.appId, x.eventId)).filter((k) => !stored.has(k))),
     );
   }
-  if (Number(r.orders) !== w.created.length) throw new OrderConflict();
 }
 
 /** Deletes outbox rows whose notifications were all published (when no batch transaction took them). */

@@ -127,4 +127,15 @@ export const PAYMENT_MIGRATIONS: Migration[] = [
       ALTER TABLE payment_count_deltas ALTER COLUMN minutes TYPE text;
     `,
   },
+  {
+    // A batch of payment events is written by ONE statement outside any explicit transaction (orders are
+    // read without a lock and updated only if their version is unchanged). When the statement finds that
+    // another one came first (an event id or a new order stored concurrently, an order changed since it
+    // was read), it calls this to abort itself, and with it every write it made; the caller reads the
+    // SQLSTATE and runs the batch again. Written on one line: migrations split at a ';' ending a line.
+    id: '027_payments_abort',
+    sql: `
+      CREATE OR REPLACE FUNCTION herald_payment_conflict(kind text, detail text) RETURNS int LANGUAGE plpgsql VOLATILE AS $f$ BEGIN RAISE EXCEPTION USING ERRCODE = 'HR409', MESSAGE = 'payment batch conflict: ' || kind, DETAIL = detail; END $f$;
+    `,
+  },
 ];
