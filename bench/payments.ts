@@ -13,7 +13,8 @@
  * `dataUpdate` for that transition, p50/p99 of the ack, and the check that every acknowledged
  * transition reached the merchant app exactly once (lost = 0, doubled = 0) and that the store agrees
  * (GET /payments/stats). Flags: --store embedded|postgres --database-url --warmup (s, 3)
- * --connect-concurrency (100) --keep (keep Herald's data folder) --cpu-prof <dir> (profile Herald).
+ * --connect-concurrency (100) --keep (keep Herald's data folder and PostgreSQL schema) --cpu-prof <dir>
+ * (profile Herald) --node-flags '<V8 flags>' (after the ones npm start uses, HERALD_NODE_FLAGS).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -24,6 +25,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import WebSocket from 'ws';
+import { HERALD_NODE_FLAGS } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = 'pos-bench';
@@ -77,7 +79,11 @@ interface Node {
   dataDir: string;
 }
 
-async function startHeraldProcess(env: Record<string, string>, cpuProfDir?: string): Promise<Node> {
+async function startHeraldProcess(
+  env: Record<string, string>,
+  cpuProfDir?: string,
+  extraFlags: string[] = [],
+): Promise<Node> {
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), 'herald-bench-pay-'));
   const childEnv: NodeJS.ProcessEnv = {
@@ -90,12 +96,16 @@ async function startHeraldProcess(env: Record<string, string>, cpuProfDir?: stri
     ...env,
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
-  const nodeArgs = cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [];
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'src/main.ts'], {
-    cwd: ROOT,
-    env: childEnv,
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  const nodeArgs = [...extraFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])];
+  const child = spawn(
+    process.execPath,
+    [...HERALD_NODE_FLAGS, ...nodeArgs, '--import', 'tsx', 'src/main.ts'],
+    {
+      cwd: ROOT,
+      env: childEnv,
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 120_000;
   for (;;) {
@@ -157,7 +167,15 @@ function postgresCpuSince(before: Map<string, number>): number {
 }
 
 /** Payment transaction count and total seconds, and the event-loop p99, from Herald's /metrics. */
-async function scrape(url: string): Promise<{ txCount?: number; txSum?: number; loopP99?: number }> {
+async function scrape(url: string): Promise<{
+  txCount?: number;
+  txSum?: number;
+  loopP99?: number;
+  heap?: number;
+  rss?: number;
+  gcSum?: number;
+  majorGcs?: number;
+}> {
   try {
     const text = await (await fetch(`${url}/metrics`)).text();
     const value = (name: string) => {
@@ -168,6 +186,14 @@ async function scrape(url: string): Promise<{ txCount?: number; txSum?: number; 
       txCount: value('herald_payment_store_seconds_count'),
       txSum: value('herald_payment_store_seconds_sum'),
       loopP99: value('herald_event_loop_delay_p99_seconds'),
+      heap: value('nodejs_heap_size_used_bytes'),
+      rss: value('process_resident_memory_bytes'),
+      // prom-client's GC histogram, every kind (minor, major, incremental, weakcb) summed.
+      gcSum: [...text.matchAll(/^nodejs_gc_duration_seconds_sum\{[^}]*\} ([0-9.e+-]+)$/gm)].reduce(
+        (a, m) => a + Number(m[1]),
+        0,
+      ),
+      majorGcs: value('nodejs_gc_duration_seconds_count\\{kind="major"\\}'),
     };
   } catch {
     return {};
@@ -302,7 +328,10 @@ export async function run(
 
   log(`starting Herald (${store} store)`);
   const cpuProf = typeof f['cpu-prof'] === 'string' ? (f['cpu-prof'] as string) : undefined;
-  const node = await startHeraldProcess(env, cpuProf);
+  // More V8 flags for Herald, after HERALD_NODE_FLAGS (the last one wins), e.g.
+  // --node-flags=--max-semi-space-size=16 to compare with Node's default young generation.
+  const extraFlags = typeof f['node-flags'] === 'string' ? (f['node-flags'] as string).split(' ') : [];
+  const node = await startHeraldProcess(env, cpuProf, extraFlags);
   const run = `${Date.now().toString(36)}`;
   const sentAt = new Map<string, number>(); // `${orderId}:${status}` -> first send time
   const expected = new Set<string>(); // acknowledged transitions
@@ -489,6 +518,10 @@ export async function run(
       eventsPerTransaction: txCount > 0 ? round((eventsPerSecond * elapsed) / txCount) : null,
       transactionMs: txCount > 0 ? round((txSum / txCount) * 1000) : null,
       eventLoopP99Ms: metrics1.loopP99 === undefined ? null : round(metrics1.loopP99 * 1000),
+      heraldGcMsPerSecond: round((((metrics1.gcSum ?? 0) - (metrics0.gcSum ?? 0)) * 1000) / elapsed),
+      heraldMajorGcs: (metrics1.majorGcs ?? 0) - (metrics0.majorGcs ?? 0),
+      heraldHeapMb: metrics1.heap === undefined ? null : round(metrics1.heap / 2 ** 20),
+      heraldRssMb: metrics1.rss === undefined ? null : round(metrics1.rss / 2 ** 20),
       loadAverage: [round(load0), round(load1)],
       transitions: expected.size,
       duplicatesAnswered: duplicates,

@@ -24,7 +24,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { CLK_TCK } from './lib/proc.js';
+import { CLK_TCK, HERALD_NODE_FLAGS } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 type Flags = Record<string, string | boolean | string[]>;
@@ -92,11 +92,15 @@ async function startNode(env: Record<string, string>, nodeFlags: string[] = []):
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
   for (const k of ['REDIS_URL', 'HERALD_CONFIG', 'HERALD_APPS', 'ADMIN_TOKEN']) delete childEnv[k];
-  const child = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', 'src/main.ts'], {
-    cwd: ROOT,
-    env: childEnv,
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [...HERALD_NODE_FLAGS, ...nodeFlags, '--import', 'tsx', 'src/main.ts'],
+    {
+      cwd: ROOT,
+      env: childEnv,
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
   const base = `http://127.0.0.1:${port}`;
   const end = Date.now() + 120_000;
   for (;;) {

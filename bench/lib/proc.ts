@@ -8,6 +8,15 @@ import { freePort, sleep } from './util.js';
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
+/**
+ * The V8 flags Herald is started with by `npm start` and the Dockerfile (keep the three in step): a
+ * 64 MiB young generation. Notifications, receipts and history entries live for minutes, so with the
+ * default 16 MiB more of them were promoted and the old generation grew, collected by major GCs whose
+ * concurrent marking took both cores for 200-300 ms (see BENCHMARKS.md, payments). The baseline and
+ * limit servers keep Node's defaults.
+ */
+export const HERALD_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=64'];
+
 export type ServerKind = 'herald' | 'baseline' | 'limit';
 export const SERVER_KINDS: readonly ServerKind[] = ['herald', 'baseline', 'limit'];
 
@@ -129,7 +138,7 @@ export interface RunningServer {
 export async function startServer(kind: ServerKind, opts: ServerOptions = {}): Promise<RunningServer> {
   hookCleanup();
   const port = await freePort();
-  const flags = opts.nodeFlags ?? [];
+  const flags = [...(kind === 'herald' ? HERALD_NODE_FLAGS : []), ...(opts.nodeFlags ?? [])];
   let args: string[];
   let dataDir: string | undefined;
   const env: Record<string, string> = {
