@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { Counter } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import { AccessControl } from './auth/index.js';
 import { MemoryBus, MemoryPresence } from './bus/memory.js';
 import { RedisCluster } from './bus/redis.js';
@@ -174,10 +174,57 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     ? new NoHistory()
     : cluster
       ? new RedisHistory(cluster.commands, config.redisPrefix, historyPolicy)
-      : new MemoryHistory(historyPolicy);
+      : new MemoryHistory(historyPolicy, {
+          maxEntries: config.historyMaxEntries,
+          maxStreams: config.historyMaxStreams,
+        });
   const receipts: Receipts = cluster
     ? new RedisReceipts(cluster.commands, config.redisPrefix, config.receiptTtl)
-    : new MemoryReceipts(config.receiptTtl);
+    : new MemoryReceipts(config.receiptTtl, config.receiptMax);
+  if (history instanceof MemoryHistory) {
+    const h = history;
+    new Gauge({
+      name: 'herald_history_held',
+      help: 'Single node: history entries and streams held in memory (bounded by HISTORY_MAX_ENTRIES, HISTORY_MAX_STREAMS).',
+      labelNames: ['kind'],
+      registers: [metrics.registry],
+      collect() {
+        this.set({ kind: 'entries' }, h.size.entries);
+        this.set({ kind: 'streams' }, h.size.streams);
+      },
+    });
+    new Counter({
+      name: 'herald_history_evicted_total',
+      help: 'Single node: history entries and streams dropped because a global limit was reached (not by size or TTL).',
+      labelNames: ['kind'],
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc({ kind: 'entries' }, h.evicted.entries);
+        this.inc({ kind: 'streams' }, h.evicted.streams);
+      },
+    });
+  }
+  if (receipts instanceof MemoryReceipts) {
+    const r = receipts;
+    new Gauge({
+      name: 'herald_receipts_held',
+      help: 'Single node: notifications whose delivery receipts are held in memory (bounded by RECEIPT_MAX).',
+      registers: [metrics.registry],
+      collect() {
+        this.set(r.size);
+      },
+    });
+    new Counter({
+      name: 'herald_receipts_evicted_total',
+      help: 'Single node: notifications whose receipts were forgotten before RECEIPT_TTL because RECEIPT_MAX was reached.',
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc(r.evicted);
+      },
+    });
+  }
 
   const notify = new NotifyService({
     bus,

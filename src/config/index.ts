@@ -27,8 +27,11 @@ export interface Config {
   presenceTtl: number;
   historySize: number;
   historyTtl: number;
+  historyMaxEntries: number;
+  historyMaxStreams: number;
   historyRules: HistoryRule[];
   receiptTtl: number;
+  receiptMax: number;
   offlineWebhookUrl: string | undefined;
   databaseUrl: string | undefined;
   databaseSchema: string;

@@ -101,6 +101,18 @@ export const OPTIONS = {
     default: 300_000,
     doc: 'How long a notification stays in its stream history.',
   },
+  historyMaxEntries: {
+    env: 'HISTORY_MAX_ENTRIES',
+    type: { kind: 'int', min: 1000, max: 100_000_000 },
+    default: 200_000,
+    doc: 'Single node: history entries kept in memory over all streams; past it the oldest go first (their streams then answer `recovered: false` for them). Redis keeps history in a cluster.',
+  },
+  historyMaxStreams: {
+    env: 'HISTORY_MAX_STREAMS',
+    type: { kind: 'int', min: 1000, max: 100_000_000 },
+    default: 200_000,
+    doc: 'Single node: streams whose offset and epoch are kept in memory (an idle one is kept 1 h); past it the oldest-created are forgotten at the next sweep (every 30 s).',
+  },
   historyRules: {
     env: 'HISTORY_RULES',
     type: { kind: 'json' },
@@ -112,6 +124,12 @@ export const OPTIONS = {
     type: { kind: 'duration', min: 1000, max: 7 * 86_400_000 },
     default: 3_600_000,
     doc: 'How long delivery receipts of notifications sent with `ack: true` can be read at GET /notify/:id.',
+  },
+  receiptMax: {
+    env: 'RECEIPT_MAX',
+    type: { kind: 'int', min: 1000, max: 100_000_000 },
+    default: 200_000,
+    doc: 'Single node: notifications whose receipts are kept in memory; past it the oldest are forgotten before RECEIPT_TTL (GET /notify/:id answers 404 for them).',
   },
   offlineWebhookUrl: {
     env: 'OFFLINE_WEBHOOK_URL',

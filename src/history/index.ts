@@ -74,6 +74,10 @@ interface Entry {
   offset: number;
   ts: number;
   n: Notification;
+  /** The stream holding it (for the global eviction of the oldest entries). */
+  s: Stream;
+  /** Removed from its stream (size, TTL, eviction); still in MemoryHistory's global order until compacted. */
+  dead?: true;
 }
 
 interface Stream {
@@ -86,14 +90,44 @@ interface Stream {
 /** How long an idle stream keeps its offset and epoch after its entries expired. */
 const META_TTL_MS = 3_600_000;
 
-/** Single-node history, in memory. A restart starts new epochs, so clients learn they cannot recover. */
+export interface MemoryHistoryLimits {
+  /** Entries kept over all streams; past it the globally oldest go first. */
+  maxEntries: number;
+  /** Streams (offset and epoch) kept; past it the oldest-created are forgotten by the sweep. */
+  maxStreams: number;
+}
+
+/**
+ * Single-node history, in memory. A restart starts new epochs, so clients learn they cannot recover.
+ * Memory is bounded whatever the traffic: per stream by the policy (size, TTL), over all streams by
+ * `maxEntries` (a global append order; the oldest entry of all is its stream's oldest, so eviction
+ * drops from the front of one stream) and `maxStreams` (per-order or per-user topics create streams
+ * without end; an idle stream is forgotten after an hour, or sooner when there are too many).
+ */
 export class MemoryHistory implements History {
   private readonly apps = new Map<string, Map<string, Stream>>();
   private readonly sweeper: NodeJS.Timeout;
+  /** Every entry in append order, from `head`; dead ones are skipped and compacted away. */
+  private order: Entry[] = [];
+  private head = 0;
+  private live = 0;
+  private streams = 0;
+  private readonly limits: MemoryHistoryLimits;
+  /** Entries and streams dropped because a global limit was reached (not by size or TTL). */
+  readonly evicted = { entries: 0, streams: 0 };
 
-  constructor(private readonly policy: HistoryPolicy) {
+  constructor(
+    private readonly policy: HistoryPolicy,
+    limits: Partial<MemoryHistoryLimits> = {},
+  ) {
+    this.limits = { maxEntries: 200_000, maxStreams: 200_000, ...limits };
     this.sweeper = setInterval(() => this.sweep(), 30_000);
     this.sweeper.unref();
+  }
+
+  /** Entries and streams held now. */
+  get size(): { entries: number; streams: number } {
+    return { entries: this.live, streams: this.streams };
   }
 
   private stream(appId: string, key: string, create: boolean): Stream | undefined {
@@ -105,10 +139,21 @@ export class MemoryHistory implements History {
     }
     let s = app.get(key);
     if (!s && create) {
+      // A flood of new streams does not wait for the sweep (amortized: at most once per max/2 new).
+      if (this.streams >= this.limits.maxStreams * 1.5) this.sweep();
       s = { epoch: newEpoch(), offset: 0, entries: [], touched: Date.now() };
+      if (!this.apps.has(appId)) this.apps.set(appId, app);
       app.set(key, s);
+      this.streams++;
     }
     return s;
+  }
+
+  /** Removes the first `count` entries of a stream. */
+  private drop(s: Stream, count: number): void {
+    for (let i = 0; i < count; i++) (s.entries[i] as Entry).dead = true;
+    s.entries.splice(0, count);
+    this.live -= count;
   }
 
   async append(n: Notification): Promise<void> {
@@ -119,13 +164,37 @@ export class MemoryHistory implements History {
       const s = this.stream(n.appId, key, true) as Stream;
       s.offset++;
       s.touched = now;
-      s.entries.push({ offset: s.offset, ts: now, n });
+      const e: Entry = { offset: s.offset, ts: now, n, s };
+      s.entries.push(e);
+      this.order.push(e);
+      this.live++;
       const cutoff = now - ttlMs;
       let drop = Math.max(0, s.entries.length - size);
       while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
-      if (drop > 0) s.entries.splice(0, drop);
+      if (drop > 0) this.drop(s, drop);
       n.pos ??= {};
       n.pos[key] = [s.offset, s.epoch];
+    }
+    while (this.live > this.limits.maxEntries && this.head < this.order.length) {
+      const e = this.order[this.head++] as Entry;
+      if (e.dead) continue;
+      // The oldest live entry of all is the oldest of its stream.
+      this.drop(e.s, 1);
+      this.evicted.entries++;
+    }
+    this.compact();
+  }
+
+  /** Keeps the global order from holding more dead entries than live ones. */
+  private compact(): void {
+    const held = this.order.length - this.head;
+    if (this.head > 4096 && this.head * 2 > this.order.length) {
+      this.order = this.order.slice(this.head);
+      this.head = 0;
+    }
+    if (held > 2 * this.live + 4096) {
+      this.order = this.order.slice(this.head).filter((e) => !e.dead);
+      this.head = 0;
     }
   }
 
@@ -157,18 +226,37 @@ export class MemoryHistory implements History {
     return { offset: s.offset, epoch: s.epoch };
   }
 
-  private sweep(): void {
-    const now = Date.now();
+  /** Drops expired entries and idle streams, then the oldest-created streams past maxStreams. */
+  sweep(now = Date.now()): void {
     for (const [appId, app] of this.apps) {
       for (const [key, s] of app) {
         const cutoff = now - this.policy.for(appId, key).ttlMs;
         let drop = 0;
         while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
-        if (drop) s.entries.splice(0, drop);
-        if (s.entries.length === 0 && now - s.touched > META_TTL_MS) app.delete(key);
+        if (drop) this.drop(s, drop);
+        if (s.entries.length === 0 && now - s.touched > META_TTL_MS) {
+          app.delete(key);
+          this.streams--;
+        }
       }
       if (app.size === 0) this.apps.delete(appId);
     }
+    // Too many streams: forget the oldest-created, idle (no entries) ones first, then any.
+    for (const idleOnly of [true, false]) {
+      for (const [appId, app] of this.apps) {
+        if (this.streams <= this.limits.maxStreams) break;
+        for (const [key, s] of app) {
+          if (this.streams <= this.limits.maxStreams) break;
+          if (idleOnly && s.entries.length > 0) continue;
+          if (s.entries.length > 0) this.drop(s, s.entries.length);
+          app.delete(key);
+          this.streams--;
+          this.evicted.streams++;
+        }
+        if (app.size === 0) this.apps.delete(appId);
+      }
+    }
+    this.compact();
   }
 
   async close(): Promise<void> {

@@ -13,6 +13,8 @@ export interface ReceiptReport {
   appId: string;
   ts: number;
   receipts: Receipt[];
+  /** Client+device keys of `receipts`, built once there are more than a few (a broadcast's). */
+  seen?: Set<string>;
 }
 
 /**
@@ -29,44 +31,72 @@ export interface Receipts {
 
 const deviceKey = (r: Receipt) => `${r.clientId}\u0000${r.deviceId ?? ''}`;
 
-export class MemoryReceipts implements Receipts {
-  private readonly items = new Map<string, ReceiptReport & { expires: number; seen: Set<string> }>();
-  private readonly sweeper: NodeJS.Timeout;
+interface Held {
+  appId: string;
+  ts: number;
+  expires: number;
+  receipts: Receipt[];
+  /** Client+device keys of `receipts`, built once there are more than a few (a broadcast's). */
+  seen?: Set<string>;
+}
 
-  constructor(private readonly ttlMs: number) {
-    this.sweeper = setInterval(() => {
-      const now = Date.now();
-      for (const [id, it] of this.items) if (it.expires < now) this.items.delete(id);
-    }, 60_000);
+/**
+ * Receipts on one node, in memory, bounded twice: each expires after `ttlMs`, and at most `max`
+ * notifications are held (the oldest go first). Every entry lives as long (same TTL), so the Map's
+ * insertion order is also its expiry order: eviction and the sweep only ever look at the front.
+ */
+export class MemoryReceipts implements Receipts {
+  private readonly items = new Map<string, Held>();
+  private readonly sweeper: NodeJS.Timeout;
+  /** Notifications forgotten before their TTL because `max` was reached. */
+  evicted = 0;
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly max = 200_000,
+  ) {
+    this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(1000, ttlMs)));
     this.sweeper.unref();
   }
 
+  get size(): number {
+    return this.items.size;
+  }
+
+  sweep(now = Date.now()): void {
+    for (const [id, it] of this.items) {
+      if (it.expires >= now) break;
+      this.items.delete(id);
+    }
+  }
+
   async expect(n: Notification): Promise<void> {
-    this.items.set(n.id, {
-      id: n.id,
-      appId: n.appId,
-      ts: n.ts,
-      receipts: [],
-      expires: Date.now() + this.ttlMs,
-      seen: new Set(),
-    });
+    // A re-published notification (same id) starts again at the back.
+    this.items.delete(n.id);
+    this.items.set(n.id, { appId: n.appId, ts: n.ts, expires: Date.now() + this.ttlMs, receipts: [] });
+    while (this.items.size > this.max) {
+      const oldest = this.items.keys().next().value as string;
+      this.items.delete(oldest);
+      this.evicted++;
+    }
   }
 
   async record(appId: string, id: string, r: Receipt): Promise<boolean> {
     const it = this.items.get(id);
     if (!it || it.appId !== appId || it.expires < Date.now()) return false;
+    // One receipt per client and device. Most notifications get a handful: a scan, and no Set per entry.
     const k = deviceKey(r);
-    if (!it.seen.has(k)) {
-      it.seen.add(k);
-      it.receipts.push(r);
-    }
+    if (it.seen === undefined && it.receipts.length >= 8) it.seen = new Set(it.receipts.map(deviceKey));
+    if (it.seen ? it.seen.has(k) : it.receipts.some((x) => deviceKey(x) === k)) return true;
+    it.receipts.push(r);
+    it.seen?.add(k);
     return true;
   }
 
   async get(id: string): Promise<ReceiptReport | undefined> {
     const it = this.items.get(id);
     if (!it || it.expires < Date.now()) return undefined;
-    return { id: it.id, appId: it.appId, ts: it.ts, receipts: [...it.receipts] };
+    return { id, appId: it.appId, ts: it.ts, receipts: [...it.receipts] };
   }
 
   close(): void {

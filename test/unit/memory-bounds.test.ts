@@ -1,0 +1,151 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { HistoryPolicy, MemoryHistory } from '../../src/history/index.js';
+import { MemoryReceipts } from '../../src/history/receipts.js';
+import type { Notification } from '../../src/router/types.js';
+
+let seq = 0;
+function note(target: { topics?: string[]; users?: string[] }): Notification {
+  seq++;
+  return { v: 1, id: `n-${seq}`, appId: 'app', ts: Date.now(), data: '{}', ...target };
+}
+
+/** The private global order, to check that dead entries do not pile up in it. */
+const orderLength = (h: MemoryHistory) =>
+  (h as unknown as { order: unknown[]; head: number }).order.length - (h as unknown as { head: number }).head;
+
+describe('in-memory history bounds', () => {
+  it('keeps at most maxEntries over all streams, dropping the oldest of all first', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000), {
+      maxEntries: 1000,
+      maxStreams: 100_000,
+    });
+    try {
+      // 3 streams per notification (an order topic, a merchant, a device), as payment transitions have.
+      for (let i = 0; i < 3000; i++)
+        await h.append(note({ topics: [`order:${i}`], users: ['m-1', `u-${i % 7}`] }));
+      assert.equal(h.size.entries, 1000);
+      assert.ok(h.evicted.entries > 0);
+      // An early order's stream lost its entry: a client that saw nothing of it cannot recover.
+      const early = await h.since('app', 't:order:0', { offset: 0, epoch: '' });
+      assert.equal(early.recovered, false);
+      assert.equal(early.entries.length, 0);
+      // The newest entries are all there; the merchant stream kept only its newest ones, in order.
+      const late = await h.since('app', 't:order:2999', { offset: 0, epoch: '' });
+      assert.equal(late.recovered, true);
+      assert.equal(late.entries.length, 1);
+      const pos = await h.position('app', 'u:m-1');
+      const m = await h.since('app', 'u:m-1', { offset: 2990, epoch: pos?.epoch ?? '' });
+      assert.ok(m.entries.length > 0);
+      assert.deepEqual(
+        m.entries.map((n) => n.pos?.['u:m-1']?.[0]),
+        Array.from({ length: 10 }, (_, i) => 2991 + i),
+      );
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('does not hold on to entries dropped by the per-stream size', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 10, 300_000), {
+      maxEntries: 100_000,
+      maxStreams: 1000,
+    });
+    try {
+      for (let i = 0; i < 50_000; i++) await h.append(note({ topics: ['chat'] }));
+      assert.equal(h.size.entries, 10);
+      assert.ok(orderLength(h) <= 2 * 10 + 4096, `global order holds ${orderLength(h)}`);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('forgets the oldest streams past maxStreams, idle ones first', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 100, 300_000), {
+      maxEntries: 100_000,
+      maxStreams: 1000,
+    });
+    try {
+      for (let i = 0; i < 5000; i++) await h.append(note({ topics: [`order:${i}`] }));
+      // Creation sweeps once 1.5 x maxStreams is reached, so the count never runs away between sweeps.
+      assert.ok(h.size.streams <= 1500, `${h.size.streams} streams`);
+      h.sweep();
+      assert.equal(h.size.streams, 1000);
+      assert.equal(h.size.entries, 1000, 'the entries of forgotten streams are gone too');
+      const kept = await h.since('app', 't:order:4999', { offset: 0, epoch: '' });
+      assert.equal(kept.entries.length, 1);
+      const gone = await h.since('app', 't:order:0', { offset: 1, epoch: 'whatever' });
+      assert.equal(gone.recovered, false);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('still expires entries by TTL in the sweep', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 100, 1000), { maxEntries: 100_000, maxStreams: 1000 });
+    try {
+      for (let i = 0; i < 100; i++) await h.append(note({ topics: ['a', 'b'] }));
+      assert.equal(h.size.entries, 200);
+      h.sweep(Date.now() + 5000);
+      assert.equal(h.size.entries, 0);
+      assert.equal(h.size.streams, 2, 'idle streams keep their offset for an hour');
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe('in-memory receipts bounds', () => {
+  it('keeps at most max notifications, forgetting the oldest', async () => {
+    const r = new MemoryReceipts(3_600_000, 1000);
+    try {
+      const notes = Array.from({ length: 1500 }, () => note({ users: ['u'] }));
+      for (const n of notes) await r.expect(n);
+      assert.equal(r.size, 1000);
+      assert.equal(r.evicted, 500);
+      assert.equal(await r.get((notes[0] as Notification).id), undefined);
+      assert.equal(
+        await r.record('app', (notes[0] as Notification).id, { clientId: 'u', deviceId: null, at: 1 }),
+        false,
+      );
+      const last = notes[1499] as Notification;
+      assert.equal(await r.record('app', last.id, { clientId: 'u', deviceId: null, at: 1 }), true);
+      assert.equal((await r.get(last.id))?.receipts.length, 1);
+    } finally {
+      r.close();
+    }
+  });
+
+  it('records one receipt per client and device, also for a broadcast heard by many', async () => {
+    const r = new MemoryReceipts(3_600_000, 1000);
+    try {
+      const n = note({ topics: ['all'] });
+      await r.expect(n);
+      for (let round = 0; round < 2; round++) {
+        for (let i = 0; i < 50; i++) {
+          assert.equal(
+            await r.record('app', n.id, { clientId: `c-${i % 25}`, deviceId: `d-${i}`, at: i }),
+            true,
+          );
+        }
+      }
+      assert.equal((await r.get(n.id))?.receipts.length, 50);
+      assert.equal(await r.record('other-app', n.id, { clientId: 'x', deviceId: null, at: 1 }), false);
+    } finally {
+      r.close();
+    }
+  });
+
+  it('sweeps expired receipts from the front', async () => {
+    const r = new MemoryReceipts(1000, 1000);
+    try {
+      for (let i = 0; i < 10; i++) await r.expect(note({ users: ['u'] }));
+      r.sweep(Date.now() + 500);
+      assert.equal(r.size, 10);
+      r.sweep(Date.now() + 2000);
+      assert.equal(r.size, 0);
+    } finally {
+      r.close();
+    }
+  });
+});
