@@ -182,6 +182,8 @@ function loopSampler(base: string) {
       return {
         maxMs: sorted.length ? Number((sorted[sorted.length - 1] as number).toFixed(2)) : null,
         medianMs: sorted.length ? Number((sorted[Math.floor(sorted.length / 2)] as number).toFixed(2)) : null,
+        /** Every per-second sample in order, to tell a start-up spike from one during the drain. */
+        samples: samples.map((x) => Number(x.toFixed(1))),
       };
     },
   };
@@ -288,6 +290,7 @@ export async function run(
       fastPerSec: Math.round(perSec),
       loopP99MaxMs: loop.maxMs,
       loopP99MedianMs: loop.medianMs,
+      loopP99Samples: loop.samples,
     };
   };
 
