@@ -365,7 +365,13 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     throw err;
   }
   const address = http.server.address() as AddressInfo;
-  logger.info({ port: address.port, host: config.host, version: VERSION }, 'herald listening');
+  logger.info(
+    { port: address.port, host: config.host, version: VERSION, startupMs: Date.now() - startedAt },
+    'herald listening',
+  );
+  // The event-loop delay gauges describe serving: start-up (opening the store, migrations, compiling)
+  // blocks the loop by design before anything is accepted, and would show as the first scrape's p99.
+  metrics.eventLoop.reset();
   webhooks.start();
   await payments.start();
 
