@@ -1,7 +1,8 @@
 /**
  * Payment tracking benchmark: `npm run bench -- payments [--machines 2000] [--rate 3000] [--seconds 20]`.
  *
- * Herald runs as its own process (`node --import tsx src/main.ts`, embedded store by default). This
+ * Herald runs as its own process (built: `node dist/src/main.js`, as `npm start` runs it; `BENCH_FROM_SOURCE=1`
+ * runs src/ through tsx), embedded store by default. This
  * process opens `--machines` machine connections (raw WebSocket clients speaking the Engine.IO v4 /
  * Socket.IO v4 wire protocol, so the load generator costs far less than the server) spread over
  * `--merchants` merchants, and one merchant-app connection per merchant (clientId = merchantId).
@@ -25,7 +26,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { HERALD_NODE_FLAGS } from './lib/proc.js';
+import { HERALD_NODE_FLAGS, heraldEntry } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = 'pos-bench';
@@ -97,15 +98,11 @@ async function startHeraldProcess(
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
   const nodeArgs = [...extraFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])];
-  const child = spawn(
-    process.execPath,
-    [...HERALD_NODE_FLAGS, ...nodeArgs, '--import', 'tsx', 'src/main.ts'],
-    {
-      cwd: ROOT,
-      env: childEnv,
-      stdio: ['ignore', 'ignore', 'inherit'],
-    },
-  );
+  const child = spawn(process.execPath, [...HERALD_NODE_FLAGS, ...nodeArgs, ...heraldEntry()], {
+    cwd: ROOT,
+    env: childEnv,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 120_000;
   for (;;) {

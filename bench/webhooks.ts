@@ -2,7 +2,8 @@
  * Merchant webhook benchmark: `npm run bench -- webhooks [--n 20000] [--store embedded|postgres]`.
  *
  * One fast merchant, 20 slow ones (3 s per answer) and 5 failing ones (HTTP 500), all local HTTP servers in
- * this process; Herald runs as its own process (`node --import tsx src/main.ts`). Each phase first fills the
+ * this process; Herald runs as its own process (built: `node dist/src/main.js`, as `npm start` runs it;
+ * `BENCH_FROM_SOURCE=1` runs src/ through tsx). Each phase first fills the
  * queue with the dispatcher off (WEBHOOK_DISPATCH=false, also measuring intake), then restarts the node with
  * the dispatcher on and measures how fast the queue drains to the fast merchant:
  *
@@ -24,7 +25,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { CLK_TCK, HERALD_NODE_FLAGS } from './lib/proc.js';
+import { CLK_TCK, HERALD_NODE_FLAGS, heraldEntry } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 type Flags = Record<string, string | boolean | string[]>;
@@ -92,15 +93,11 @@ async function startNode(env: Record<string, string>, nodeFlags: string[] = []):
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
   for (const k of ['REDIS_URL', 'HERALD_CONFIG', 'HERALD_APPS', 'ADMIN_TOKEN']) delete childEnv[k];
-  const child = spawn(
-    process.execPath,
-    [...HERALD_NODE_FLAGS, ...nodeFlags, '--import', 'tsx', 'src/main.ts'],
-    {
-      cwd: ROOT,
-      env: childEnv,
-      stdio: ['ignore', 'ignore', 'inherit'],
-    },
-  );
+  const child = spawn(process.execPath, [...HERALD_NODE_FLAGS, ...nodeFlags, ...heraldEntry()], {
+    cwd: ROOT,
+    env: childEnv,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const base = `http://127.0.0.1:${port}`;
   const end = Date.now() + 120_000;
   for (;;) {

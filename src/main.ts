@@ -48,7 +48,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
-    herald = await startHerald({ config, logger });
+    herald = await startHerald({ config, logger, compactHeapAfterStart: true });
   } catch (err) {
     logger.fatal({ err }, 'herald failed to start');
     process.exit(1);

@@ -109,6 +109,17 @@ export function ensureBuilt(root: string = ROOT): void {
   }
 }
 
+/**
+ * How a bench starts Herald: built (`dist/src/main.js`, what `npm start` runs; built first when stale), or
+ * from src/ through tsx when BENCH_FROM_SOURCE=1 (tsx's loader hooks and source maps cost start-up time and
+ * make every error stack dearer, so figures from source are not the product's).
+ */
+export function heraldEntry(root: string = ROOT): string[] {
+  if (process.env.BENCH_FROM_SOURCE === '1') return ['--import', 'tsx', join(root, 'src', 'main.ts')];
+  ensureBuilt(root);
+  return [join(root, 'dist', 'src', 'main.js')];
+}
+
 export interface ServerOptions {
   /** Extra environment (Herald settings such as COUNT_INTERVAL). */
   env?: Record<string, string>;

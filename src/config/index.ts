@@ -70,6 +70,7 @@ export interface Config {
   webhookIdempotencyRetention: number;
   webhookSlowMinSamples: number;
   webhookPrefetch: number;
+  webhookSlowStart: number;
   webhookClaimBatch: number;
   webhookFlushBatch: number;
   webhookDispatch: boolean;

@@ -381,6 +381,15 @@ export const OPTIONS = {
     default: 500,
     doc: 'Webhook results (status, attempt log, merchant state) written by one statement at most.',
   },
+  webhookSlowStart: {
+    env: 'WEBHOOK_SLOW_START',
+    type: { kind: 'duration', min: 0, max: 300_000 },
+    default: 3000,
+    doc:
+      'After the dispatcher starts, its concurrency limits (global and per merchant) grow from a tenth to the full ' +
+      'value over this long, as load balancers slow-start a new instance: a node restarted with a backlog warms up ' +
+      '(compiles its hot code) without stalling its event loop, and merchants are not hit at full rate at once. 0 turns it off.',
+  },
   webhookDispatch: {
     env: 'WEBHOOK_DISPATCH',
     type: { kind: 'bool' },
