@@ -1,11 +1,12 @@
 /**
  * cluster: Herald as 3 nodes on Redis against Herald as 1 node, same load, one run.
  *
- *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 3000] [--nodes 3]
+ *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 3000] [--nodes 3] [--targeted-rate R]
  *
  * Phase 1, fan-out: N clients subscribe to one topic (spread evenly over the nodes), M notifications
  * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
- * one user (of the N), posted as fast as `--inflight` requests in flight per node allow (default 16: each node
+ * one user (of the N), posted at `--targeted-rate` per second when given (the same offered load for both
+ * set-ups, below what either saturates), else as fast as `--inflight` requests in flight per node allow (default 16: each node
  * of the cluster gets the load the single node gets; `--inflight-total` keeps that many in flight in total
  * instead, which leaves each cluster node a third of the single node's load). `--warmup` targeted
  * notifications (default 30,000) are sent first and not measured, on the single node and on the cluster. Server CPU is read from /proc for every
@@ -108,6 +109,7 @@ async function measure(
       expectedPer: number,
       send: (i: number) => Promise<void>,
       paced: boolean,
+      pace = rate,
     ) => {
       lat.length = 0;
       received = 0;
@@ -117,7 +119,7 @@ async function measure(
       const pending = new Set<Promise<void>>();
       for (let i = 0; i < count; i++) {
         if (paced) {
-          const wait = (t0 + (i * 1e6) / rate - nowUs()) / 1000;
+          const wait = (t0 + (i * 1e6) / pace - nowUs()) / 1000;
           if (wait > 1) await sleep(wait);
         } else while (pending.size >= inflight) await Promise.race(pending);
         const p = send(i).finally(() => pending.delete(p));
@@ -156,11 +158,15 @@ async function measure(
       await phase(warmup, 1, (i) => post(i, `"users":["u${(i * 104729) % connected}"]`), false);
       log(`warm-up: ${warmup} targeted notifications (not measured)`);
     }
+    // --targeted-rate R: post R/s (both set-ups get the same offered load, below what either saturates)
+    // instead of as fast as the requests in flight allow.
+    const targetedRate = num(args, 'targeted-rate', 0);
     const targetedFig = await phase(
       targeted,
       1,
       (i) => post(i, `"users":["u${(i * 7919) % connected}"]`),
-      false,
+      targetedRate > 0,
+      targetedRate,
     );
     return { fanout, targeted: targetedFig };
   } finally {
@@ -222,6 +228,7 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
       nodes,
       inflight: num(args, 'inflight', 16),
       inflightTotal: args['inflight-total'] === true,
+      targetedRate: num(args, 'targeted-rate', 0) || null,
     },
     single: one,
     cluster: many,

@@ -171,6 +171,16 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
         this.inc(stats.routedNodes);
       },
     });
+    const publishing = cluster;
+    new Counter({
+      name: 'herald_cluster_publish_calls_total',
+      help: 'Redis calls that appended and sent this node\'s notifications (one carries every notification published in one event-loop turn); compare with herald_cluster_notifications_total{direction="sent"}.',
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc(publishing.publishCalls);
+      },
+    });
     bus = cluster.bus;
     presence = cluster.presence;
     logger.info({ node: cluster.nodeId, prefix: config.redisPrefix }, 'cluster mode on redis');

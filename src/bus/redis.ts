@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
-import { type History, newEpoch } from '../history/index.js';
-import { APPEND_STREAMS_LUA, RedisHistory } from '../history/redis.js';
+import type { History } from '../history/index.js';
+import { RedisHistory } from '../history/redis.js';
 import type { Logger } from '../logger.js';
 import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
+import { BatchPublisher, type OutgoingNotification } from './publisher.js';
 import { Script } from './script.js';
 import type { Bus, ClusterMessage, LocalDeliver, Presence } from './types.js';
 
@@ -88,64 +89,6 @@ end
 return out
 `);
 
-/**
- * Lua `route(...)`: publishes a message addressed to users only to the live nodes (other than the caller)
- * whose online set holds at least one of those users, on each node's own channel; returns how many nodes
- * it was sent to. ROUTE_SCRIPT (used when the users' streams keep no history): KEYS[1] nodes zset; ARGV
- * min heartbeat, caller node, online-set prefix, node-channel prefix, message, then the user ids.
- */
-const ROUTE_LUA = `
-local function route(nodes_key, min_beat, self, online_prefix, channel_prefix, msg, users)
-  local nodes = redis.call('ZRANGEBYSCORE', nodes_key, min_beat, '+inf')
-  local sent = 0
-  for _, n in ipairs(nodes) do
-    if n ~= self then
-      local hits = redis.call('SMISMEMBER', online_prefix .. n, unpack(users))
-      for _, h in ipairs(hits) do
-        if h == 1 then
-          redis.call('PUBLISH', channel_prefix .. n, msg)
-          sent = sent + 1
-          break
-        end
-      end
-    end
-  end
-  return sent
-end
-`;
-
-const ROUTE_SCRIPT = new Script(`${ROUTE_LUA}
-local users = {}
-for i = 6, #ARGV do users[#users + 1] = ARGV[i] end
-return route(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], users)
-`);
-
-/**
- * Appends a notification to its history streams and publishes it, in one call: the history append of
- * RedisHistory, with the offsets written into the message, then `route` (or a publish on the app
- * channel). ARGV: mode (`app` | `route`), app channel, nodes zset, min heartbeat, caller node,
- * online-set prefix, node-channel prefix, message head (the JSON without its last two braces), history
- * key base, history entry, new-epoch candidate, now, stream count, then (stream, size, ttlMs) triples,
- * then (route) the user ids. Returns offset, epoch per stream, then the number of nodes routed to.
- */
-const RECORD_AND_PUBLISH_SCRIPT = new Script(`${APPEND_STREAMS_LUA}${ROUTE_LUA}
-local count = tonumber(ARGV[13])
-local out, pos = append_streams(ARGV[9], ARGV[10], ARGV[11], ARGV[12], 14, count, true)
-local msg = ARGV[8]
-if #pos > 0 then msg = msg .. ',"pos":{' .. table.concat(pos, ',') .. '}' end
-msg = msg .. '}}'
-local sent = 0
-if ARGV[1] == 'app' then
-  redis.call('PUBLISH', ARGV[2], msg)
-else
-  local users = {}
-  for i = 14 + count * 3, #ARGV do users[#users + 1] = ARGV[i] end
-  sent = route(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], msg, users)
-end
-out[#out + 1] = sent
-return out
-`);
-
 /** How often a node heartbeats for a presence TTL: four times per TTL, at most every 500 ms. */
 export function heartbeatPeriod(presenceTtlMs: number): number {
   return Math.max(500, Math.floor(presenceTtlMs / 4));
@@ -177,6 +120,8 @@ export class RedisCluster {
   readonly bus: Bus;
   readonly presence: Presence;
   private readonly pub: Redis;
+  /** Sends the notifications of one event-loop turn in one script call. */
+  private readonly publisher: BatchPublisher;
   private readonly sub: Redis;
   private readonly apps = new Map<string, NodeJS.Timeout | null>();
   /** The app-channel subscriptions, resolved when Redis confirmed them. */
@@ -221,6 +166,13 @@ export class RedisCluster {
       enableAutoPipelining: true,
     });
     this.sub = new Redis(opts.url, { ...common, autoResubscribe: true });
+    this.publisher = new BatchPublisher({
+      redis: this.pub,
+      nodesKey: this.key('nodes'),
+      nodePrefix: this.key('node:'),
+      nodeId: this.nodeId,
+      presenceTtlMs: opts.presenceTtlMs,
+    });
     for (const [name, client] of [
       ['publisher', this.pub],
       ['subscriber', this.sub],
@@ -251,15 +203,8 @@ export class RedisCluster {
       kind: 'redis',
       async publish(n: Notification) {
         opts.deliver(n);
-        const msg: ClusterMessage = { v: 1, t: 'notify', node: self.nodeId, n };
         try {
-          if (self.routable(n)) {
-            self.stats.sentRouted++;
-            self.stats.routedNodes += await self.route(n.appId, n.users as string[], JSON.stringify(msg));
-          } else {
-            self.stats.sentApp++;
-            await self.pub.publish(self.channel(n.appId), JSON.stringify(msg));
-          }
+          await self.send(n, undefined);
         } catch (err) {
           self.publishFailed(err);
         }
@@ -311,6 +256,11 @@ export class RedisCluster {
     return this.pub.status === 'ready' && this.sub.status === 'ready';
   }
 
+  /** Script calls that carried this node's notifications to Redis (one per event-loop turn that published). */
+  get publishCalls(): number {
+    return this.publisher.stats.calls;
+  }
+
   /** The command connection (fails fast while Redis is away), for history and receipts. */
   get commands(): Redis {
     return this.pub;
@@ -341,34 +291,39 @@ export class RedisCluster {
     n: Notification,
     plan: NonNullable<ReturnType<RedisHistory['plan']>>,
   ): Promise<undefined> {
-    const route = this.routable(n);
-    const json = JSON.stringify({ v: 1, t: 'notify', node: this.nodeId, n } satisfies ClusterMessage);
-    const res = (await RECORD_AND_PUBLISH_SCRIPT.run(
-      this.pub,
-      0,
-      route ? 'route' : 'app',
-      this.channel(n.appId),
-      this.key('nodes'),
-      String(Date.now() - this.opts.presenceTtlMs),
-      this.nodeId,
-      this.key(`pm:${n.appId}|${ONLINE_TOPIC}|`),
-      this.key('node:'),
-      json.slice(0, -2),
-      plan.base,
-      plan.entry,
-      newEpoch(),
-      Date.now(),
-      plan.triples.length / 3,
-      ...plan.triples,
-      ...(route ? (n.users as string[]) : []),
-    )) as unknown[];
-    RedisHistory.applyPositions(n, plan.triples, res);
-    if (route) {
-      this.stats.sentRouted++;
-      this.stats.routedNodes += Number(res[res.length - 1]);
-    } else this.stats.sentApp++;
+    const positions = await this.send(n, plan);
+    RedisHistory.applyPositions(n, plan.triples, positions);
     this.opts.deliver(n);
     return undefined;
+  }
+
+  /**
+   * Sends a notification to the other nodes (routed to the nodes holding its users when it is addressed
+   * only to users, else on the app channel), appending it to its history streams first when `plan` is
+   * given, through the batch publisher; resolves with the (offset, epoch) list of the planned streams.
+   */
+  private async send(
+    n: Notification,
+    plan: NonNullable<ReturnType<RedisHistory['plan']>> | undefined,
+  ): Promise<unknown[]> {
+    const route = this.routable(n);
+    const json = JSON.stringify({ v: 1, t: 'notify', node: this.nodeId, n } satisfies ClusterMessage);
+    const item: OutgoingNotification = {
+      mode: route ? 'route' : 'app',
+      channel: this.channel(n.appId),
+      onlinePrefix: this.key(`pm:${n.appId}|${ONLINE_TOPIC}|`),
+      head: json.slice(0, -2),
+      base: plan?.base ?? '',
+      entry: plan?.entry ?? '',
+      triples: plan?.triples ?? [],
+      users: route ? (n.users as string[]) : [],
+    };
+    const out = await this.publisher.publish(item);
+    if (route) {
+      this.stats.sentRouted++;
+      this.stats.routedNodes += out.routedNodes;
+    } else this.stats.sentApp++;
+    return out.positions;
   }
 
   /** Whether a notification can go only to the nodes holding its users. */
@@ -380,22 +335,6 @@ export class RedisCluster {
       n.devices === undefined &&
       n.broadcast !== true &&
       Date.now() >= this.routeAfter
-    );
-  }
-
-  private async route(appId: string, users: string[], message: string): Promise<number> {
-    return Number(
-      await ROUTE_SCRIPT.run(
-        this.pub,
-        1,
-        this.key('nodes'),
-        String(Date.now() - this.opts.presenceTtlMs),
-        this.nodeId,
-        this.key(`pm:${appId}|${ONLINE_TOPIC}|`),
-        this.key('node:'),
-        message,
-        ...users,
-      ),
     );
   }
 
@@ -505,6 +444,12 @@ export class RedisCluster {
     if (msg.t === 'notify') {
       this.stats.received++;
       this.opts.deliver(msg.n);
+    } else if (msg.t === 'batch') {
+      for (const m of msg.ms) {
+        if (m.t !== 'notify') continue;
+        this.stats.received++;
+        this.opts.deliver(m.n);
+      }
     } else if (msg.t === 'rpc') {
       this.answer(msg);
     } else if (msg.t === 'rpc-reply') {

@@ -45,6 +45,8 @@ export interface Presence {
 /** Messages between nodes. A node ignores a version it does not know. */
 export type ClusterMessage =
   | { v: 1; t: 'notify'; node: string; n: Notification }
+  /** Several notify messages of one node, in order (one publish for a batch; see bus/publisher.ts). */
+  | { v: 1; t: 'batch'; node: string; ms: ClusterMessage[] }
   | { v: 1; t: 'count'; node: string; topics: string[] }
   | { v: 1; t: 'rpc'; node: string; id: string; kind: string; appId: string; payload: unknown }
   | {
