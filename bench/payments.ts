@@ -172,6 +172,8 @@ async function scrape(url: string): Promise<{
   rss?: number;
   gcSum?: number;
   majorGcs?: number;
+  /** Cumulative count of store transactions per bucket upper bound (seconds). */
+  txBuckets?: Map<number, number>;
 }> {
   try {
     const text = await (await fetch(`${url}/metrics`)).text();
@@ -191,6 +193,11 @@ async function scrape(url: string): Promise<{
         0,
       ),
       majorGcs: value('nodejs_gc_duration_seconds_count\\{kind="major"\\}'),
+      txBuckets: new Map(
+        [...text.matchAll(/^herald_payment_store_seconds_bucket\{le="([0-9.]+)"\} ([0-9.e+-]+)$/gm)].map(
+          (m) => [Number(m[1]), Number(m[2])],
+        ),
+      ),
     };
   } catch {
     return {};
@@ -514,6 +521,14 @@ export async function run(
       transactionsPerSecond: round(txCount / elapsed),
       eventsPerTransaction: txCount > 0 ? round((eventsPerSecond * elapsed) / txCount) : null,
       transactionMs: txCount > 0 ? round((txSum / txCount) * 1000) : null,
+      // Share of the measured window's store transactions that took longer than 20, 50 and 100 ms.
+      transactionsOverMs: Object.fromEntries(
+        [0.02, 0.05, 0.1].map((le) => {
+          const at = (m: typeof metrics0) => m.txBuckets?.get(le) ?? 0;
+          const within = at(metrics1) - at(metrics0);
+          return [String(le * 1000), txCount > 0 ? round(((txCount - within) / txCount) * 100) : null];
+        }),
+      ),
       eventLoopP99Ms: metrics1.loopP99 === undefined ? null : round(metrics1.loopP99 * 1000),
       heraldGcMsPerSecond: round((((metrics1.gcSum ?? 0) - (metrics0.gcSum ?? 0)) * 1000) / elapsed),
       heraldMajorGcs: (metrics1.majorGcs ?? 0) - (metrics0.majorGcs ?? 0),

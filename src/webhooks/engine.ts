@@ -368,12 +368,7 @@ export class WebhookEngine {
             this.logger.warn({ err }, 'could not add the last alert-window counts to the shared table'),
           );
         }
-        await this.queue
-          .releaseOwnership()
-          .catch((err: unknown) =>
-            this.logger.warn({ err }, 'could not give up merchants; other nodes take them after the lease'),
-          );
-        this.owned.clear();
+        // Leases first: a node that takes a merchant given up here counts no leases of this one.
         if (this.toRelease.length > 0) {
           const ids = this.toRelease.splice(0);
           await this.queue
@@ -385,6 +380,12 @@ export class WebhookEngine {
               ),
             );
         }
+        await this.queue
+          .releaseOwnership()
+          .catch((err: unknown) =>
+            this.logger.warn({ err }, 'could not give up merchants; other nodes take them after the lease'),
+          );
+        this.owned.clear();
       }
       await this.sender.close();
       await this.alerter.close();

@@ -408,8 +408,11 @@ export class WebhookQueue {
                  ORDER BY d.merchant_key LIMIT 1)
          FROM mk WHERE mk.merchant_key IS NOT NULL
        ), caps AS (
-         -- A merchant's live leases are counted with the partial index of leased rows (per merchant, so
-         -- the cost follows the leases, not the table), or given by the one node of an embedded store ($7).
+         -- A merchant's live leases: this node's own are given ($7: it counts what it holds). Another
+         -- node can hold some only when it owned the merchant last and its ownership lapsed (it died or
+         -- stalled; a node gives up a merchant itself only once it holds nothing of it), so they are
+         -- counted only then, with a scan of the merchant's queued rows. No index covers the lease
+         -- columns, so a claim is a HOT update that writes no index entry.
          -- Merchants another live node owns are left alone.
          -- $9 lowers the cap of merchants the claiming node sees lagging before the store marks them slow.
          SELECT m.merchant_key,
@@ -417,8 +420,10 @@ export class WebhookQueue {
                  WHEN m.breaker_state = 'closed' THEN least(CASE WHEN m.is_slow THEN $4::int ELSE $5::int END,
                    coalesce(($9::jsonb ->> m.merchant_key)::int, $5::int))
                  ELSE 0 END)
-             - (SELECT count(*)::int FROM webhook_deliveries b
-                WHERE b.merchant_key = m.merchant_key AND b.locked_by IS NOT NULL AND b.locked_until > now())
+             - (CASE WHEN m.owner_node IS NULL OR m.owner_node = $6 THEN 0 ELSE
+                 (SELECT count(*)::int FROM webhook_deliveries b
+                  WHERE b.merchant_key = m.merchant_key AND b.status IN ${QUEUED_STATUSES}
+                    AND b.locked_by IS NOT NULL AND b.locked_until > now()) END)
              - coalesce(($7::jsonb ->> m.merchant_key)::int, 0) AS free
          FROM mk JOIN webhook_merchants m ON m.merchant_key = mk.merchant_key
          WHERE m.owner_node IS NULL OR m.owner_node = $6 OR m.owner_until <= now()
