@@ -15,7 +15,7 @@ import {
   type MerchantUpdate,
   WebhookQueue,
 } from './queue.js';
-import { AbortedByShutdown, Sender } from './sender.js';
+import { AbortedByShutdown, Cancel, Sender } from './sender.js';
 import { generateSecret, newMessageId, signatureHeaders } from './signing.js';
 import { literalHostBlocked } from './ssrf.js';
 import type { AttemptResult, ClaimedDelivery, MerchantNotifyInput } from './types.js';
@@ -84,7 +84,7 @@ export interface WebhookEngineOptions {
 
 interface InFlight {
   key: string;
-  controller: AbortController;
+  cancel: Cancel;
   done: Promise<void>;
   slow: boolean;
   timer: NodeJS.Timeout | undefined;
@@ -360,7 +360,7 @@ export class WebhookEngine {
           }),
         ]);
         if (timer) clearTimeout(timer);
-        for (const f of this.inFlight.values()) f.controller.abort();
+        for (const f of this.inFlight.values()) f.cancel.abort();
         await all();
         await this.flushNow();
         if (this.store.kind === 'postgres') {
@@ -567,12 +567,7 @@ export class WebhookEngine {
         if (room > 0 && (room >= chunk || starving || trials.length > 0) && this.state === 'running') {
           const want = Math.min(room, this.config.webhookClaimBatch);
           const claimedAt = Date.now();
-          const rows = await this.queue.claim(
-            want,
-            trials,
-            this.store.kind === 'embedded' ? this.heldLeases() : undefined,
-            this.lagCaps(),
-          );
+          const rows = await this.queue.claim(want, trials, this.heldLeases(), this.lagCaps());
           if (trials.length > 0) {
             const used = new Set(rows.filter((r) => r.trial).map((r) => r.merchantKey));
             const unused = trials.filter((t) => !used.has(t));
@@ -757,8 +752,8 @@ export class WebhookEngine {
   }
 
   /**
-   * Leases this node holds per merchant: buffered, in flight, and finished but not yet written. On the
-   * embedded store (one node) this is every live lease, so claims need not look them up in the table.
+   * Leases this node holds per merchant: buffered, in flight, and finished but not yet written. Claims
+   * take them from here rather than counting them in the table (see WebhookQueue.claim).
    */
   private heldLeases(): Record<string, number> {
     const held: Record<string, number> = {};
@@ -853,10 +848,10 @@ export class WebhookEngine {
   }
 
   private launch(row: ClaimedDelivery): void {
-    const controller = new AbortController();
+    const cancel = new Cancel();
     const f: InFlight = {
       key: row.merchantKey,
-      controller,
+      cancel,
       done: Promise.resolve(),
       slow: false,
       timer: undefined,
@@ -870,7 +865,7 @@ export class WebhookEngine {
       f.timer.unref();
     }
     this.merchantInFlight.set(row.merchantKey, (this.merchantInFlight.get(row.merchantKey) ?? 0) + 1);
-    f.done = this.deliver(row, controller.signal)
+    f.done = this.deliver(row, cancel)
       .then(
         (result) => this.record(row, result),
         (err: unknown) => {
@@ -881,7 +876,7 @@ export class WebhookEngine {
       )
       .finally(() => {
         if (f.timer) clearTimeout(f.timer);
-        if (!f.slow && !f.controller.signal.aborted) {
+        if (!f.slow && !f.cancel.aborted) {
           if (this.provenFast.size >= 100_000) this.provenFast.clear();
           this.provenFast.add(f.key);
           this.lagging.delete(f.key);
@@ -901,7 +896,7 @@ export class WebhookEngine {
     this.inFlight.set(row.id, f);
   }
 
-  private async deliver(row: ClaimedDelivery, signal: AbortSignal): Promise<AttemptResult> {
+  private async deliver(row: ClaimedDelivery, cancel: Cancel): Promise<AttemptResult> {
     if (row.disabled) {
       return {
         outcome: 'disabled',
@@ -918,7 +913,7 @@ export class WebhookEngine {
       body: row.body,
       headers: signatureHeaders(secret, row.id, row.body),
       requireSuccessBody: row.requireSuccessBody ?? this.config.webhookRequireSuccessBody,
-      signal,
+      cancel,
     });
   }
 
