@@ -26,7 +26,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { HERALD_NODE_FLAGS, heraldEntry } from './lib/proc.js';
+import { HERALD_NODE_FLAGS, heraldEntry, postgresCpu, postgresCpuSince } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = 'pos-bench';
@@ -138,30 +138,6 @@ function cpuMs(pid: number | undefined): number {
   }
 }
 const CLK_TCK = 100;
-
-/** CPU ms of each `postgres` process on the machine (the PostgreSQL server, for --store postgres). */
-function postgresCpu(): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      if (!stat.includes('(postgres)')) continue;
-      const fields = (stat.split(') ')[1] ?? '').split(' ');
-      out.set(pid, ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK);
-    } catch {
-      // the process ended
-    }
-  }
-  return out;
-}
-
-/** CPU ms the postgres processes used since `before` (processes that ended meanwhile are not counted). */
-function postgresCpuSince(before: Map<string, number>): number {
-  let total = 0;
-  for (const [pid, ms] of postgresCpu()) total += ms - (before.get(pid) ?? 0);
-  return total;
-}
 
 /** Payment transaction count and total seconds, and the event-loop p99, from Herald's /metrics. */
 async function scrape(url: string): Promise<{

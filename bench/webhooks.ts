@@ -25,7 +25,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { CLK_TCK, HERALD_NODE_FLAGS, heraldEntry } from './lib/proc.js';
+import { CLK_TCK, HERALD_NODE_FLAGS, heraldEntry, postgresCpu, postgresCpuSince } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 type Flags = Record<string, string | boolean | string[]>;
@@ -263,12 +263,17 @@ export async function run(
     // Herald's CPU time (all threads, and its main thread alone) from the first fast delivery to the
     // last: a figure that depends much less on what else the shared machine runs than a rate does.
     let cpuStart: { total: number; main: number; at: number } | undefined;
+    let pgStart: Map<string, number> | undefined;
     const pid = node.child.pid as number;
     while (fast.times.length < n && Date.now() < end) {
-      if (!cpuStart && fast.times.length > 0) cpuStart = { ...cpuOf(pid), at: fast.times.length };
+      if (!cpuStart && fast.times.length > 0) {
+        cpuStart = { ...cpuOf(pid), at: fast.times.length };
+        if (store === 'postgres') pgStart = postgresCpu();
+      }
       await sleep(50);
     }
     const cpuEnd = cpuOf(pid);
+    const pgMs = pgStart ? postgresCpuSince(pgStart) : null;
     const loop = await sampler.stop();
     await stopNode(node);
     const t = fast.times;
@@ -283,6 +288,8 @@ export async function run(
       intakePerSec: Math.round(intakePerSec),
       heraldCpuMsPer1000: cpuStart ? perK(cpuEnd.total - cpuStart.total) : null,
       heraldMainThreadCpuMsPer1000: cpuStart ? perK(cpuEnd.main - cpuStart.main) : null,
+      // Every postgres process of the machine over the same window (PostgreSQL store only).
+      postgresCpuMsPer1000: pgMs === null ? null : perK(pgMs * 1000),
       fastDelivered: t.length,
       fastPerSec: Math.round(perSec),
       loopP99MaxMs: loop.maxMs,

@@ -279,3 +279,27 @@ export async function waitQuiet(pct: number, maxMs: number, log: (m: string) => 
     said = true;
   }
 }
+
+/** CPU ms of every postgres process (PostgreSQL server and backends) on this machine, per pid. */
+export function postgresCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (!stat.includes('(postgres)')) continue;
+      const fields = (stat.split(') ')[1] ?? '').split(' ');
+      out.set(pid, ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK);
+    } catch {
+      // the process ended
+    }
+  }
+  return out;
+}
+
+/** CPU ms the postgres processes used since `before` (processes that ended meanwhile are not counted). */
+export function postgresCpuSince(before: Map<string, number>): number {
+  let total = 0;
+  for (const [pid, ms] of postgresCpu()) total += ms - (before.get(pid) ?? 0);
+  return total;
+}
