@@ -144,6 +144,7 @@ async function scrape(url: string): Promise<{
   txCount?: number;
   txSum?: number;
   loopP99?: number;
+  loopMax?: number;
   heap?: number;
   rss?: number;
   gcSum?: number;
@@ -161,6 +162,7 @@ async function scrape(url: string): Promise<{
       txCount: value('herald_payment_store_seconds_count'),
       txSum: value('herald_payment_store_seconds_sum'),
       loopP99: value('herald_event_loop_delay_p99_seconds'),
+      loopMax: value('herald_event_loop_delay_max_seconds'),
       heap: value('nodejs_heap_size_used_bytes'),
       rss: value('process_resident_memory_bytes'),
       // prom-client's GC histogram, every kind (minor, major, incremental, weakcb) summed.
@@ -318,6 +320,7 @@ export async function run(
   const received = new Map<string, number>(); // notifications at the merchant apps
   const latencies: number[] = [];
   const ackLatencies: number[] = [];
+  const worst = new Map<number, number>();
   let measuring = false;
   let acked = 0;
   let duplicates = 0;
@@ -337,7 +340,14 @@ export async function run(
         const key = `${data.orderId}:${data.status}`;
         received.set(key, (received.get(key) ?? 0) + 1);
         const t = sentAt.get(key);
-        if (t !== undefined && measuring) latencies.push(performance.now() - t);
+        if (t !== undefined && measuring) {
+          const now = performance.now();
+          latencies.push(now - t);
+          // The worst latency of each 250 ms window (by send time): tells a few long stalls from a
+          // generally slow tail.
+          const w = Math.floor(t / 250);
+          worst.set(w, Math.max(worst.get(w) ?? 0, now - t));
+        }
       };
       apps.push(app);
     }
@@ -489,6 +499,19 @@ export async function run(
         samples: latencies.length,
       },
       ackMs: { p50: round(percentile(ackLatencies, 50)), p99: round(percentile(ackLatencies, 99)) },
+      // 250 ms windows (by send time) whose worst report -> app latency was over 50 ms, and the five worst,
+      // as [seconds since the first window, ms].
+      slowWindows: {
+        over50ms: [...worst.values()].filter((v) => v > 50).length,
+        of: worst.size,
+        worst: (() => {
+          const first = Math.min(...worst.keys());
+          return [...worst.entries()]
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, 5)
+            .map(([w, v]) => [round((w - first) / 4), round(v)]);
+        })(),
+      },
       heraldCpuCores: round(cpu),
       heraldCpuMsPerEvent: round((cpu * 1000) / eventsPerSecond),
       postgresCpuCores: pgCpu === null ? null : round(pgCpu),
@@ -506,6 +529,7 @@ export async function run(
         }),
       ),
       eventLoopP99Ms: metrics1.loopP99 === undefined ? null : round(metrics1.loopP99 * 1000),
+      eventLoopMaxMs: metrics1.loopMax === undefined ? null : round(metrics1.loopMax * 1000),
       heraldGcMsPerSecond: round((((metrics1.gcSum ?? 0) - (metrics0.gcSum ?? 0)) * 1000) / elapsed),
       heraldMajorGcs: (metrics1.majorGcs ?? 0) - (metrics0.majorGcs ?? 0),
       heraldHeapMb: metrics1.heap === undefined ? null : round(metrics1.heap / 2 ** 20),
