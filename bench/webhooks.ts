@@ -15,7 +15,8 @@
  * Flags: --n (fast webhooks, 20000) --slow-backlog (per slow merchant, 30) --failing-backlog (per failing
  * merchant, 30) --store embedded|postgres --database-url (default TEST_DATABASE_URL or the local server)
  * --intake-concurrency (64) --phases fast-only,mixed --env KEY=VALUE,... (Herald settings)
- * --cpu-prof <dir> (profile the Herald process of each drain phase).
+ * --cpu-prof <dir> (profile the Herald process of each drain phase) --herald-dir <dir> (run another checkout,
+ * e.g. bench/tools/snapshot.sh of an older commit, for a before/after in one session).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -82,6 +83,9 @@ interface Node {
   base: string;
 }
 
+/** The Herald checkout to run (`--herald-dir`, e.g. a snapshot of an older commit); this one by default. */
+let heraldDir = ROOT;
+
 async function startNode(env: Record<string, string>, nodeFlags: string[] = []): Promise<Node> {
   const port = await freePort();
   const childEnv: NodeJS.ProcessEnv = {
@@ -93,7 +97,7 @@ async function startNode(env: Record<string, string>, nodeFlags: string[] = []):
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
   for (const k of ['REDIS_URL', 'HERALD_CONFIG', 'HERALD_APPS', 'ADMIN_TOKEN']) delete childEnv[k];
-  const child = spawn(process.execPath, [...HERALD_NODE_FLAGS, ...nodeFlags, ...heraldEntry()], {
+  const child = spawn(process.execPath, [...HERALD_NODE_FLAGS, ...nodeFlags, ...heraldEntry(heraldDir)], {
     cwd: ROOT,
     env: childEnv,
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -203,6 +207,7 @@ export async function run(
   );
   if (store !== 'embedded' && store !== 'postgres') throw new Error('--store is embedded or postgres');
   const profDir = str(f, 'cpu-prof', '');
+  heraldDir = str(f, 'herald-dir', ROOT);
   const drainFlags = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
   const extraEnv: Record<string, string> = {};
   for (const kv of str(f, 'env', '').split(',').filter(Boolean)) {
