@@ -90,16 +90,8 @@ type EnqueueResult = 'sent' | 'failed' | 'retry';
 const SWEEP_BATCH = 200;
 /** Outbox rows (batches of notifications) published again per sweep transaction. */
 const OUTBOX_BATCH = 20;
-/** Counter delta rows folded per statement. */
+/** Counter delta rows folded per sweep transaction. */
 const FOLD_BATCH = 200;
-/**
- * How often the counter deltas are folded (at most; PAYMENT_SWEEP_INTERVAL when shorter). Folding is
- * ~0.4 ms of PostgreSQL per delta row, mostly parsing its JSON: folded once per 5 s sweep, the deltas of
- * 3,000 events/s made one backend busy for 300-400 ms at a time, and the intake transactions running
- * meanwhile took 50-120 ms (auto_explain, `npm run bench -- payments --store postgres`). Every 500 ms
- * the same work comes in slices of ~40 ms.
- */
-const FOLD_EVERY_MS = 500;
 /** Published outbox rows not taken by a batch transaction within this long are deleted on their own. */
 const PUBLISHED_FLUSH_MS = 200;
 /** Embedded store: how often the small bookkeeping tables are vacuumed (PGlite has no autovacuum). */
@@ -182,8 +174,6 @@ export class Payments {
   private readonly webhooksTotal: Counter<'result'>;
   private timer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
-  private foldTimer: NodeJS.Timeout | undefined;
-  private folding: Promise<void> | undefined;
   private lastPresenceTick = 0;
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly markQueue: { appId: string; eventId: string; status: 'sent' | 'failed' }[] = [];
@@ -345,27 +335,6 @@ export class Payments {
       );
     }, this.deps.config.paymentSweepInterval);
     this.timer.unref();
-    this.foldTimer = setInterval(
-      () => void this.fold(),
-      Math.min(FOLD_EVERY_MS, this.deps.config.paymentSweepInterval),
-    );
-    this.foldTimer.unref();
-  }
-
-  /** Folds the counter deltas written so far into the counters (one fold at a time). */
-  private fold(): Promise<void> {
-    this.folding ??= (async () => {
-      try {
-        for (let round = 0; round < 50 && !this.stopped; round++) {
-          if ((await foldCounts(this.deps.store, FOLD_BATCH)) < FOLD_BATCH) break;
-        }
-      } catch (err) {
-        this.log.warn({ err }, 'could not fold the payment counters');
-      } finally {
-        this.folding = undefined;
-      }
-    })();
-    return this.folding;
   }
 
   /** One pass of the sweep; public for tests and tools. */
@@ -382,7 +351,13 @@ export class Payments {
     } catch (err) {
       this.log.error({ err }, 'merchant notification retry failed');
     }
-    await this.fold();
+    try {
+      for (let round = 0; round < 50 && !this.stopped; round++) {
+        if ((await foldCounts(this.deps.store, FOLD_BATCH)) < FOLD_BATCH) break;
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'could not fold the payment counters');
+    }
     let republished = 0;
     try {
       republished = await this.republishOutbox();
@@ -858,9 +833,7 @@ export class Payments {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    if (this.foldTimer) clearInterval(this.foldTimer);
     await this.sweeping;
-    await this.folding;
     await this.intake.close();
     await Promise.allSettled([...this.inflight, ...this.publishing]);
     if (this.publishedTimer) clearTimeout(this.publishedTimer);
