@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { Queryable, QueryResult, Store } from './types.js';
+import type { Queryable, QueryResult, Statement, Store } from './types.js';
 
 interface WorkerInit {
   dir: string;
@@ -159,11 +159,17 @@ export class EmbeddedStore implements Store {
     });
   }
 
-  private raw<T>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<T>> {
-    return this.send({ op: 'query', sql, params: [...params] } as WorkerRequest) as Promise<QueryResult<T>>;
+  private raw<T>(sql: string | Statement, params: readonly unknown[] = []): Promise<QueryResult<T>> {
+    const text = typeof sql === 'string' ? sql : sql.text;
+    return this.send({ op: 'query', sql: text, params: [...params] } as WorkerRequest) as Promise<
+      QueryResult<T>
+    >;
   }
 
-  query<T = Record<string, unknown>>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<T>> {
+  query<T = Record<string, unknown>>(
+    sql: string | Statement,
+    params: readonly unknown[] = [],
+  ): Promise<QueryResult<T>> {
     return this.mutex.run(() => this.raw<T>(sql, params));
   }
 

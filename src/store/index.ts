@@ -5,7 +5,8 @@ import { PostgresStore } from './postgres.js';
 import type { Store } from './types.js';
 
 export { SqlError } from './embedded.js';
-export type { Queryable, QueryResult, Store } from './types.js';
+export type { Queryable, QueryResult, Statement, Store } from './types.js';
+export { statement } from './types.js';
 
 /**
  * Opens the store chosen by the config (PostgreSQL when `databaseUrl` is set, the embedded one

@@ -1,10 +1,17 @@
 import pg from 'pg';
 import { SqlError } from './embedded.js';
-import type { Queryable, QueryResult, Store } from './types.js';
+import type { Queryable, QueryResult, Statement, Store } from './types.js';
 
 const INT8 = 20;
 
 const SQLSTATE = /^[0-9A-Z]{5}$/;
+
+/** What node-postgres runs: plain text, or a named (prepared) statement. */
+function toPg(sql: string | Statement, params: readonly unknown[]): pg.QueryConfig {
+  return typeof sql === 'string'
+    ? { text: sql, values: params as unknown[] }
+    : { name: sql.name, text: sql.text, values: params as unknown[] };
+}
 
 /** Whether an error comes from PostgreSQL or the connection to it (not from the caller's code). */
 function isStoreFailure(err: unknown): boolean {
@@ -65,11 +72,11 @@ export class PostgresStore implements Store {
   }
 
   async query<T = Record<string, unknown>>(
-    sql: string,
+    sql: string | Statement,
     params: readonly unknown[] = [],
   ): Promise<QueryResult<T>> {
     try {
-      const res = await this.pool.query(sql, params as unknown[]);
+      const res = await this.pool.query(toPg(sql, params));
       return { rows: res.rows as T[], rowCount: res.rowCount ?? res.rows.length };
     } catch (err) {
       throw wrap(err);
@@ -84,9 +91,9 @@ export class PostgresStore implements Store {
       throw wrap(err);
     }
     const tx: Queryable = {
-      query: async <R>(sql: string, params: readonly unknown[] = []) => {
+      query: async <R>(sql: string | Statement, params: readonly unknown[] = []) => {
         try {
-          const res = await client.query(sql, params as unknown[]);
+          const res = await client.query(toPg(sql, params));
           return { rows: res.rows as R[], rowCount: res.rowCount ?? res.rows.length };
         } catch (err) {
           throw wrap(err);

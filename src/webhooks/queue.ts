@@ -1,4 +1,4 @@
-import type { Queryable, Store } from '../store/index.js';
+import { type Queryable, type Store, statement } from '../store/index.js';
 import { type AttemptOutcome, type BreakerState, type ClaimedDelivery, QUEUED_STATUSES } from './types.js';
 
 /**
@@ -400,7 +400,9 @@ export class WebhookQueue {
       trial: boolean;
       is_slow: boolean;
     }>(
-      `WITH RECURSIVE mk AS (
+      statement(
+        'webhook_claim',
+        `WITH RECURSIVE mk AS (
          (SELECT merchant_key FROM webhook_deliveries WHERE status IN ${QUEUED_STATUSES} ORDER BY merchant_key LIMIT 1)
          UNION ALL
          SELECT (SELECT d.merchant_key FROM webhook_deliveries d
@@ -461,6 +463,7 @@ export class WebhookQueue {
          d.attempt_base, d.created_at, m.secret, m.require_success_body,
          coalesce(m.disabled_url = d.notify_url, false) AS disabled, m.breaker_state = 'half_open' AS trial,
          m.is_slow`,
+      ),
       [
         limit,
         this.s.lease,
@@ -539,7 +542,9 @@ export class WebhookQueue {
       avg_ms: number;
       consecutive_failures: number;
     }>(
-      `WITH x AS (
+      statement(
+        'webhook_complete',
+        `WITH x AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, status text, attempts int, delay_ms double precision,
            code int, error text, order_no text, merchant_key text, url text, outcome text, response_body text, duration_ms int)
        ), upd AS (
@@ -606,6 +611,7 @@ export class WebhookQueue {
        WHERE m.merchant_key = c.merchant_key
        RETURNING m.merchant_key, m.merchant_id, m.notify_url, c.old_state, m.breaker_state, c.was_slow, m.is_slow,
          m.avg_ms, m.consecutive_failures`,
+      ),
       [
         JSON.stringify(d),
         JSON.stringify(m),

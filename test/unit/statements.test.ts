@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import pg from 'pg';
+import { openStore, type Store, statement } from '../../src/store/index.js';
+
+const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/** Prepared statements (store/types.ts `statement`) on both stores. */
+describe('prepared statements', () => {
+  const schema = `t_stmt_${randomBytes(5).toString('hex')}`;
+  const dir = mkdtempSync(join(tmpdir(), 'herald-stmt-'));
+  const stores: Store[] = [];
+  after(async () => {
+    for (const s of stores) await s.close();
+    rmSync(dir, { recursive: true, force: true });
+    const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await c.connect();
+    await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await c.end();
+  });
+
+  const twice = statement('test_twice', 'SELECT $1::int * 2 AS n');
+
+  for (const kind of ['postgres', 'embedded'] as const) {
+    it(`run with their parameters, again and again, in and out of transactions (${kind})`, async () => {
+      const store = await openStore(
+        kind === 'postgres'
+          ? { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, dataDir: dir }
+          : { databaseUrl: undefined, databaseSchema: 'herald', dataDir: join(dir, 'embedded') },
+      );
+      stores.push(store);
+      // More runs than PostgreSQL's plan cache needs before it may pick a generic plan.
+      for (let i = 0; i < 8; i++) {
+        const r = await store.query<{ n: number }>(twice, [i]);
+        assert.equal(r.rows[0]?.n, i * 2);
+      }
+      const inTx = await store.transaction((tx) => tx.query<{ n: number }>(twice, [21]));
+      assert.equal(inTx.rows[0]?.n, 42);
+      if (kind === 'postgres') {
+        // Prepared on the connection under its name, in the configured schema.
+        const names = await store.transaction((tx) =>
+          Promise.all([
+            tx.query<{ n: number }>(twice, [1]),
+            tx.query<{ name: string }>('SELECT name FROM pg_prepared_statements'),
+          ]),
+        );
+        assert.ok(names[1].rows.some((r) => r.name === 'herald_test_twice'));
+      }
+      await assert.rejects(store.query(twice, ['not a number']), /invalid input syntax/);
+    });
+  }
+});
