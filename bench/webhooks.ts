@@ -48,6 +48,12 @@ const num = (f: Flags, k: string, d: number) => (typeof f[k] === 'string' ? Numb
 const str = (f: Flags, k: string, d: string) => (typeof f[k] === 'string' ? (f[k] as string) : d);
 const log = (m: string) => process.stderr.write(`[webhooks] ${m}\n`);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** `250ms`, `3s`, `1m` or a number of ms, as Herald's duration settings. */
+function durationMs(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) throw new Error(`not a duration: ${text}`);
+  return Number(m[1]) * (m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1);
+}
 
 interface Merchant {
   server: Server;
@@ -231,7 +237,7 @@ export async function run(
   );
   const dir = mkdtempSync(join(tmpdir(), 'herald-bench-webhooks-'));
   const schemas: string[] = [];
-  const common = {
+  const common: Record<string, string> = {
     WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true',
     WEBHOOK_RETRY_DELAYS: '1s,2s,4s',
     WEBHOOK_POLL_INTERVAL: '50ms',
@@ -284,6 +290,16 @@ export async function run(
     const t = fast.times;
     const seconds = t.length > 1 ? ((t[t.length - 1] as number) - (t[0] as number)) / 1000 : Number.NaN;
     const perSec = t.length / seconds;
+    // The rate once the dispatcher's slow start (WEBHOOK_SLOW_START, 3 s by default, during which the
+    // concurrency limits grow from a tenth to their full value) is over, up to the last 250 ms (the queue
+    // running dry): what a node that has been running delivers.
+    const ramp = durationMs(common.WEBHOOK_SLOW_START ?? '3s');
+    const first = t[0] as number;
+    const last = t[t.length - 1] as number;
+    const from = first + ramp;
+    const to = last - 250;
+    const steady =
+      to - from >= 1000 ? t.filter((x) => x >= from && x <= to).length / ((to - from) / 1000) : null;
     log(
       `${name}: ${t.length} fast deliveries at ${Math.round(perSec)}/s, event-loop p99 max ${loop.maxMs} ms`,
     );
@@ -297,6 +313,7 @@ export async function run(
       postgresCpuMsPer1000: pgMs === null ? null : perK(pgMs * 1000),
       fastDelivered: t.length,
       fastPerSec: Math.round(perSec),
+      fastPerSecAfterSlowStart: steady === null ? null : Math.round(steady),
       loopP99MaxMs: loop.maxMs,
       loopP99MedianMs: loop.medianMs,
       loopP99Samples: loop.samples,

@@ -561,11 +561,14 @@ export class WebhookEngine {
         // returns: while the buffer still holds work for every slot, the next claim waits until it can take
         // a good share of the budget (a quarter), so that rows held by slow merchants or by open breakers
         // cannot turn the dispatcher into a stream of claims of a few rows each.
-        const chunk = Math.min(this.config.webhookClaimBatch, Math.max(1, Math.floor(budget / 4)));
+        // During the slow start claims grow with the concurrency limits: a claim of hundreds of rows is
+        // decoded and buffered in one turn, which cold code made the start-up's longest turn.
+        const claimMax = Math.max(1, Math.floor(this.config.webhookClaimBatch * this.ramp));
+        const chunk = Math.min(claimMax, Math.max(1, Math.floor(budget / 4)));
         // Free slots after a pump: nothing buffered can start, so a claim is needed however small.
         const starving = this.freeSlots() > 0;
         if (room > 0 && (room >= chunk || starving || trials.length > 0) && this.state === 'running') {
-          const want = Math.min(room, this.config.webhookClaimBatch);
+          const want = Math.min(room, claimMax);
           const claimedAt = Date.now();
           const rows = await this.queue.claim(want, trials, this.heldLeases(), this.lagCaps());
           if (trials.length > 0) {
