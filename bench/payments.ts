@@ -15,11 +15,13 @@
  * transition reached the merchant app exactly once (lost = 0, doubled = 0) and that the store agrees
  * (GET /payments/stats). Flags: --store embedded|postgres --database-url --warmup (s, 3)
  * --connect-concurrency (100) --keep (keep Herald's data folder and PostgreSQL schema) --cpu-prof <dir>
- * (profile Herald) --node-flags '<V8 flags>' (after the ones npm start uses, HERALD_NODE_FLAGS).
+ * (profile Herald) --node-flags '<V8 flags>' (after the ones npm start uses, HERALD_NODE_FLAGS)
+ * --herald-dir <dir> (another checkout, e.g. from bench/tools/snapshot.sh). BENCH_HERALD_STDOUT=<file>
+ * keeps Herald's standard output (e.g. with --node-flags=--trace-gc).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -84,6 +86,7 @@ async function startHeraldProcess(
   env: Record<string, string>,
   cpuProfDir?: string,
   extraFlags: string[] = [],
+  heraldDir?: string,
 ): Promise<Node> {
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), 'herald-bench-pay-'));
@@ -98,10 +101,14 @@ async function startHeraldProcess(
   };
   if (!env.DATABASE_URL) delete childEnv.DATABASE_URL;
   const nodeArgs = [...extraFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])];
-  const child = spawn(process.execPath, [...HERALD_NODE_FLAGS, ...nodeArgs, ...heraldEntry()], {
-    cwd: ROOT,
+  const child = spawn(process.execPath, [...HERALD_NODE_FLAGS, ...nodeArgs, ...heraldEntry(heraldDir)], {
+    cwd: heraldDir ?? ROOT,
     env: childEnv,
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: [
+      'ignore',
+      process.env.BENCH_HERALD_STDOUT ? openSync(process.env.BENCH_HERALD_STDOUT, 'w') : 'ignore',
+      'inherit',
+    ],
   });
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 120_000;
@@ -151,6 +158,8 @@ async function scrape(url: string): Promise<{
   majorGcs?: number;
   /** Cumulative count of store transactions per bucket upper bound (seconds). */
   txBuckets?: Map<number, number>;
+  /** Orders of batches by where they came from (herald_payment_order_cache_total). */
+  cache?: Record<string, number>;
 }> {
   try {
     const text = await (await fetch(`${url}/metrics`)).text();
@@ -175,6 +184,12 @@ async function scrape(url: string): Promise<{
         [...text.matchAll(/^herald_payment_store_seconds_bucket\{le="([0-9.]+)"\} ([0-9.e+-]+)$/gm)].map(
           (m) => [Number(m[1]), Number(m[2])],
         ),
+      ),
+      cache: Object.fromEntries(
+        [...text.matchAll(/^herald_payment_order_cache_total\{result="(\w+)"\} ([0-9.e+-]+)$/gm)].map((m) => [
+          m[1] as string,
+          Number(m[2]),
+        ]),
       ),
     };
   } catch {
@@ -313,7 +328,9 @@ export async function run(
   // More V8 flags for Herald, after HERALD_NODE_FLAGS (the last one wins), e.g.
   // --node-flags=--max-semi-space-size=16 to compare with Node's default young generation.
   const extraFlags = typeof f['node-flags'] === 'string' ? (f['node-flags'] as string).split(' ') : [];
-  const node = await startHeraldProcess(env, cpuProf, extraFlags);
+  // --herald-dir <checkout>: run another build of Herald (bench/tools/snapshot.sh) under the same bench.
+  const heraldDir = typeof f['herald-dir'] === 'string' ? (f['herald-dir'] as string) : undefined;
+  const node = await startHeraldProcess(env, cpuProf, extraFlags, heraldDir);
   const run = `${Date.now().toString(36)}`;
   const sentAt = new Map<string, number>(); // `${orderId}:${status}` -> first send time
   const expected = new Set<string>(); // acknowledged transitions
@@ -532,6 +549,13 @@ export async function run(
       eventLoopMaxMs: metrics1.loopMax === undefined ? null : round(metrics1.loopMax * 1000),
       heraldGcMsPerSecond: round((((metrics1.gcSum ?? 0) - (metrics0.gcSum ?? 0)) * 1000) / elapsed),
       heraldMajorGcs: (metrics1.majorGcs ?? 0) - (metrics0.majorGcs ?? 0),
+      // Orders of the measured batches by source: cache hit, assumed new, read from the store, stale.
+      orderCache: Object.fromEntries(
+        ['hit', 'new', 'read', 'stale'].map((k) => [
+          k,
+          (metrics1.cache?.[k] ?? 0) - (metrics0.cache?.[k] ?? 0),
+        ]),
+      ),
       heraldHeapMb: metrics1.heap === undefined ? null : round(metrics1.heap / 2 ** 20),
       heraldRssMb: metrics1.rss === undefined ? null : round(metrics1.rss / 2 ** 20),
       loadAverage: [round(load0), round(load1)],

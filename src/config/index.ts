@@ -92,6 +92,7 @@ export interface Config {
   paymentTimeout: number;
   paymentSweepInterval: number;
   paymentBatchMax: number;
+  paymentOrderCache: number;
   paymentCurrency: string;
   commandTimeout: number;
   machinePresenceInterval: number;

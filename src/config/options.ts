@@ -502,6 +502,12 @@ export const OPTIONS = {
     default: 256,
     doc: 'Payment events stored in one transaction when many arrive at once (group commit).',
   },
+  paymentOrderCache: {
+    env: 'PAYMENT_ORDER_CACHE',
+    type: { kind: 'int', min: 0, max: 10_000_000 },
+    default: 100_000,
+    doc: 'Open orders (`created`, `paying`) each node keeps in memory after storing them, so that their next event is stored without reading the order first (checked by the write, never trusted blindly); 0 reads every order.',
+  },
   paymentCurrency: {
     env: 'PAYMENT_CURRENCY',
     type: { kind: 'string', pattern: /^[A-Z]{3}$/ },

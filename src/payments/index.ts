@@ -33,12 +33,14 @@ import {
   type OrderFilter,
   type OutboxNotification,
   orderHistory,
+  orderKey,
   pendingWebhooks,
   pruneMinuteCounts,
   type Stats,
   stats,
   timeoutEvent,
 } from './ledger.js';
+import { OrderCache } from './order-cache.js';
 import { MachinePresence, type MachinePresenceInfo } from './presence.js';
 import { parseEvent, TOPIC_SAFE_ID_RE } from './schema.js';
 import type { EventSource, MerchantNotifier, Order, ReportResult, Transition } from './types.js';
@@ -166,6 +168,8 @@ export function realtimePayload(t: Transition): Record<string, unknown> {
 /** One node's payment tracking. Create it, register its routes, `start()` it; `stop()` before the store closes. */
 export class Payments {
   readonly intake: PaymentIntake;
+  /** Open orders this node stored last (PAYMENT_ORDER_CACHE). */
+  readonly orderCache: OrderCache;
   readonly presence: MachinePresence;
   private readonly deps: PaymentsDeps;
   private readonly log: Logger;
@@ -214,6 +218,13 @@ export class Payments {
       labelNames: ['result'],
       registers,
     });
+    const cacheTotal = new Counter({
+      name: 'herald_payment_order_cache_total',
+      help: "Orders of payment batches by where they came from: hit (this node's cache), new (assumed new), read (from the store), stale (a cached order another node or the sweep changed: the batch ran again).",
+      labelNames: ['result'],
+      registers,
+    });
+    this.orderCache = new OrderCache(config.paymentOrderCache);
     this.intake = new PaymentIntake({
       store,
       logger: this.log,
@@ -231,6 +242,8 @@ export class Payments {
       },
       onOutcome: (outcome) => this.eventsTotal.inc({ outcome }),
       onBatch: (_n, seconds) => this.batchSeconds.observe(seconds),
+      cache: config.paymentOrderCache > 0 ? this.orderCache : undefined,
+      onCache: (result, n) => cacheTotal.inc({ result }, n),
     });
     this.presence = new MachinePresence({
       store,
@@ -457,10 +470,12 @@ export class Payments {
               defaultCurrency: config.paymentCurrency,
               knownDuplicates: new Set(),
               realtime: realtimePayload,
+              keyedUpdate: store.kind === 'postgres',
             });
             return { transitions: r.transitions, outboxId: r.outboxId, claimed: orders.size };
           });
           if (claimed === 0) return total;
+          this.intake.forget(transitions.map((t) => orderKey(t.appId, t.orderId)));
           total += transitions.length;
           this.eventsTotal.inc({ outcome: 'transition' }, transitions.length);
           this.committed(transitions, outboxId);

@@ -10,7 +10,8 @@ import {
   OrderConflict,
   orderKey,
 } from './ledger.js';
-import type { EventSource, PaymentEvent, ReportResult, Transition } from './types.js';
+import type { OrderCache } from './order-cache.js';
+import type { EventSource, Order, PaymentEvent, ReportResult, Transition } from './types.js';
 
 export interface IntakeOptions {
   store: Store;
@@ -39,6 +40,14 @@ export interface IntakeOptions {
   onOutcome?: (outcome: 'transition' | 'stale' | 'duplicate' | 'invalid') => void;
   /** Called after each transaction with the number of events and its duration in seconds. */
   onBatch?: (events: number, seconds: number) => void;
+  /** Open orders this node stored last (see OrderCache); without it every batch reads its orders. */
+  cache?: OrderCache;
+  /**
+   * Called once per order of a batch: `hit` (taken from the cache), `new` (a `created` event for an
+   * order not cached, assumed new), `read` (read from the store), `stale` (a batch decided on the cache
+   * found an order changed by someone else and ran again from the store).
+   */
+  onCache?: (result: 'hit' | 'new' | 'read' | 'stale', n: number) => void;
 }
 
 interface Pending extends Item {
@@ -92,31 +101,91 @@ export class PaymentIntake {
     await Promise.all(this.lanes.map((l) => l.idle()));
   }
 
+  /** Forgets cached orders that something other than the intake changed (the timeout sweep). */
+  forget(keys: Iterable<string>): void {
+    const cache = this.opts.cache;
+    if (cache) for (const k of keys) cache.delete(k);
+  }
+
+  /**
+   * The orders of a batch: from the cache when it holds them, assumed new when their first event in
+   * the batch is `created` and the cache does not know them, read from the store otherwise (one round
+   * trip for all of those). `cached` lists the keys the write must check (see ApplyOptions.cached).
+   */
+  private async ordersOf(
+    batch: readonly Pending[],
+    useCache: boolean,
+  ): Promise<{ orders: Map<string, Order>; cached: Set<string>; assumed: number }> {
+    const { store, cache, onCache } = this.opts;
+    const cached = new Set<string>();
+    if (!cache || !useCache) {
+      const orders = await loadOrders(
+        store,
+        batch.map((p) => p.event),
+      );
+      onCache?.('read', new Set(batch.map((p) => orderKey(p.event.appId, p.event.orderId))).size);
+      return { orders, cached, assumed: 0 };
+    }
+    const orders = new Map<string, Order>();
+    const first = new Map<string, PaymentEvent>();
+    for (const p of batch) {
+      const k = orderKey(p.event.appId, p.event.orderId);
+      if (!first.has(k)) first.set(k, p.event);
+    }
+    const missing: PaymentEvent[] = [];
+    let assumed = 0;
+    for (const [k, ev] of first) {
+      const o = cache.get(k);
+      if (o) {
+        orders.set(k, o);
+        cached.add(k);
+      } else if (ev.type === 'created') assumed++;
+      else missing.push(ev);
+    }
+    if (missing.length > 0) for (const [k, o] of await loadOrders(store, missing)) orders.set(k, o);
+    if (onCache) {
+      if (cached.size > 0) onCache('hit', cached.size);
+      if (assumed > 0) onCache('new', assumed);
+      if (missing.length > 0) onCache('read', missing.length);
+    }
+    return { orders, cached, assumed };
+  }
+
   /** Stores a batch, retrying on conflicts; answers every item. */
   async process(batch: Pending[]): Promise<void> {
-    const { store, logger } = this.opts;
+    const { store, logger, cache } = this.opts;
     let known = new Set<string>();
     for (let attempt = 1; ; attempt++) {
       const started = performance.now();
       let outcomes: ItemOutcome[];
       let transitions: Transition[];
       let outboxId: string | undefined;
+      let orders: Map<string, Order> | undefined;
+      // The cache serves the first attempt only: a retry reads everything from the store.
+      let fromCache = false;
       const published = this.opts.published?.take() ?? [];
       try {
-        // Two round trips and no explicit transaction: read the orders, then one statement that
-        // writes everything and aborts itself if another statement changed any of it meanwhile.
-        const orders = await loadOrders(
-          store,
-          batch.map((p) => p.event),
-        );
+        // No explicit transaction: the orders (from the cache, or read in one round trip), then one
+        // statement that writes everything and aborts itself if another statement changed any of it.
+        const read = await this.ordersOf(batch, attempt === 1 && known.size === 0);
+        orders = read.orders;
+        fromCache = read.cached.size > 0 || read.assumed > 0;
         ({ outcomes, transitions, outboxId } = await applyEvents(store, orders, batch, {
           defaultCurrency: this.opts.defaultCurrency,
           knownDuplicates: known,
           realtime: this.opts.realtime,
           published,
+          cached: read.cached,
+          keyedUpdate: store.kind === 'postgres',
         }));
       } catch (err) {
+        if (cache) for (const p of batch) cache.delete(orderKey(p.event.appId, p.event.orderId));
         if (published.length > 0) this.opts.published?.giveBack(published);
+        if (err instanceof OrderConflict && fromCache && attempt < MAX_ATTEMPTS) {
+          // The cache was stale (another node or the sweep changed an order): at once from the store.
+          this.opts.onCache?.('stale', 1);
+          continue;
+        }
         if (err instanceof DuplicateConflict && attempt < MAX_ATTEMPTS) {
           known = new Set([...known, ...err.keys]);
           continue;
@@ -143,6 +212,7 @@ export class PaymentIntake {
         return;
       }
       this.opts.onBatch?.(batch.length, (performance.now() - started) / 1000);
+      if (cache) for (const [k, o] of orders) cache.set(k, o);
       try {
         this.opts.onCommitted(transitions, outboxId);
       } catch (err) {

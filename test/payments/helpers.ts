@@ -6,8 +6,9 @@ import pg from 'pg';
 import { io, type Socket } from 'socket.io-client';
 import { type Config, loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
-import type { MerchantNotifyInput } from '../../src/payments/types.js';
+import type { MerchantNotifyInput, PaymentEvent } from '../../src/payments/types.js';
 import { type Herald, startHerald } from '../../src/server.js';
+import { openStore, type Store } from '../../src/store/index.js';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 
@@ -183,4 +184,37 @@ export async function eventually(
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** A parsed payment event (what the intake and the ledger take), for tests below the HTTP/socket layer. */
+export function paymentEvent(
+  appId: string,
+  orderId: string,
+  type: PaymentEvent['type'],
+  eventId: string = randomUUID(),
+): PaymentEvent {
+  return {
+    eventId,
+    orderId,
+    appId,
+    merchantId: 'm-1',
+    deviceId: null,
+    type,
+    amount: 4,
+    currency: 'CNY',
+    occurredAt: new Date(),
+    notifyUrl: null,
+    meta: null,
+    reason: null,
+  };
+}
+
+/** Opens a store of its own (schema or data folder) for tests below the node (ledger, intake). */
+export function openSpotStore(kind: StoreKind): Promise<Store> {
+  const spot = newSpot(kind);
+  return openStore({
+    databaseUrl: kind === 'postgres' ? TEST_DATABASE_URL : undefined,
+    databaseSchema: spot.databaseSchema,
+    dataDir: spot.dataDir,
+  });
 }

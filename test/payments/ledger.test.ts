@@ -10,27 +10,13 @@ import {
   orderKey,
 } from '../../src/payments/ledger.js';
 import type { PaymentEvent } from '../../src/payments/types.js';
-import { openStore, type Store } from '../../src/store/index.js';
-import { cleanupSpots, newSpot, STORES, TEST_DATABASE_URL } from './helpers.js';
+import type { Store } from '../../src/store/index.js';
+import { cleanupSpots, openSpotStore, paymentEvent, STORES } from './helpers.js';
 
 const APP = 'ledger-app';
 
-function event(orderId: string, type: PaymentEvent['type'], eventId = randomUUID()): PaymentEvent {
-  return {
-    eventId,
-    orderId,
-    appId: APP,
-    merchantId: 'm-1',
-    deviceId: null,
-    type,
-    amount: 4,
-    currency: 'CNY',
-    occurredAt: new Date(),
-    notifyUrl: null,
-    meta: null,
-    reason: null,
-  };
-}
+const event = (orderId: string, type: PaymentEvent['type'], eventId?: string): PaymentEvent =>
+  paymentEvent(APP, orderId, type, eventId);
 
 const opts = { defaultCurrency: 'CNY', knownDuplicates: new Set<string>() };
 
@@ -53,12 +39,7 @@ for (const kind of STORES) {
   describe(`payment ledger writes (${kind} store)`, () => {
     let store: Store;
     before(async () => {
-      const spot = newSpot(kind);
-      store = await openStore({
-        databaseUrl: kind === 'postgres' ? TEST_DATABASE_URL : undefined,
-        databaseSchema: spot.databaseSchema,
-        dataDir: spot.dataDir,
-      });
+      store = await openSpotStore(kind);
     });
     after(async () => {
       await store.close();

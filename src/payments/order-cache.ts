@@ -1,0 +1,53 @@
+import { TIMEOUT_STATES } from './state-machine.js';
+import type { Order } from './types.js';
+
+/**
+ * The open orders (`created`, `paying`) this node stored last, so that the next event of an order
+ * skips reading it from the store: a terminal sends `created`, `paying` and its outcome one after the
+ * other, and on one node each of them used to cost a round trip to read the order the previous one had
+ * just written.
+ *
+ * Never trusted blindly: a batch decided on cached orders checks, in its one write statement, that each
+ * of them still has the version it had here (changed orders by the version their update expects,
+ * the others by a check of their own), and a batch that assumed an order is new inserts it only if it
+ * does not exist. When another node or the timeout sweep changed an order meanwhile, the write aborts
+ * and the batch runs again from the store. Bounded: past `max` orders the oldest go first.
+ */
+export class OrderCache {
+  private readonly orders = new Map<string, Order>();
+  hits = 0;
+  misses = 0;
+
+  constructor(readonly max: number) {}
+
+  get size(): number {
+    return this.orders.size;
+  }
+
+  /** A copy of the cached order (the batch mutates it; the cache keeps what was committed). */
+  get(key: string): Order | undefined {
+    const o = this.orders.get(key);
+    if (!o) return undefined;
+    return { ...o, createdAt: o.createdAt, updatedAt: o.updatedAt };
+  }
+
+  /** Keeps an order as committed: open orders are kept (as the newest), the others forgotten. */
+  set(key: string, order: Order): void {
+    if (this.max <= 0) return;
+    this.orders.delete(key);
+    if (!TIMEOUT_STATES.includes(order.state)) return;
+    this.orders.set(key, order);
+    if (this.orders.size > this.max) {
+      const oldest = this.orders.keys().next().value as string;
+      this.orders.delete(oldest);
+    }
+  }
+
+  delete(key: string): void {
+    this.orders.delete(key);
+  }
+
+  clear(): void {
+    this.orders.clear();
+  }
+}
