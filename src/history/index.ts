@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { HeraldError } from '../errors.js';
 import { streamsOf } from '../router/index.js';
-import type { Notification } from '../router/types.js';
+import { type Notification, newPositions } from '../router/types.js';
 
 export interface StreamPosition {
   offset: number;
@@ -172,7 +172,7 @@ export class MemoryHistory implements History {
       let drop = Math.max(0, s.entries.length - size);
       while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
       if (drop > 0) this.drop(s, drop);
-      n.pos ??= {};
+      n.pos ??= newPositions();
       n.pos[key] = [s.offset, s.epoch];
     }
     while (this.live > this.limits.maxEntries && this.head < this.order.length) {

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { Script } from '../bus/script.js';
 import { streamsOf } from '../router/index.js';
-import type { Notification } from '../router/types.js';
+import { type Notification, newPositions } from '../router/types.js';
 import {
   type History,
   type HistoryPolicy,
@@ -82,7 +82,7 @@ export class RedisHistory implements History {
     triples: readonly (string | number)[],
     res: readonly unknown[],
   ): void {
-    n.pos ??= {};
+    n.pos ??= newPositions();
     for (let i = 0, k = 0; k < triples.length; i += 2, k += 3) {
       n.pos[triples[k] as string] = [Number(res[i]), String(res[i + 1])];
     }
@@ -135,7 +135,8 @@ export class RedisHistory implements History {
       const n: Notification = { v: 1, id: e.id, appId, ts: e.ts, data: e.data };
       if (e.ack) n.ack = true;
       const off = Number(id.split('-')[0]);
-      n.pos = { [key]: [off, epoch] };
+      n.pos = newPositions();
+      n.pos[key] = [off, epoch];
       entries.push({ offset: off, n });
     }
     const first = entries[0];
