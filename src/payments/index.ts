@@ -220,7 +220,7 @@ export class Payments {
     });
     const cacheTotal = new Counter({
       name: 'herald_payment_order_cache_total',
-      help: "Orders of payment batches by where they came from: hit (this node's cache), new (assumed new), read (from the store), stale (a cached order another node or the sweep changed: the batch ran again).",
+      help: "Orders of payment batches by where they came from: hit (this node's cache), new (assumed new), read (from the store); stale counts batches that found a cached order changed by another node or the sweep and ran again from the store.",
       labelNames: ['result'],
       registers,
     });
