@@ -6,8 +6,18 @@ import { PaymentIntake } from '../../src/payments/intake.js';
 import { sumDeltas } from '../../src/payments/ledger.js';
 import { OrderCache } from '../../src/payments/order-cache.js';
 import type { Order, PaymentEvent, ReportResult } from '../../src/payments/types.js';
+import type { Herald } from '../../src/server.js';
 import type { Store } from '../../src/store/index.js';
-import { cleanupSpots, openSpotStore, paymentEvent, STORES } from './helpers.js';
+import {
+  cleanupSpots,
+  ev,
+  newOrderId,
+  newSpot,
+  openSpotStore,
+  paymentEvent,
+  STORES,
+  startNode,
+} from './helpers.js';
 
 const APP = 'cache-app';
 
@@ -231,3 +241,63 @@ for (const kind of STORES) {
     });
   });
 }
+
+describe('payment order caches of two nodes sharing PostgreSQL', () => {
+  let a: Herald;
+  let b: Herald;
+  before(async () => {
+    const spot = newSpot('postgres');
+    a = await startNode(spot);
+    b = await startNode(spot);
+  });
+  after(async () => {
+    await a.stop();
+    await b.stop();
+    await cleanupSpots();
+  });
+  const pay = (node: Herald, orderId: string, type: string) =>
+    node.payments.report(ev({ orderId, appId: APP, merchantId: 'm-1', type, amount: 4 }), 'http');
+
+  it('decides on the store when the other node moved an order this node has cached', async () => {
+    const orderId = newOrderId();
+    await pay(a, orderId, 'created');
+    await pay(a, orderId, 'paying'); // A caches the order as paying
+    assert.equal((await pay(b, orderId, 'succeeded')).state, 'succeeded');
+    // From A's cache (paying) a refund would be refused; the store says succeeded: it is accepted.
+    const refund = await pay(a, orderId, 'refunded');
+    assert.equal(refund.state, 'refunded');
+    assert.equal(refund.stale, undefined);
+    const { rows } = await a.store.query<{ state: string; version: number }>(
+      'SELECT state, version FROM payment_orders WHERE app_id = $1 AND order_id = $2',
+      [APP, orderId],
+    );
+    assert.deepEqual({ ...rows[0], version: Number(rows[0]?.version) }, { state: 'refunded', version: 4 });
+    const stale = await (await fetch(`${a.url()}/metrics`)).text();
+    assert.match(stale, /herald_payment_order_cache_total\{result="stale"\} [1-9]/);
+  });
+
+  it('answers a failure reported to one node after the other node finished the order as the store says', async () => {
+    const orderId = newOrderId();
+    await pay(a, orderId, 'created');
+    await pay(a, orderId, 'paying');
+    await pay(b, orderId, 'succeeded');
+    // From A's cache (paying) a failure is a transition; after a success it is refused.
+    await assert.rejects(pay(a, orderId, 'failed'), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'invalid_transition');
+      assert.match(err.message, /succeeded/);
+      return true;
+    });
+  });
+
+  it('creates an order once when both nodes take its created event as new', async () => {
+    const orderId = newOrderId();
+    const [x, y] = await Promise.all([pay(a, orderId, 'created'), pay(b, orderId, 'created')]);
+    // Two different events for one new order: one creates it, the other is stale.
+    assert.deepEqual([x.stale ?? false, y.stale ?? false].sort(), [false, true]);
+    const { rows } = await a.store.query<{ n: number }>(
+      'SELECT count(*)::int AS n FROM payment_events WHERE app_id = $1 AND order_id = $2',
+      [APP, orderId],
+    );
+    assert.equal(Number(rows[0]?.n), 2);
+  });
+});
