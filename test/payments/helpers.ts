@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import pg from 'pg';
 import { io, type Socket } from 'socket.io-client';
 import { type Config, loadConfig } from '../../src/config/index.js';
@@ -217,4 +218,22 @@ export function openSpotStore(kind: StoreKind): Promise<Store> {
     databaseSchema: spot.databaseSchema,
     dataDir: spot.dataDir,
   });
+}
+
+/**
+ * Two nodes on one PostgreSQL schema, started before the tests of the enclosing `describe` and stopped
+ * after them: `nodes.a` and `nodes.b` once started.
+ */
+export function twoNodesOnPostgres(): { a: Herald; b: Herald } {
+  const nodes = {} as { a: Herald; b: Herald };
+  before(async () => {
+    const spot = newSpot('postgres');
+    nodes.a = await startNode(spot);
+    nodes.b = await startNode(spot);
+  });
+  after(async () => {
+    await nodes.a.stop();
+    await nodes.b.stop();
+  });
+  return nodes;
 }

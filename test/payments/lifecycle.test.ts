@@ -16,6 +16,7 @@ import {
   report,
   STORES,
   startNode,
+  twoNodesOnPostgres,
 } from './helpers.js';
 
 const APP = 'pos-app';
@@ -404,19 +405,10 @@ for (const kind of STORES) {
 }
 
 describe('payments on PostgreSQL shared by two nodes', () => {
-  let a: Herald;
-  let b: Herald;
-  before(async () => {
-    const spot = newSpot('postgres');
-    a = await startNode(spot);
-    b = await startNode(spot);
-  });
-  after(async () => {
-    await a.stop();
-    await b.stop();
-  });
+  const nodes = twoNodesOnPostgres();
 
   it('stores an event delivered to both nodes at once exactly once', async () => {
+    const { a, b } = nodes;
     for (let round = 0; round < 10; round++) {
       const orderId = newOrderId();
       const base = { appId: APP, merchantId: 'm-two', orderId };
@@ -434,6 +426,7 @@ describe('payments on PostgreSQL shared by two nodes', () => {
   });
 
   it('serializes different events of one order arriving at both nodes', async () => {
+    const { a, b } = nodes;
     for (let round = 0; round < 10; round++) {
       const orderId = newOrderId();
       const base = { appId: APP, merchantId: 'm-two', orderId };

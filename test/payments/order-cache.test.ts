@@ -12,11 +12,10 @@ import {
   cleanupSpots,
   ev,
   newOrderId,
-  newSpot,
   openSpotStore,
   paymentEvent,
   STORES,
-  startNode,
+  twoNodesOnPostgres,
 } from './helpers.js';
 
 const APP = 'cache-app';
@@ -243,22 +242,13 @@ for (const kind of STORES) {
 }
 
 describe('payment order caches of two nodes sharing PostgreSQL', () => {
-  let a: Herald;
-  let b: Herald;
-  before(async () => {
-    const spot = newSpot('postgres');
-    a = await startNode(spot);
-    b = await startNode(spot);
-  });
-  after(async () => {
-    await a.stop();
-    await b.stop();
-    await cleanupSpots();
-  });
+  const nodes = twoNodesOnPostgres();
+  after(() => cleanupSpots());
   const pay = (node: Herald, orderId: string, type: string) =>
     node.payments.report(ev({ orderId, appId: APP, merchantId: 'm-1', type, amount: 4 }), 'http');
 
   it('decides on the store when the other node moved an order this node has cached', async () => {
+    const { a, b } = nodes;
     const orderId = newOrderId();
     await pay(a, orderId, 'created');
     await pay(a, orderId, 'paying'); // A caches the order as paying
@@ -277,6 +267,7 @@ describe('payment order caches of two nodes sharing PostgreSQL', () => {
   });
 
   it('answers a failure reported to one node after the other node finished the order as the store says', async () => {
+    const { a, b } = nodes;
     const orderId = newOrderId();
     await pay(a, orderId, 'created');
     await pay(a, orderId, 'paying');
@@ -290,6 +281,7 @@ describe('payment order caches of two nodes sharing PostgreSQL', () => {
   });
 
   it('creates an order once when both nodes take its created event as new', async () => {
+    const { a, b } = nodes;
     const orderId = newOrderId();
     const [x, y] = await Promise.all([pay(a, orderId, 'created'), pay(b, orderId, 'created')]);
     // Two different events for one new order: one creates it, the other is stale.
