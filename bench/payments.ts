@@ -28,7 +28,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { HERALD_NODE_FLAGS, heraldEntry, postgresCpu, postgresCpuSince } from './lib/proc.js';
+import { HERALD_NODE_FLAGS, heraldEntry, postgresCpu, postgresCpuSince, schedNanos } from './lib/proc.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = 'pos-bench';
@@ -453,6 +453,7 @@ export async function run(
     log(`warming up ${warmup} s`);
     await sleep(warmup * 1000);
     const cpu0 = cpuMs(node.child.pid);
+    const sched0 = schedNanos(node.child.pid as number);
     const selfCpu0 = process.cpuUsage();
     const pgCpu0 = postgresCpu();
     const metrics0 = await scrape(node.url);
@@ -468,6 +469,7 @@ export async function run(
     const eventsPerSecond = (acked - acked0) / elapsed;
     const sentPerSecond = (sent - sent0) / elapsed;
     const cpu = (cpuMs(node.child.pid) - cpu0) / 1000 / elapsed;
+    const sched1 = schedNanos(node.child.pid as number);
     const selfCpu = process.cpuUsage(selfCpu0);
     const pgCpu = store === 'postgres' ? postgresCpuSince(pgCpu0) / 1000 / elapsed : null;
     const metrics1 = await scrape(node.url);
@@ -530,6 +532,10 @@ export async function run(
         })(),
       },
       heraldCpuCores: round(cpu),
+      // Share of the measured time Herald's main thread was runnable but waiting for a core (others
+      // on the same cores: PostgreSQL, the load generator), and the share it ran.
+      heraldMainWaitPct: round(((sched1.wait - sched0.wait) / 1e9 / elapsed) * 100),
+      heraldMainRunPct: round(((sched1.run - sched0.run) / 1e9 / elapsed) * 100),
       heraldCpuMsPerEvent: round((cpu * 1000) / eventsPerSecond),
       postgresCpuCores: pgCpu === null ? null : round(pgCpu),
       postgresCpuMsPerEvent: pgCpu === null ? null : round((pgCpu * 1000) / eventsPerSecond),

@@ -38,6 +38,20 @@ export function cpuSplitMicros(pid: number): { user: number; system: number } {
 }
 
 /** Resident set size of a process in bytes, from /proc/<pid>/status. */
+/**
+ * Nanoseconds a thread has run and has waited on a run queue (runnable, not running), from
+ * `/proc/<pid>/task/<tid>/schedstat`; the main thread when `tid` is not given. The wait tells a server
+ * slowed by other processes on its cores from one slowed by its own work.
+ */
+export function schedNanos(pid: number, tid: number = pid): { run: number; wait: number } {
+  try {
+    const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ');
+    return { run: Number(run), wait: Number(wait) };
+  } catch {
+    return { run: Number.NaN, wait: Number.NaN };
+  }
+}
+
 export function rssBytes(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const m = /VmRSS:\s+(\d+) kB/.exec(status);
@@ -289,7 +303,10 @@ export function postgresCpu(): Map<string, number> {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       if (!stat.includes('(postgres)')) continue;
       const fields = (stat.split(') ')[1] ?? '').split(' ');
-      out.set(pid, ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK);
+      // utime + stime, and cutime + cstime: the postmaster's include the backends that exited (a pool
+      // closing an idle connection during a run took its backend's CPU out of the sum).
+      const ticks = [11, 12, 13, 14].reduce((n, i) => n + Number(fields[i]), 0);
+      out.set(pid, (ticks * 1000) / CLK_TCK);
     } catch {
       // the process ended
     }
@@ -297,9 +314,12 @@ export function postgresCpu(): Map<string, number> {
   return out;
 }
 
-/** CPU ms the postgres processes used since `before` (processes that ended meanwhile are not counted). */
+/** CPU ms the postgres processes used since `before` (those that ended meanwhile through the postmaster). */
 export function postgresCpuSince(before: Map<string, number>): number {
   let total = 0;
-  for (const [pid, ms] of postgresCpu()) total += ms - (before.get(pid) ?? 0);
+  const now = postgresCpu();
+  for (const [pid, ms] of now) total += ms - (before.get(pid) ?? 0);
+  // A backend that ended is now in its postmaster's children time, with what it had used before.
+  for (const [pid, ms] of before) if (!now.has(pid)) total -= ms;
   return total;
 }
