@@ -70,10 +70,19 @@ export class HistoryPolicy {
   }
 }
 
+/**
+ * What history keeps of a notification: what a replay sends (`data`, `id`, `ts`, `ack`), shared by its
+ * entries in every stream. Not the notification itself: its targets and stream positions (users,
+ * devices, topics, `pos` and one array per stream: a dozen objects more per notification) are of no use
+ * to a replay, whose stream and offset the entry knows, and a node holds up to HISTORY_MAX_ENTRIES of
+ * them for minutes, which the GC walks at every major collection.
+ */
+type Kept = Pick<Notification, 'v' | 'id' | 'appId' | 'ts' | 'data' | 'ack'>;
+
 interface Entry {
   offset: number;
   ts: number;
-  n: Notification;
+  n: Kept;
   /** The stream holding it (for the global eviction of the oldest entries). */
   s: Stream;
   /** Removed from its stream (size, TTL, eviction); still in MemoryHistory's global order until compacted. */
@@ -85,6 +94,13 @@ interface Stream {
   offset: number;
   entries: Entry[];
   touched: number;
+}
+
+/** A kept notification as a replay through `stream` sends it. */
+function replayOf(e: Entry, stream: string, epoch: string): Notification {
+  const pos = newPositions();
+  pos[stream] = [e.offset, epoch];
+  return { ...e.n, pos };
 }
 
 /** How long an idle stream keeps its offset and epoch after its entries expired. */
@@ -158,13 +174,17 @@ export class MemoryHistory implements History {
 
   async append(n: Notification): Promise<void> {
     const now = Date.now();
+    let kept: Kept | undefined;
     for (const key of streamsOf(n)) {
       const { size, ttlMs } = this.policy.for(n.appId, key);
       if (size <= 0) continue;
       const s = this.stream(n.appId, key, true) as Stream;
       s.offset++;
       s.touched = now;
-      const e: Entry = { offset: s.offset, ts: now, n, s };
+      kept ??= n.ack
+        ? { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data, ack: true }
+        : { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data };
+      const e: Entry = { offset: s.offset, ts: now, n: kept, s };
       s.entries.push(e);
       this.order.push(e);
       this.live++;
@@ -216,7 +236,8 @@ export class MemoryHistory implements History {
       recovered: sameEpoch && contiguous,
       offset: s.offset,
       epoch: s.epoch,
-      entries: sameEpoch ? live.map((e) => e.n) : [],
+      // Each replayed notification with its position in this stream (what its live delivery carried).
+      entries: sameEpoch ? live.map((e) => replayOf(e, key, s.epoch)) : [],
     };
   }
 

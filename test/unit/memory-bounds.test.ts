@@ -14,6 +14,42 @@ function note(target: { topics?: string[]; users?: string[] }): Notification {
 const orderLength = (h: MemoryHistory) =>
   (h as unknown as { order: unknown[]; head: number }).order.length - (h as unknown as { head: number }).head;
 
+describe('in-memory history replays', () => {
+  it('replays each notification with its offset and epoch in the stream asked for, and keeps no targets', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000));
+    try {
+      const a = { ...note({ topics: ['order:1'], users: ['m-1'] }), ack: true, data: '{"n":1}' };
+      const b = note({ topics: ['order:1'], users: ['m-2'] });
+      await h.append(a);
+      await h.append(b);
+      const userPos = a.pos?.['u:m-1'] as [number, string];
+      const topicPos = b.pos?.['t:order:1'] as [number, string];
+      const topic = await h.since('app', 't:order:1', { offset: 0, epoch: topicPos[1] });
+      assert.equal(topic.recovered, true);
+      assert.deepEqual(
+        topic.entries.map((n) => [n.id, n.pos?.['t:order:1'], n.data, n.ack ?? false]),
+        [
+          [a.id, [1, topicPos[1]], '{"n":1}', true],
+          [b.id, topicPos, '{}', false],
+        ],
+      );
+      const user = await h.since('app', 'u:m-1', { offset: 0, epoch: userPos[1] });
+      assert.deepEqual(
+        user.entries.map((n) => [n.id, n.pos?.['u:m-1']]),
+        [[a.id, userPos]],
+      );
+      // Only what a replay sends is kept: not the targets of the notification.
+      for (const n of [...topic.entries, ...user.entries]) {
+        assert.equal(n.users, undefined);
+        assert.equal(n.topics, undefined);
+        assert.deepEqual(Object.keys(n.pos ?? {}).length, 1);
+      }
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 describe('in-memory history bounds', () => {
   it('keeps at most maxEntries over all streams, dropping the oldest of all first', async () => {
     const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000), {
