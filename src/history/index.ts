@@ -79,9 +79,9 @@ export class HistoryPolicy {
  */
 type Kept = Pick<Notification, 'v' | 'id' | 'appId' | 'ts' | 'data' | 'ack'>;
 
+/** One kept notification in one stream; its age is the notification's `ts` (no heap number of its own). */
 interface Entry {
   offset: number;
-  ts: number;
   n: Kept;
   /** The stream holding it (for the global eviction of the oldest entries). */
   s: Stream;
@@ -184,13 +184,13 @@ export class MemoryHistory implements History {
       kept ??= n.ack
         ? { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data, ack: true }
         : { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data };
-      const e: Entry = { offset: s.offset, ts: now, n: kept, s };
+      const e: Entry = { offset: s.offset, n: kept, s };
       s.entries.push(e);
       this.order.push(e);
       this.live++;
       const cutoff = now - ttlMs;
       let drop = Math.max(0, s.entries.length - size);
-      while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
+      while (drop < s.entries.length && (s.entries[drop] as Entry).n.ts < cutoff) drop++;
       if (drop > 0) this.drop(s, drop);
       n.pos ??= newPositions();
       n.pos[key] = [s.offset, s.epoch];
@@ -228,7 +228,7 @@ export class MemoryHistory implements History {
     }
     const { ttlMs } = this.policy.for(appId, key);
     const cutoff = Date.now() - ttlMs;
-    const live = s.entries.filter((e) => e.ts >= cutoff && e.offset > from.offset);
+    const live = s.entries.filter((e) => e.n.ts >= cutoff && e.offset > from.offset);
     const sameEpoch = from.epoch === s.epoch || (from.offset === 0 && from.epoch === '');
     const first = live[0];
     const contiguous = from.offset >= s.offset || (first !== undefined && first.offset === from.offset + 1);
@@ -253,7 +253,7 @@ export class MemoryHistory implements History {
       for (const [key, s] of app) {
         const cutoff = now - this.policy.for(appId, key).ttlMs;
         let drop = 0;
-        while (drop < s.entries.length && (s.entries[drop] as Entry).ts < cutoff) drop++;
+        while (drop < s.entries.length && (s.entries[drop] as Entry).n.ts < cutoff) drop++;
         if (drop) this.drop(s, drop);
         if (s.entries.length === 0 && now - s.touched > META_TTL_MS) {
           app.delete(key);

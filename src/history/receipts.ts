@@ -31,19 +31,24 @@ export interface Receipts {
 
 const deviceKey = (r: Receipt) => `${r.clientId}\u0000${r.deviceId ?? ''}`;
 
+/**
+ * A notification waiting for receipts. A node holds up to RECEIPT_MAX of them for RECEIPT_TTL, so each
+ * is kept small: it expires `ttlMs` after its `ts` (no time of its own: one heap number less), and its
+ * list of receipts is made by the first receipt.
+ */
 interface Held {
   appId: string;
   ts: number;
-  expires: number;
-  receipts: Receipt[];
+  receipts?: Receipt[];
   /** Client+device keys of `receipts`, built once there are more than a few (a broadcast's). */
   seen?: Set<string>;
 }
 
 /**
  * Receipts on one node, in memory, bounded twice: each expires after `ttlMs`, and at most `max`
- * notifications are held (the oldest go first). Every entry lives as long (same TTL), so the Map's
- * insertion order is also its expiry order: eviction and the sweep only ever look at the front.
+ * notifications are held (the oldest go first). Every entry lives as long (same TTL) from its `ts`, taken
+ * just before it is expected, so the Map's insertion order is also its expiry order: eviction and the
+ * sweep only ever look at the front.
  */
 export class MemoryReceipts implements Receipts {
   private readonly items = new Map<string, Held>();
@@ -65,7 +70,7 @@ export class MemoryReceipts implements Receipts {
 
   sweep(now = Date.now()): void {
     for (const [id, it] of this.items) {
-      if (it.expires >= now) break;
+      if (it.ts + this.ttlMs >= now) break;
       this.items.delete(id);
     }
   }
@@ -73,7 +78,7 @@ export class MemoryReceipts implements Receipts {
   async expect(n: Notification): Promise<void> {
     // A re-published notification (same id) starts again at the back.
     this.items.delete(n.id);
-    this.items.set(n.id, { appId: n.appId, ts: n.ts, expires: Date.now() + this.ttlMs, receipts: [] });
+    this.items.set(n.id, { appId: n.appId, ts: n.ts });
     while (this.items.size > this.max) {
       const oldest = this.items.keys().next().value as string;
       this.items.delete(oldest);
@@ -83,20 +88,22 @@ export class MemoryReceipts implements Receipts {
 
   async record(appId: string, id: string, r: Receipt): Promise<boolean> {
     const it = this.items.get(id);
-    if (!it || it.appId !== appId || it.expires < Date.now()) return false;
+    if (!it || it.appId !== appId || it.ts + this.ttlMs < Date.now()) return false;
     // One receipt per client and device. Most notifications get a handful: a scan, and no Set per entry.
     const k = deviceKey(r);
-    if (it.seen === undefined && it.receipts.length >= 8) it.seen = new Set(it.receipts.map(deviceKey));
-    if (it.seen ? it.seen.has(k) : it.receipts.some((x) => deviceKey(x) === k)) return true;
-    it.receipts.push(r);
+    if (!it.receipts) it.receipts = [];
+    const list = it.receipts;
+    if (it.seen === undefined && list.length >= 8) it.seen = new Set(list.map(deviceKey));
+    if (it.seen ? it.seen.has(k) : list.some((x) => deviceKey(x) === k)) return true;
+    list.push(r);
     it.seen?.add(k);
     return true;
   }
 
   async get(id: string): Promise<ReceiptReport | undefined> {
     const it = this.items.get(id);
-    if (!it || it.expires < Date.now()) return undefined;
-    return { id, appId: it.appId, ts: it.ts, receipts: [...it.receipts] };
+    if (!it || it.ts + this.ttlMs < Date.now()) return undefined;
+    return { id, appId: it.appId, ts: it.ts, receipts: it.receipts ? [...it.receipts] : [] };
   }
 
   close(): void {
