@@ -150,6 +150,8 @@ describe('system alert windows across two nodes on one PostgreSQL', () => {
         'the success-rate alert on the watcher',
       );
       assert.equal(alert.data.value, 0);
+      // The alert needs 5 samples; the sixth attempt may still be on its way when it fires.
+      await waitFor(() => failing.ids().size === 6, 10_000, 'all 6 first attempts');
       assert.equal(failing.ids().size, 6);
     } finally {
       await failing.close();
