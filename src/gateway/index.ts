@@ -1,12 +1,12 @@
 import type { Server as HttpServer, IncomingMessage } from 'node:http';
-import { type Namespace, Server, type Socket } from 'socket.io';
+import { type Namespace, Server, Socket } from 'socket.io';
 import type { AccessControl, ClientIdentity } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { type ErrorBody, HeraldError, isHeraldError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics/index.js';
 import type { CountNotifier } from '../router/counts.js';
-import type { Frame } from '../router/frame.js';
+import { encodeAck, type Frame } from '../router/frame.js';
 import type { Router } from '../router/index.js';
 import type { Conn } from '../router/types.js';
 import { parseTopics, readIdentity } from './validate.js';
@@ -88,6 +88,19 @@ const resetDirect = (): void => {
   directLeft = DIRECT_PER_TURN;
   directReset = false;
 };
+
+/**
+ * Frames written in the rest of this turn of the event loop are all queued, none written at once, so
+ * that what one connection gets in this turn leaves in one write: a payment batch's commit sends each
+ * reporting machine its `dataUpdate` and, a few microtasks later, the ack of its report.
+ */
+export function coalesceThisTurn(): void {
+  directLeft = 0;
+  if (!directReset) {
+    directReset = true;
+    setImmediate(resetDirect);
+  }
+}
 
 function scheduleFlush(): void {
   if (flushScheduled) return;
@@ -380,6 +393,15 @@ export class SocketConn implements Conn {
     return this.sendNow(frame);
   }
 
+  /**
+   * Answers the client's event `id` (a Socket.IO ACK) through the same queue as notifications: never
+   * held (an ack is not part of the replayed stream) and never ahead of frames queued before it. `args`
+   * must be JSON (Herald's handlers answer plain objects): Socket.IO's binary acks are not made here.
+   */
+  sendAck(id: number, argsJson: string): void {
+    this.sendNow(encodeAck(this.appId, id, argsJson));
+  }
+
   /** Writes at once, also while held (the replay itself). */
   sendNow(frame: Frame): boolean {
     if (this.dropped) return false;
@@ -400,6 +422,34 @@ export class SocketConn implements Conn {
     return true;
   }
 }
+
+/**
+ * Acks of app sockets leave as pre-encoded frames through the connection's queue instead of Socket.IO's
+ * encoder and engine.io's packet path: in the turn of a payment commit a machine's ack and its
+ * `dataUpdate` then share one socket write, and an ack costs a string and a buffer, not a packet
+ * object, a binary check, an engine.io packet and a ws frame of its own. Other sockets (the console's)
+ * and arguments that are not JSON keep Socket.IO's own ack.
+ */
+type AckFactory = (this: Socket, id: number) => (...args: unknown[]) => void;
+const socketProto = Socket.prototype as unknown as { ack: AckFactory };
+const ioAck = socketProto.ack;
+socketProto.ack = function (this: Socket, id: number) {
+  const conn = (this.data as { conn?: unknown } | undefined)?.conn;
+  if (!(conn instanceof SocketConn)) return ioAck.call(this, id);
+  let sent = false;
+  return (...args: unknown[]): void => {
+    if (sent) return;
+    sent = true;
+    let json: string;
+    try {
+      json = JSON.stringify(args);
+    } catch {
+      ioAck.call(this, id)(...args);
+      return;
+    }
+    conn.sendAck(id, json);
+  };
+};
 
 /** What an event handler gets and returns. */
 export interface EventContext {

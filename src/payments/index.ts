@@ -10,7 +10,7 @@ import type { Namespace, Socket } from 'socket.io';
 import type { AccessControl, ClientIdentity } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { type ErrorCode, HeraldError, isHeraldError } from '../errors.js';
-import { type Gateway, SocketConn } from '../gateway/index.js';
+import { coalesceThisTurn, type Gateway, SocketConn } from '../gateway/index.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics/index.js';
 import type { Router } from '../router/index.js';
@@ -526,6 +526,8 @@ export class Payments {
    */
   private committed(transitions: Transition[], outboxId: string | undefined): void {
     if (CRASH_AFTER_COMMIT && transitions.length > 0) process.kill(process.pid, 'SIGKILL');
+    // The reporters' acks follow in this turn: each machine gets its dataUpdate and ack in one write.
+    if (transitions.length > 0) coalesceThisTurn();
     const all: Promise<unknown>[] = [];
     for (const t of transitions) {
       all.push(

@@ -15,7 +15,21 @@ export interface Frame {
  */
 export function encodeEvent(appId: string, event: string, argsJson: readonly string[]): Frame {
   // Socket.IO v4 packet: type 2 (EVENT), namespace, comma, JSON array. Engine.IO adds type 4 (MESSAGE).
-  const packet = `2/${appId},[${JSON.stringify(event)}${argsJson.length ? ',' : ''}${argsJson.join(',')}]`;
+  return encodePacket(
+    `2/${appId},[${JSON.stringify(event)}${argsJson.length ? ',' : ''}${argsJson.join(',')}]`,
+  );
+}
+
+/**
+ * The answer to a client's event that asked for one (Socket.IO ACK, type 3): `3/<appId>,<id>[...]`, the
+ * same text Socket.IO's encoder makes for arguments without binary data.
+ */
+export function encodeAck(appId: string, id: number, argsJson: string): Frame {
+  return encodePacket(`3/${appId},${id}${argsJson}`);
+}
+
+/** A Socket.IO packet's text as a Frame (Engine.IO MESSAGE, unmasked WebSocket text frame). */
+export function encodePacket(packet: string): Frame {
   const size = Buffer.byteLength(packet) + 1;
   const head = size < 126 ? 2 : size < 65_536 ? 4 : 10;
   const wire = Buffer.allocUnsafe(head + size);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Socket } from 'socket.io-client';
+import { io, type Socket } from 'socket.io-client';
 import {
   call,
   closeAll,
@@ -286,6 +286,42 @@ describe('gateway: client events, topic rules and identity', () => {
       assert.equal((await call<Ack>(s, 'subscribeCount', 'one:more')).ok, true);
       closeAll(s, w);
     });
+  });
+
+  describe('acks', () => {
+    for (const transport of ['websocket', 'polling']) {
+      it(`over ${transport}: every size of answer, non-ASCII text, and an answer never ahead of a notification sent before it`, async () => {
+        const s = io(`${herald.url()}/${APP}`, {
+          extraHeaders: { 'x-client-id': `ack-${transport}` },
+          transports: [transport],
+          forceNew: true,
+          reconnection: false,
+        });
+        try {
+          await new Promise<void>((resolve, reject) => {
+            s.once('connect', resolve);
+            s.once('connect_error', reject);
+          });
+          // Under 126 bytes, and between 126 and 65,535 (the WebSocket frame's two length forms).
+          assert.deepEqual(await call(s, 'subscribe', 'ack:1'), { ok: true, topics: ['ack:1'] });
+          const many = Array.from({ length: 100 }, (_, i) => `ack:many:${i}`);
+          assert.deepEqual(await call(s, 'subscribe', many), { ok: true, topics: many });
+          const unknown = await call<Ack & { error: { message: string } }>(s, '订单 ✓');
+          assert.equal(unknown.error.code, 'unknown_event');
+          assert.match(unknown.error.message, /订单 ✓/);
+          // A notification delivered before the ack of a later event arrives first.
+          const order: string[] = [];
+          s.on('dataUpdate', () => order.push('dataUpdate'));
+          await post(herald, '/notify', { appId: APP, eventTopics: ['ack:1'], data: { n: 1 } });
+          await call(s, 'subscribe', 'ack:2');
+          order.push('ack');
+          assert.deepEqual(order, ['dataUpdate', 'ack']);
+          assert.ok(s.connected);
+        } finally {
+          s.close();
+        }
+      });
+    }
   });
 
   describe('identity', () => {
