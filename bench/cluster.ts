@@ -2,6 +2,7 @@
  * cluster: Herald as 3 nodes on Redis against Herald as 1 node, same load, one run.
  *
  *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 3000] [--nodes 3] [--targeted-rate R]
+ *     [--rounds N]
  *
  * Phase 1, fan-out: N clients subscribe to one topic (spread evenly over the nodes), M notifications
  * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
@@ -11,7 +12,8 @@
  * instead, which leaves each cluster node a third of the single node's load). `--warmup` targeted
  * notifications (default 30,000) are sent first and not measured, on the single node and on the cluster. Server CPU is read from /proc for every
  * Herald process and for redis-server; figures are CPU µs per delivery, summed over the nodes, and the
- * ratio of the cluster to the single node (target: <= 1.3x). Traffic stays on 127.0.0.0/8.
+ * ratio of the cluster to the single node (target: <= 1.3x). `--rounds N` measures the pair N times in
+ * alternating order and reports the median ratios (and each round's). Traffic stays on 127.0.0.0/8.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -48,6 +50,11 @@ interface PhaseFigures {
   p50Ms: number;
   p99Ms: number;
   deliveriesPerSec: number;
+  /** Cluster only: Redis script calls that carried the phase's notifications, and how many each carried. */
+  redisCalls?: number;
+  notificationsPerCall?: number;
+  /** Cluster only: notifications nodes received from the others (the rest were delivered where posted). */
+  receivedFromOtherNodes?: number;
 }
 
 async function measure(
@@ -104,6 +111,23 @@ async function measure(
     await sleep(idleS * 1000);
     const idleUsPerS = (cpu() - idle0) / ((nowUs() - idleT0) / 1e6);
     log(`idle: ${round(idleUsPerS / 1e4, 2)} % of a core over ${servers.length} server(s)`);
+    // The cluster counters of every node (Redis script calls, notifications sent and received), to tell
+    // how many notifications one call carried in a phase.
+    const clusterCounters = async () => {
+      const sum = { calls: 0, sent: 0, received: 0 };
+      if (!redis) return sum;
+      for (const s of servers) {
+        const text = await (await fetch(`${s.url}/metrics`)).text();
+        for (const line of text.split('\n')) {
+          const v = Number(line.slice(line.lastIndexOf(' ') + 1));
+          if (line.startsWith('herald_cluster_publish_calls_total ')) sum.calls += v;
+          else if (line.startsWith('herald_cluster_notifications_total{direction="sent"')) sum.sent += v;
+          else if (line.startsWith('herald_cluster_notifications_total{direction="received"'))
+            sum.received += v;
+        }
+      }
+      return sum;
+    };
     const phase = async (
       count: number,
       expectedPer: number,
@@ -113,6 +137,7 @@ async function measure(
     ) => {
       lat.length = 0;
       received = 0;
+      const k0 = await clusterCounters();
       const c0 = cpu();
       const r0 = rcpu();
       const t0 = nowUs();
@@ -132,6 +157,8 @@ async function measure(
       const dc = cpu() - c0;
       const dr = rcpu() - r0;
       const p = percentiles(lat, lat.length, [50, 99]);
+      const k1 = await clusterCounters();
+      const calls = k1.calls - k0.calls;
       return {
         deliveries: received,
         expected,
@@ -142,6 +169,13 @@ async function measure(
         p50Ms: round(p.p50 as number, 2),
         p99Ms: round(p.p99 as number, 2),
         deliveriesPerSec: Math.round(received / windowS),
+        ...(redis
+          ? {
+              redisCalls: calls,
+              notificationsPerCall: round((k1.sent - k0.sent) / Math.max(1, calls), 2),
+              receivedFromOtherNodes: k1.received - k0.received,
+            }
+          : {}),
       };
     };
     const body = (s: number, target: string) =>
@@ -185,39 +219,75 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
   const redisUrl = str(args, 'redis', process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379');
   const prefix = `bench-${randomBytes(3).toString('hex')}:`;
 
-  log('single node');
-  const single = await start('herald', args);
-  let one: Awaited<ReturnType<typeof measure>>;
-  try {
-    one = await measure([single], n, m, rate, targeted, null, args);
-  } finally {
-    await single.stop();
-  }
-
-  log(`${nodes} nodes on ${redisUrl} (prefix ${prefix})`);
-  const env = { REDIS_URL: redisUrl, REDIS_PREFIX: prefix };
-  const envArgs = {
-    ...args,
-    env: [str(args, 'env', ''), ...Object.entries(env).map(([k, v]) => `${k}=${v}`)]
-      .filter(Boolean)
-      .join(','),
-  };
-  const cluster: RunningServer[] = [];
-  let many: Awaited<ReturnType<typeof measure>>;
-  try {
-    for (let i = 0; i < nodes; i++) cluster.push(await start('herald', envArgs as unknown as Args));
-    many = await measure(cluster, n, m, rate, targeted, redisPid(redisUrl), args);
-  } finally {
-    for (const s of cluster) await s.stop();
+  type Figures = Awaited<ReturnType<typeof measure>>;
+  const measureSingle = async (): Promise<Figures> => {
+    log('single node');
+    const single = await start('herald', args);
     try {
-      const u = new URL(redisUrl);
-      execFileSync('sh', [
-        '-c',
-        `redis-cli -h ${u.hostname} -p ${u.port || '6379'} --scan --pattern '${prefix}*' | xargs -r redis-cli -h ${u.hostname} -p ${u.port || '6379'} del`,
-      ]);
-    } catch {}
-  }
+      return await measure([single], n, m, rate, targeted, null, args);
+    } finally {
+      await single.stop();
+    }
+  };
+  const measureCluster = async (): Promise<Figures> => {
+    log(`${nodes} nodes on ${redisUrl} (prefix ${prefix})`);
+    const env = { REDIS_URL: redisUrl, REDIS_PREFIX: prefix };
+    const envArgs = {
+      ...args,
+      env: [str(args, 'env', ''), ...Object.entries(env).map(([k, v]) => `${k}=${v}`)]
+        .filter(Boolean)
+        .join(','),
+    };
+    const cluster: RunningServer[] = [];
+    try {
+      for (let i = 0; i < nodes; i++) cluster.push(await start('herald', envArgs as unknown as Args));
+      return await measure(cluster, n, m, rate, targeted, redisPid(redisUrl), args);
+    } finally {
+      for (const s of cluster) await s.stop();
+      try {
+        const u = new URL(redisUrl);
+        execFileSync('sh', [
+          '-c',
+          `redis-cli -h ${u.hostname} -p ${u.port || '6379'} --scan --pattern '${prefix}*' | xargs -r redis-cli -h ${u.hostname} -p ${u.port || '6379'} del`,
+        ]);
+      } catch {}
+    }
+  };
   const ratio = (a: number, b: number) => round(a / Math.max(1e-9, b), 2);
+  const ratiosOf = (one: Figures, many: Figures) => ({
+    fanoutCpuPerDelivery: ratio(many.fanout.cpuUsPerDelivery, one.fanout.cpuUsPerDelivery),
+    targetedCpuPerDelivery: ratio(many.targeted.cpuUsPerDelivery, one.targeted.cpuUsPerDelivery),
+    fanoutNetCpuPerDelivery: ratio(many.fanout.netCpuUsPerDelivery, one.fanout.netCpuUsPerDelivery),
+    targetedNetCpuPerDelivery: ratio(many.targeted.netCpuUsPerDelivery, one.targeted.netCpuUsPerDelivery),
+  });
+  // --rounds N: the pair measured N times, the order alternating (single first, then cluster first, ...)
+  // so that a machine that gets slower or faster during the run weighs on both set-ups alike; the
+  // ratios reported are the medians of the rounds' ratios (each round's are listed too).
+  const rounds = Math.max(1, num(args, 'rounds', 1));
+  const pairs: { single: Figures; cluster: Figures; ratios: ReturnType<typeof ratiosOf> }[] = [];
+  for (let r = 0; r < rounds; r++) {
+    let one: Figures;
+    let many: Figures;
+    if (r % 2 === 0) {
+      one = await measureSingle();
+      many = await measureCluster();
+    } else {
+      many = await measureCluster();
+      one = await measureSingle();
+    }
+    pairs.push({ single: one, cluster: many, ratios: ratiosOf(one, many) });
+    if (rounds > 1) log(`round ${r + 1}/${rounds}: ${JSON.stringify(pairs.at(-1)?.ratios)}`);
+  }
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const mid = Math.floor(s.length / 2);
+    return s.length % 2 ? (s[mid] as number) : round(((s[mid - 1] as number) + (s[mid] as number)) / 2, 2);
+  };
+  const keys = Object.keys(pairs[0]?.ratios ?? {}) as (keyof ReturnType<typeof ratiosOf>)[];
+  const ratios = Object.fromEntries(keys.map((k) => [k, median(pairs.map((p) => p.ratios[k]))]));
+  const last = pairs.at(-1) as (typeof pairs)[number];
+  const one = last.single;
+  const many = last.cluster;
   return {
     scenario: 'cluster',
     params: {
@@ -232,11 +302,16 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
     },
     single: one,
     cluster: many,
-    ratios: {
-      fanoutCpuPerDelivery: ratio(many.fanout.cpuUsPerDelivery, one.fanout.cpuUsPerDelivery),
-      targetedCpuPerDelivery: ratio(many.targeted.cpuUsPerDelivery, one.targeted.cpuUsPerDelivery),
-      fanoutNetCpuPerDelivery: ratio(many.fanout.netCpuUsPerDelivery, one.fanout.netCpuUsPerDelivery),
-      targetedNetCpuPerDelivery: ratio(many.targeted.netCpuUsPerDelivery, one.targeted.netCpuUsPerDelivery),
-    },
+    ratios,
+    ...(rounds > 1
+      ? {
+          rounds: pairs.map((p) => ({
+            ratios: p.ratios,
+            singleTargetedNetUs: p.single.targeted.netCpuUsPerDelivery,
+            clusterTargetedNetUs: p.cluster.targeted.netCpuUsPerDelivery,
+            redisTargetedUs: p.cluster.targeted.redisCpuUsPerDelivery,
+          })),
+        }
+      : {}),
   };
 }

@@ -16,7 +16,8 @@
  * (GET /payments/stats). Flags: --store embedded|postgres --database-url --warmup (s, 3)
  * --connect-concurrency (100) --keep (keep Herald's data folder and PostgreSQL schema) --cpu-prof <dir>
  * (profile Herald) --node-flags '<V8 flags>' (after the ones npm start uses, HERALD_NODE_FLAGS)
- * --herald-dir <dir> (another checkout, e.g. from bench/tools/snapshot.sh). BENCH_HERALD_STDOUT=<file>
+ * --herald-dir <dir> (another checkout, e.g. from bench/tools/snapshot.sh) --series (the worst latency of
+ * every 250 ms window, in order). BENCH_HERALD_STDOUT=<file>
  * keeps Herald's standard output (e.g. with --node-flags=--trace-gc).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -310,6 +311,7 @@ export async function run(
   const dupPct = num(f, 'dup-pct', 2);
   const connectConcurrency = num(f, 'connect-concurrency', 100);
   const store = str(f, 'store', 'embedded');
+  const series = f.series === true || f.series === 'true';
   const env: Record<string, string> = {};
   let schema: string | undefined;
   const databaseUrl = str(
@@ -531,6 +533,16 @@ export async function run(
             .map(([w, v]) => [round((w - first) / 4), round(v)]);
         })(),
       },
+      // --series: the worst latency of every window, in order (to see whether the stalls are periodic).
+      ...(series
+        ? (() => {
+            const first = Math.min(...worst.keys());
+            const last = Math.max(...worst.keys());
+            const all: number[] = [];
+            for (let w = first; w <= last; w++) all.push(Math.round(worst.get(w) ?? 0));
+            return { windowSeries: all };
+          })()
+        : {}),
       heraldCpuCores: round(cpu),
       // Share of the measured time Herald's main thread was runnable but waiting for a core (others
       // on the same cores: PostgreSQL, the load generator), and the share it ran.

@@ -7,10 +7,16 @@ const INT8 = 20;
 const SQLSTATE = /^[0-9A-Z]{5}$/;
 
 /** What node-postgres runs: plain text, or a named (prepared) statement. */
-function toPg(sql: string | Statement, params: readonly unknown[]): pg.QueryConfig {
-  return typeof sql === 'string'
-    ? { text: sql, values: params as unknown[] }
-    : { name: sql.name, text: sql.text, values: params as unknown[] };
+/**
+ * A statement for node-postgres: named (prepared once per connection) when it is a Statement, except a
+ * `plan: 'custom'` one on a connection that may cache a generic plan (`custom` false): that one goes
+ * unnamed, parsed and planned each time.
+ */
+function toPg(sql: string | Statement, params: readonly unknown[], custom = false): pg.QueryConfig {
+  if (typeof sql === 'string' || (sql.plan === 'custom' && !custom)) {
+    return { text: typeof sql === 'string' ? sql : sql.text, values: params as unknown[] };
+  }
+  return { name: sql.name, text: sql.text, values: params as unknown[] };
 }
 
 /** Whether an error comes from PostgreSQL or the connection to it (not from the caller's code). */
@@ -40,24 +46,34 @@ function wrap(err: unknown): Error {
 export class PostgresStore implements Store {
   readonly kind = 'postgres' as const;
 
-  private constructor(private readonly pool: pg.Pool) {}
+  /** Connections for `plan: 'custom'` statements, made at their first use. */
+  private customPool: pg.Pool | undefined;
+
+  private constructor(
+    private readonly pool: pg.Pool,
+    private readonly makePool: (max: number, options?: string) => pg.Pool,
+  ) {}
 
   static async open(url: string, schema: string, opts: { max?: number } = {}): Promise<PostgresStore> {
     const types = {
       getTypeParser: (oid: number, format?: 'text' | 'binary') =>
         oid === INT8 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format),
     };
-    const pool = new pg.Pool({
-      connectionString: url,
-      max: opts.max ?? 10,
-      options: `-c search_path="${schema}",public`,
-      connectionTimeoutMillis: 5000,
-      idleTimeoutMillis: 30_000,
-      types: types as pg.CustomTypesConfig,
-    });
-    // An idle client that loses its connection emits here; the pool replaces it. Without a listener
-    // the process would crash.
-    pool.on('error', () => undefined);
+    const makePool = (max: number, options = '') => {
+      const p = new pg.Pool({
+        connectionString: url,
+        max,
+        options: `-c search_path="${schema}",public${options}`,
+        connectionTimeoutMillis: 5000,
+        idleTimeoutMillis: 30_000,
+        types: types as pg.CustomTypesConfig,
+      });
+      // An idle client that loses its connection emits here; the pool replaces it. Without a listener
+      // the process would crash.
+      p.on('error', () => undefined);
+      return p;
+    };
+    const pool = makePool(opts.max ?? 10);
     try {
       await pool.query(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
     } catch (err) {
@@ -68,7 +84,19 @@ export class PostgresStore implements Store {
         throw wrap(err);
       }
     }
-    return new PostgresStore(pool);
+    return new PostgresStore(pool, makePool);
+  }
+
+  /**
+   * The pool of `plan: 'custom'` statements: prepared (no parse per run) but planned at every run. A plan
+   * cached while a table was small kept its sequential scans: the payment write went from 3-4 ms to 45 ms
+   * (`npm run bench -- payments --store postgres`). Set for these connections only: the webhook
+   * statements gain from their generic plans (PostgreSQL CPU per 1,000 deliveries 123 with them, 141-171
+   * with every statement planned each time, `npm run bench -- webhooks --store postgres`).
+   */
+  private custom(): pg.Pool {
+    this.customPool ??= this.makePool(4, ' -c plan_cache_mode=force_custom_plan');
+    return this.customPool;
   }
 
   async query<T = Record<string, unknown>>(
@@ -76,7 +104,8 @@ export class PostgresStore implements Store {
     params: readonly unknown[] = [],
   ): Promise<QueryResult<T>> {
     try {
-      const res = await this.pool.query(toPg(sql, params));
+      const custom = typeof sql !== 'string' && sql.plan === 'custom';
+      const res = await (custom ? this.custom() : this.pool).query(toPg(sql, params, custom));
       return { rows: res.rows as T[], rowCount: res.rowCount ?? res.rows.length };
     } catch (err) {
       throw wrap(err);
@@ -137,6 +166,6 @@ export class PostgresStore implements Store {
   }
 
   async close(): Promise<void> {
-    await this.pool.end();
+    await Promise.all([this.pool.end(), this.customPool?.end()]);
   }
 }

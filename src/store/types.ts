@@ -11,15 +11,19 @@ export interface QueryResult<T> {
  * Measure before using it: the webhook claim and result statements cost PostgreSQL 146-150 ms per 1,000
  * deliveries prepared against 166-173 unprepared (their plans are most of their cost), but the payment
  * write statement got dearer with a generic plan (0.79-0.86 cores against 0.66-0.68 with custom plans).
+ * `plan: 'custom'` keeps the parse saved but plans every execution (PostgreSQL: on connections of their
+ * own, with `plan_cache_mode = force_custom_plan`): for statements whose good plan depends on the
+ * parameters and on tables that grow, such as that payment write.
  */
 export interface Statement {
   readonly name: string;
   readonly text: string;
+  readonly plan?: 'custom';
 }
 
 /** Declares a prepared statement (see Statement); `name` must be unique in the process. */
-export function statement(name: string, text: string): Statement {
-  return { name: `herald_${name}`, text };
+export function statement(name: string, text: string, opts: { plan?: 'custom' } = {}): Statement {
+  return opts.plan ? { name: `herald_${name}`, text, plan: opts.plan } : { name: `herald_${name}`, text };
 }
 
 /** Something that runs SQL: the store itself, or a transaction handle. */

@@ -52,5 +52,41 @@ describe('prepared statements', () => {
       }
       await assert.rejects(store.query(twice, ['not a number']), /invalid input syntax/);
     });
+
+    it(`plan: 'custom' statements are prepared but planned at every run (${kind})`, async () => {
+      const store = await openStore(
+        kind === 'postgres'
+          ? { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, dataDir: dir }
+          : { databaseUrl: undefined, databaseSchema: 'herald', dataDir: join(dir, 'embedded-custom') },
+      );
+      stores.push(store);
+      const probe = statement(
+        'test_custom_probe',
+        `SELECT $1::int + 1 AS n, current_setting('plan_cache_mode') AS mode,
+           (SELECT count(*) FROM pg_prepared_statements WHERE name = 'herald_test_custom_probe')::int AS prepared`,
+        { plan: 'custom' },
+      );
+      for (let i = 0; i < 8; i++) {
+        const r = await store.query<{ n: number; mode: string; prepared: number }>(probe, [i]);
+        assert.equal(r.rows[0]?.n, i + 1);
+        if (kind === 'postgres') {
+          // On connections of their own that never cache a generic plan, prepared under the name.
+          assert.equal(r.rows[0]?.mode, 'force_custom_plan');
+          assert.equal(r.rows[0]?.prepared, 1);
+        }
+      }
+      // In a transaction (a connection of the main pool) it runs unnamed: no generic plan there either.
+      const inTx = await store.transaction((tx) =>
+        tx.query<{ n: number; mode: string; prepared: number }>(probe, [41]),
+      );
+      assert.equal(inTx.rows[0]?.n, 42);
+      if (kind === 'postgres') {
+        assert.equal(inTx.rows[0]?.mode, 'auto');
+        assert.equal(inTx.rows[0]?.prepared, 0);
+        // The other statements keep the main pool, where generic plans may be cached.
+        const mode = await store.query<{ mode: string }>("SELECT current_setting('plan_cache_mode') AS mode");
+        assert.equal(mode.rows[0]?.mode, 'auto');
+      }
+    });
   }
 });
