@@ -490,13 +490,81 @@ export async function applyEvents(
   return { outcomes, transitions, outboxId };
 }
 
+/**
+ * Counter deltas as a delta row stores them (format 2): grouped by app and hour, each change a flat
+ * triple, `{"v":2,"g":[[app, hour, [merchant, state, d, ...]], ...]}`; minutes `{"v":2,"g":[[app,
+ * [merchant, events, transitions, ...]], ...]}`. Format 1 (still read: rows written before) was an
+ * array of `{a, m, h, s, d}` / `{a, m, e, t}` objects: 5 KB for a batch of 20 events, which PostgreSQL
+ * compressed out of line and the fold then parsed on the event loop (10-37 ms every sweep for 200 rows,
+ * `npm run bench -- payments`); format 2 is about a third of that.
+ */
+export function encodeStates(deltas: readonly StateDelta[]): string {
+  const groups = new Map<string, [string, string | null, (string | number)[]]>();
+  for (const d of deltas) {
+    const k = `${d.a}\u0000${d.h}`;
+    let g = groups.get(k);
+    if (!g) {
+      g = [d.a, d.h, []];
+      groups.set(k, g);
+    }
+    g[2].push(d.m, d.s, d.d);
+  }
+  return JSON.stringify({ v: 2, g: [...groups.values()] });
+}
+
+export function encodeMinutes(deltas: readonly MinuteDelta[]): string {
+  const groups = new Map<string, [string, (string | number)[]]>();
+  for (const d of deltas) {
+    let g = groups.get(d.a);
+    if (!g) {
+      g = [d.a, []];
+      groups.set(d.a, g);
+    }
+    g[1].push(d.m, d.e, d.t);
+  }
+  return JSON.stringify({ v: 2, g: [...groups.values()] });
+}
+
+/** Calls `each` for every state delta of a delta row's text, in either format. */
+function eachState(
+  text: string,
+  each: (a: string, m: string, h: string | null, s: string, d: number) => void,
+): void {
+  const parsed = JSON.parse(text) as
+    | StateDelta[]
+    | { v: 2; g: [string, string | null, (string | number)[]][] };
+  if (Array.isArray(parsed)) {
+    for (const d of parsed) each(d.a, d.m, d.h ?? null, d.s, d.d);
+    return;
+  }
+  for (const [a, h, flat] of parsed.g) {
+    for (let i = 0; i + 2 < flat.length; i += 3) {
+      each(a, flat[i] as string, h, flat[i + 1] as string, flat[i + 2] as number);
+    }
+  }
+}
+
+/** Calls `each` for every minute delta of a delta row's text, in either format. */
+function eachMinute(text: string, each: (a: string, m: string, e: number, t: number) => void): void {
+  const parsed = JSON.parse(text) as MinuteDelta[] | { v: 2; g: [string, (string | number)[]][] };
+  if (Array.isArray(parsed)) {
+    for (const d of parsed) each(d.a, d.m, d.e, d.t);
+    return;
+  }
+  for (const [a, flat] of parsed.g) {
+    for (let i = 0; i + 2 < flat.length; i += 3) {
+      each(a, flat[i] as string, flat[i + 1] as number, flat[i + 2] as number);
+    }
+  }
+}
+
 /** The UTC hour of a time, as the counters store it (`YYYY-MM-DDTHH:00:00.000`). */
 function hourOf(ms: number): string {
   return new Date(Math.floor(ms / 3_600_000) * 3_600_000).toISOString().slice(0, 23);
 }
 
 /** A change of the number of orders in a state: app, merchant, creation hour (null: the delta row's), state. */
-interface StateDelta {
+export interface StateDelta {
   a: string;
   m: string;
   h: string | null;
@@ -505,7 +573,7 @@ interface StateDelta {
 }
 
 /** Events and transitions of a merchant in a batch (counted in the minute of the delta row). */
-interface MinuteDelta {
+export interface MinuteDelta {
   a: string;
   m: string;
   e: number;
@@ -711,8 +779,8 @@ async function writeBatch(q: Queryable, w: WriteInput): Promise<void> {
     w.outboxId ?? null,
     w.outboxId === undefined ? null : JSON.stringify(w.outbox),
     w.published,
-    JSON.stringify(w.states),
-    JSON.stringify(w.minutes),
+    encodeStates(w.states),
+    w.minutes.length === 0 ? '[]' : encodeMinutes(w.minutes),
     col(w.checked, 'appId'),
     col(w.checked, 'orderId'),
     w.checked.map((c) => c.v),
@@ -762,13 +830,29 @@ export async function claimOutbox(
 const STATE_DELTAS = `
   SELECT x.a AS app_id, mm.m AS merchant_id,
     coalesce(x.h, date_trunc('hour', d.created_at AT TIME ZONE 'UTC')) AS hour, x.s AS state, x.d AS n
-  FROM json_to_recordset(d.states::json) AS x(a text, m text, h timestamp, s text, d int)
+  FROM (
+    SELECT v1.a, v1.m, v1.h, v1.s, v1.d
+    FROM json_to_recordset(CASE WHEN left(d.states, 1) = '[' THEN d.states::json END)
+      AS v1(a text, m text, h timestamp, s text, d int)
+    UNION ALL
+    SELECT g->>0, g->2->>(3 * i), (g->>1)::timestamp, g->2->>(3 * i + 1), (g->2->>(3 * i + 2))::int
+    FROM json_array_elements(CASE WHEN left(d.states, 1) = '{' THEN d.states::json->'g' END) AS g
+      CROSS JOIN LATERAL generate_series(0, json_array_length(g->2) / 3 - 1) AS i
+  ) x
     CROSS JOIN LATERAL (VALUES (x.m), ('')) AS mm(m)`;
 /** Expands the counter delta rows (alias `d`) into minute rows: app_id, merchant_id ('' too), minute, events, transitions. */
 const MINUTE_DELTAS = `
   SELECT x.a AS app_id, mm.m AS merchant_id, date_trunc('minute', d.created_at AT TIME ZONE 'UTC') AS minute,
     x.e AS events, x.t AS transitions
-  FROM json_to_recordset(d.minutes::json) AS x(a text, m text, e int, t int)
+  FROM (
+    SELECT v1.a, v1.m, v1.e, v1.t
+    FROM json_to_recordset(CASE WHEN left(d.minutes, 1) = '[' THEN d.minutes::json END)
+      AS v1(a text, m text, e int, t int)
+    UNION ALL
+    SELECT g->>0, g->1->>(3 * i), (g->1->>(3 * i + 1))::int, (g->1->>(3 * i + 2))::int
+    FROM json_array_elements(CASE WHEN left(d.minutes, 1) = '{' THEN d.minutes::json->'g' END) AS g
+      CROSS JOIN LATERAL generate_series(0, json_array_length(g->1) / 3 - 1) AS i
+  ) x
     CROSS JOIN LATERAL (VALUES (x.m), ('')) AS mm(m)`;
 
 /**
@@ -840,29 +924,32 @@ export function sumDeltas(rows: readonly { states: string; minutes: string; ms: 
 } {
   const states = new Map<string, SummedState>();
   const minutes = new Map<string, SummedMinute>();
+  const addState = (a: string, m: string, h: string, s: string, n: number) => {
+    const k = `${a}\u0000${m}\u0000${h}\u0000${s}`;
+    const c = states.get(k);
+    if (c) c.n += n;
+    else states.set(k, { a, m, h, s, n });
+  };
+  const addMinute = (a: string, m: string, h: string, e: number, t: number) => {
+    const k = `${a}\u0000${m}\u0000${h}`;
+    const c = minutes.get(k);
+    if (c) {
+      c.e += e;
+      c.t += t;
+    } else minutes.set(k, { a, m, h, e, t });
+  };
   for (const row of rows) {
     const ms = Number(row.ms);
     const rowHour = hourOf(ms);
-    for (const d of JSON.parse(row.states) as StateDelta[]) {
-      const h = d.h ?? rowHour;
-      for (const m of [d.m, '']) {
-        const k = `${d.a}\u0000${m}\u0000${h}\u0000${d.s}`;
-        const c = states.get(k);
-        if (c) c.n += d.d;
-        else states.set(k, { a: d.a, m, h, s: d.s, n: d.d });
-      }
-    }
+    eachState(row.states, (a, m, h, s, d) => {
+      addState(a, m, h ?? rowHour, s, d);
+      addState(a, '', h ?? rowHour, s, d);
+    });
     const minute = new Date(Math.floor(ms / 60_000) * 60_000).toISOString().slice(0, 23);
-    for (const d of JSON.parse(row.minutes) as MinuteDelta[]) {
-      for (const m of [d.m, '']) {
-        const k = `${d.a}\u0000${m}\u0000${minute}`;
-        const c = minutes.get(k);
-        if (c) {
-          c.e += d.e;
-          c.t += d.t;
-        } else minutes.set(k, { a: d.a, m, h: minute, e: d.e, t: d.t });
-      }
-    }
+    eachMinute(row.minutes, (a, m, e, t) => {
+      addMinute(a, m, minute, e, t);
+      addMinute(a, '', minute, e, t);
+    });
   }
   return { states: [...states.values()].filter((c) => c.n !== 0), minutes: [...minutes.values()] };
 }

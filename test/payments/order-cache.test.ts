@@ -3,7 +3,13 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/logger.js';
 import { PaymentIntake } from '../../src/payments/intake.js';
-import { sumDeltas } from '../../src/payments/ledger.js';
+import {
+  encodeMinutes,
+  encodeStates,
+  type MinuteDelta,
+  type StateDelta,
+  sumDeltas,
+} from '../../src/payments/ledger.js';
 import { OrderCache } from '../../src/payments/order-cache.js';
 import type { Order, PaymentEvent, ReportResult } from '../../src/payments/types.js';
 import type { Herald } from '../../src/server.js';
@@ -77,6 +83,42 @@ describe('order cache', () => {
 });
 
 describe('counter deltas summed on the node', () => {
+  it('reads rows of both formats alike (format 2 grouped by app and hour, format 1 a list of objects)', () => {
+    const ms = Date.UTC(2026, 11, 6, 4, 59, 30);
+    const states: StateDelta[] = [
+      { a: 'x', m: 'm1', h: '2026-12-06T04:00:00.000', s: 'created', d: -1 },
+      { a: 'x', m: 'm1', h: '2026-12-06T04:00:00.000', s: 'paying', d: 1 },
+      { a: 'x', m: 'm2', h: '2026-12-06T03:00:00.000', s: 'succeeded', d: 2 },
+      { a: 'y', m: 'm1', h: null, s: 'created', d: 1 },
+      { a: 'x', m: 'm3 "quoted" 商户', h: '2026-12-06T04:00:00.000', s: 'failed', d: 1 },
+    ];
+    const minutes: MinuteDelta[] = [
+      { a: 'x', m: 'm1', e: 2, t: 1 },
+      { a: 'y', m: 'm1', e: 1, t: 1 },
+      { a: 'x', m: 'm3 "quoted" 商户', e: 1, t: 1 },
+    ];
+    // The same sums, whatever their order.
+    const sorted = (r: ReturnType<typeof sumDeltas>) => ({
+      states: r.states.map((x) => JSON.stringify(x)).sort(),
+      minutes: r.minutes.map((x) => JSON.stringify(x)).sort(),
+    });
+    const v1 = sumDeltas([{ states: JSON.stringify(states), minutes: JSON.stringify(minutes), ms }]);
+    const v2 = sumDeltas([{ states: encodeStates(states), minutes: encodeMinutes(minutes), ms }]);
+    assert.deepEqual(sorted(v2), sorted(v1));
+    assert.equal(v1.states.length, 10); // 5 deltas, each for its merchant and for the app's total
+    const text = encodeStates(states);
+    assert.ok(text.length < JSON.stringify(states).length * 0.75, `${text.length} bytes`);
+    // Both formats in one fold.
+    const mixed = sumDeltas([
+      { states: JSON.stringify(states), minutes: JSON.stringify(minutes), ms },
+      { states: encodeStates(states), minutes: encodeMinutes(minutes), ms },
+    ]);
+    assert.deepEqual(
+      sorted(mixed).states,
+      sorted({ states: v1.states.map((x) => ({ ...x, n: 2 * x.n })), minutes: [] }).states,
+    );
+  });
+
   it('sums per merchant and app total, takes the row time for hourless states, drops what cancels out', () => {
     const ms = Date.UTC(2026, 11, 6, 4, 59, 59, 999);
     const rows = [

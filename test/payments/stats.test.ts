@@ -36,6 +36,41 @@ async function eventsInLastMinutes(herald: Herald, appId: string, minutes: numbe
   return Number(rows[0]?.n);
 }
 
+/** Rewrites every pending counter delta row in format 1 (`[{a, m, h, s, d}]`, `[{a, m, e, t}]`). */
+async function asFormat1(herald: Herald): Promise<void> {
+  const { rows } = await herald.store.query<{ id: number; states: string; minutes: string }>(
+    'SELECT id, states, minutes FROM payment_count_deltas',
+  );
+  assert.ok(rows.length > 0, 'pending delta rows');
+  for (const r of rows) {
+    const s = JSON.parse(r.states) as { v: 2; g: [string, string | null, (string | number)[]][] };
+    const m = JSON.parse(r.minutes) as { v: 2; g: [string, (string | number)[]][] };
+    assert.equal(s.v, 2);
+    const states = s.g.flatMap(([a, h, flat]) =>
+      Array.from({ length: flat.length / 3 }, (_, i) => ({
+        a,
+        m: flat[3 * i],
+        h,
+        s: flat[3 * i + 1],
+        d: flat[3 * i + 2],
+      })),
+    );
+    const minutes = m.g.flatMap(([a, flat]) =>
+      Array.from({ length: flat.length / 3 }, (_, i) => ({
+        a,
+        m: flat[3 * i],
+        e: flat[3 * i + 1],
+        t: flat[3 * i + 2],
+      })),
+    );
+    await herald.store.query('UPDATE payment_count_deltas SET states = $2, minutes = $3 WHERE id = $1', [
+      r.id,
+      JSON.stringify(states),
+      JSON.stringify(minutes),
+    ]);
+  }
+}
+
 function query(f: { appId?: string; merchantId?: string; from?: Date; to?: Date }): string {
   const q = new URLSearchParams({ minutes: '5' });
   if (f.appId) q.set('appId', f.appId);
@@ -110,6 +145,13 @@ for (const kind of STORES) {
         await run(lifecycles);
         await assertMatches(herald, 'unfolded deltas');
 
+        // Delta rows in the format of earlier versions (arrays of objects) are still counted and folded:
+        // the pending rows are rewritten in it, then read and folded like the others.
+        await asFormat1(herald);
+        await assertMatches(herald, 'unfolded deltas of the earlier format');
+        await run(lifecycles.slice(0, 2));
+        await assertMatches(herald, 'unfolded deltas of both formats');
+
         // Fold the deltas into the counters: the figures do not change.
         await herald.payments.sweep();
         const pending = await herald.store.query<{ n: number }>(
@@ -128,7 +170,8 @@ for (const kind of STORES) {
         await assertMatches(herald, 'folded again');
 
         const all = await get(herald, query({ appId: APP }));
-        assert.equal(all.body.successRate, (4 + 2) / (4 + 2 + 2 + 3));
+        // Succeeded 4 + 1 (the extra run of the first two lifecycles), refunded 2, failed 2 + 1, closed 3.
+        assert.equal(all.body.successRate, (5 + 2) / (5 + 2 + 3 + 3));
         for (const s of [a, b, other]) s.close();
       } finally {
         await herald.stop();
