@@ -12,7 +12,7 @@ interface WorkerInit {
 }
 
 type WorkerRequest =
-  | { id: number; op: 'query'; sql: string; params: unknown[] }
+  | { id: number; op: 'query'; sql: string; params: unknown[]; name?: string }
   | { id: number; op: 'exec'; sql: string }
   | { id: number; op: 'close' };
 
@@ -160,10 +160,12 @@ export class EmbeddedStore implements Store {
   }
 
   private raw<T>(sql: string | Statement, params: readonly unknown[] = []): Promise<QueryResult<T>> {
-    const text = typeof sql === 'string' ? sql : sql.text;
-    return this.send({ op: 'query', sql: text, params: [...params] } as WorkerRequest) as Promise<
-      QueryResult<T>
-    >;
+    // A Statement is prepared in the worker under its name (parsed once; planned at every run).
+    const req =
+      typeof sql === 'string'
+        ? { op: 'query', sql, params: [...params] }
+        : { op: 'query', sql: sql.text, params: [...params], name: sql.name };
+    return this.send(req as WorkerRequest) as Promise<QueryResult<T>>;
   }
 
   query<T = Record<string, unknown>>(

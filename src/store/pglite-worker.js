@@ -8,7 +8,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
-import { PGlite } from '@electric-sql/pglite';
+import { PGlite, parse as pgParse, protocol } from '@electric-sql/pglite';
 
 /** @type {{ dir: string, schema: string, templatePath: string | undefined }} */
 const init = workerData;
@@ -45,16 +45,75 @@ const started = Date.now();
 let db;
 try {
   db = await open();
-  await db.exec(`CREATE SCHEMA IF NOT EXISTS "${init.schema}"; SET search_path TO "${init.schema}", public;`);
+  await db.exec(
+    `CREATE SCHEMA IF NOT EXISTS "${init.schema}"; SET search_path TO "${init.schema}", public; SET plan_cache_mode TO force_custom_plan;`,
+  );
   port.postMessage({ id: 0, ready: true, ms: Date.now() - started });
 } catch (err) {
   port.postMessage({ id: 0, fatal: /** @type {Error} */ (err).message });
   throw err;
 }
 
+/**
+ * Statements prepared on this connection (see `statement()` in types.ts): name -> parameter type OIDs.
+ * PGlite's `query` parses its text every time, and parsing a large statement costs WebAssembly
+ * PostgreSQL more than running it: the payment batch write, ~4 ms of a 5.5 ms batch of one event
+ * (`bench/tools/pglite-cost.mts`). Prepared once, run with Bind/Execute; planned at every run
+ * (`plan_cache_mode`, set at start: PGlite keeps no statistics, and a plan cached for one batch's sizes
+ * could be a bad one for the next).
+ */
+const prepared = new Map();
+const { serialize } = protocol;
+const quiet = { syncToFs: false };
+
+/**
+ * Runs a named statement with the extended protocol, as PGlite's `query` does for an unnamed one
+ * (Parse once, then Bind, Describe, Execute and Sync), and parses the rows with the same type parsers.
+ * @param {string} name @param {string} text @param {unknown[]} params
+ */
+async function runNamed(name, text, params) {
+  return db.runExclusive(async () => {
+    let types = prepared.get(name);
+    if (!types) {
+      /** @type {{ name: string }[]} */
+      let described = [];
+      try {
+        await db.execProtocol(serialize.parse({ name, text, types: [] }), quiet);
+        described = (await db.execProtocol(serialize.describe({ type: 'S', name }), quiet)).messages;
+      } finally {
+        await db.execProtocol(serialize.sync(), { ...quiet, throwOnError: false });
+      }
+      const pd = /** @type {{ dataTypeIDs?: number[] } | undefined} */ (
+        described.find((m) => m.name === 'parameterDescription')
+      );
+      types = pd?.dataTypeIDs ?? [];
+      prepared.set(name, types);
+    }
+    const oids = /** @type {number[]} */ (types);
+    const values = params.map((v, i) => {
+      if (v === null || v === undefined) return null;
+      const s = db.serializers[/** @type {number} */ (oids[i])];
+      return s ? s(v) : String(v);
+    });
+    /** @type {Parameters<typeof pgParse.parseResults>[0]} */
+    const messages = [];
+    try {
+      messages.push(...(await db.execProtocol(serialize.bind({ statement: name, values }), quiet)).messages);
+      messages.push(...(await db.execProtocol(serialize.describe({ type: 'P' }), quiet)).messages);
+      messages.push(...(await db.execProtocol(serialize.execute({}), quiet)).messages);
+    } finally {
+      messages.push(...(await db.execProtocol(serialize.sync(), { ...quiet, throwOnError: false })).messages);
+    }
+    if (!db.isInTransaction()) await db.syncToFs();
+    const result = pgParse.parseResults(messages, db.parsers)[0];
+    if (!result) throw new Error(`statement ${name} gave no result`);
+    return result;
+  });
+}
+
 port.on(
   'message',
-  async (/** @type {{ id: number, op: string, sql?: string, params?: unknown[] }} */ req) => {
+  async (/** @type {{ id: number, op: string, sql?: string, params?: unknown[], name?: string }} */ req) => {
     try {
       if (req.op === 'close') {
         await db.close();
@@ -67,7 +126,9 @@ port.on(
         port.postMessage({ id: req.id, ok: true, rows: [], rowCount: 0 });
         return;
       }
-      const res = await db.query(req.sql ?? '', req.params ?? []);
+      const res = req.name
+        ? await runNamed(req.name, req.sql ?? '', req.params ?? [])
+        : await db.query(req.sql ?? '', req.params ?? []);
       port.postMessage({
         id: req.id,
         ok: true,
