@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
+import { foldCounts } from '../../src/payments/ledger.js';
 import type { Herald } from '../../src/server.js';
 import { cleanupSpots, ev, get, machine, newOrderId, newSpot, report, STORES, startNode } from './helpers.js';
 
@@ -151,6 +152,19 @@ for (const kind of STORES) {
         await assertMatches(herald, 'unfolded deltas of the earlier format');
         await run(lifecycles.slice(0, 2));
         await assertMatches(herald, 'unfolded deltas of both formats');
+
+        // A fold takes the rows a chunk at a time and writes the counters once: a part of the rows
+        // folded, the rest pending, the figures do not change.
+        const before = await herald.store.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM payment_count_deltas',
+        );
+        const rows = Number(before.rows[0]?.n);
+        assert.ok(rows > 6, `${rows} delta rows`);
+        const part = await foldCounts(herald.store, 2, 3);
+        assert.equal(part.rows, 6);
+        assert.equal(part.more, true);
+        assert.ok(part.counters > 0);
+        await assertMatches(herald, 'partly folded');
 
         // Fold the deltas into the counters: the figures do not change.
         await herald.payments.sweep();
