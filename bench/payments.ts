@@ -540,7 +540,11 @@ export async function run(
             const last = Math.max(...worst.keys());
             const all: number[] = [];
             for (let w = first; w <= last; w++) all.push(Math.round(worst.get(w) ?? 0));
-            return { windowSeries: all };
+            // The first window's start as a wall-clock time (to line the windows up with a log of Herald's).
+            return {
+              windowSeries: all,
+              windowSeriesStartMs: Math.round(performance.timeOrigin + first * 250),
+            };
           })()
         : {}),
       heraldCpuCores: round(cpu),

@@ -27,6 +27,24 @@ export interface NotifyResult {
   delivered?: number;
 }
 
+const NON_ASCII = /[\u0080-\uffff]/g;
+const escapeChar = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
+/**
+ * The same JSON with every character above U+007F written as a `\uXXXX` escape (each UTF-16 unit, so
+ * a surrogate pair becomes two escapes, as JSON allows); such characters only occur inside JSON
+ * strings, and every JSON reader parses the escapes back to the same text. Why: V8 stores a string
+ * that has any character above U+00FF at two bytes per character, and a notification's data is held
+ * for minutes (history, receipts) and written to every recipient. A payment notification with its
+ * announcement "收款 4.00 元" is 333 characters: 680 bytes of heap as it was, 360 escaped, and pure ASCII
+ * is also the cheapest string to write to a socket (no UTF-8 encoding).
+ */
+export function asciiJson(json: string): string {
+  // replace() of a two-byte string gives a two-byte string even when every character is ASCII now;
+  // a copy through latin1 makes it a one-byte string (705 bytes of heap against 379 for this example).
+  return Buffer.from(json.replace(NON_ASCII, escapeChar), 'latin1').toString('latin1');
+}
+
 function unique(list: string[] | undefined): string[] | undefined {
   if (!list || list.length === 0) return undefined;
   return list.length === 1 ? list : [...new Set(list)];
@@ -83,13 +101,15 @@ export class NotifyService {
         { path: '/data', message: 'Required' },
       ]);
     }
-    const data = JSON.stringify(input.data);
-    if (Buffer.byteLength(data) > this.maxPayloadBytes) {
+    let data = JSON.stringify(input.data);
+    const bytes = Buffer.byteLength(data);
+    if (bytes > this.maxPayloadBytes) {
       throw new HeraldError(
         'payload_too_large',
         `data is larger than ${this.maxPayloadBytes} bytes as JSON.`,
       );
     }
+    if (bytes !== data.length) data = asciiJson(data);
     const n: Notification = { v: 1, id: input.id ?? randomUUID(), appId: input.appId, ts: Date.now(), data };
     if (input.broadcast === true) n.broadcast = true;
     if (users) n.users = users;
