@@ -96,6 +96,9 @@ interface Stream {
   touched: number;
 }
 
+/** What a dropped entry holds instead of its notification. */
+const GONE: Kept = { v: 1, id: '', appId: '', ts: 0, data: '' };
+
 /** A kept notification as a replay through `stream` sends it. */
 function replayOf(e: Entry, stream: string, epoch: string): Notification {
   const pos = newPositions();
@@ -167,7 +170,14 @@ export class MemoryHistory implements History {
 
   /** Removes the first `count` entries of a stream. */
   private drop(s: Stream, count: number): void {
-    for (let i = 0; i < count; i++) (s.entries[i] as Entry).dead = true;
+    for (let i = 0; i < count; i++) {
+      const e = s.entries[i] as Entry;
+      e.dead = true;
+      // The global order holds dead entries until it is compacted (up to one per live entry): without
+      // this they would keep their notification's data alive that long (heap snapshot after 60 s of
+      // the payments bench: 111,844 dead entries).
+      e.n = GONE;
+    }
     s.entries.splice(0, count);
     this.live -= count;
   }

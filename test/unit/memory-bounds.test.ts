@@ -91,6 +91,14 @@ describe('in-memory history bounds', () => {
       for (let i = 0; i < 50_000; i++) await h.append(note({ topics: ['chat'] }));
       assert.equal(h.size.entries, 10);
       assert.ok(orderLength(h) <= 2 * 10 + 4096, `global order holds ${orderLength(h)}`);
+      // The dead entries still in the global order until it is compacted keep none of their data.
+      const { order, head } = h as unknown as { order: { dead?: true; n: { data: string } }[]; head: number };
+      const dead = order.slice(head).filter((e) => e.dead);
+      assert.ok(dead.length > 0);
+      assert.ok(
+        dead.every((e) => e.n.data === ''),
+        'a dead entry still holds its notification',
+      );
     } finally {
       await h.close();
     }
