@@ -14,7 +14,8 @@
  * `dataUpdate` for that transition, p50/p99 of the ack, and the check that every acknowledged
  * transition reached the merchant app exactly once (lost = 0, doubled = 0) and that the store agrees
  * (GET /payments/stats). Flags: --store embedded|postgres --database-url --warmup (s, 3)
- * --connect-concurrency (100) --keep (keep Herald's data folder and PostgreSQL schema) --cpu-prof <dir>
+ * --connect-concurrency (100) --keep (keep Herald's data folder and PostgreSQL schema; the schema's name is
+ * printed) --schema <name> (PostgreSQL: run on that schema, e.g. one a --keep run filled, and keep it) --cpu-prof <dir>
  * (profile Herald) --node-flags '<V8 flags>' (after the ones npm start uses, HERALD_NODE_FLAGS)
  * --herald-dir <dir> (another checkout, e.g. from bench/tools/snapshot.sh) --series (the worst latency of
  * every 250 ms window, in order). BENCH_HERALD_STDOUT=<file>
@@ -319,13 +320,16 @@ export async function run(
     'database-url',
     process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
   );
+  // --schema <name>: run on an existing schema (kept afterwards), e.g. one a longer --keep run filled, to tell
+  // what the size of the tables does from what a long-running node does.
+  const givenSchema = typeof f.schema === 'string' ? f.schema : undefined;
   if (store === 'postgres') {
-    schema = `bench_payments_${randomBytes(4).toString('hex')}`;
+    schema = givenSchema ?? `bench_payments_${randomBytes(4).toString('hex')}`;
     env.DATABASE_URL = databaseUrl;
     env.DATABASE_SCHEMA = schema;
   } else if (store !== 'embedded') throw new Error('--store is embedded or postgres');
 
-  log(`starting Herald (${store} store)`);
+  log(`starting Herald (${store} store${schema ? `, schema ${schema}` : ''})`);
   const cpuProf = typeof f['cpu-prof'] === 'string' ? (f['cpu-prof'] as string) : undefined;
   // More V8 flags for Herald, after HERALD_NODE_FLAGS (the last one wins), e.g.
   // --node-flags=--max-semi-space-size=16 to compare with Node's default young generation.
@@ -333,6 +337,12 @@ export async function run(
   // --herald-dir <checkout>: run another build of Herald (bench/tools/snapshot.sh) under the same bench.
   const heraldDir = typeof f['herald-dir'] === 'string' ? (f['herald-dir'] as string) : undefined;
   const node = await startHeraldProcess(env, cpuProf, extraFlags, heraldDir);
+  const statsBefore = givenSchema
+    ? ((await (await fetch(`${node.url}/payments/stats?appId=${APP}&minutes=5`)).json()) as {
+        total: number;
+        counts: Record<string, number>;
+      })
+    : { total: 0, counts: {} as Record<string, number> };
   const run = `${Date.now().toString(36)}`;
   const sentAt = new Map<string, number>(); // `${orderId}:${status}` -> first send time
   const expected = new Set<string>(); // acknowledged transitions
@@ -497,6 +507,10 @@ export async function run(
     // The store's view must agree with what the machines were told.
     const statsRes = await fetch(`${node.url}/payments/stats?appId=${APP}&minutes=5`);
     const stats = (await statsRes.json()) as { total: number; counts: Record<string, number> };
+    // What earlier runs left in a --schema given.
+    for (const [state, n] of Object.entries(statsBefore.counts))
+      stats.counts[state] = (stats.counts[state] ?? 0) - n;
+    stats.total -= statsBefore.total;
     const ordersStarted = [...expected].filter((k) => k.endsWith(':created')).length;
     const finishedTold = [...expected].filter((k) => /:(succeeded|failed)$/.test(k)).length;
     const finishedStored = (stats.counts.succeeded ?? 0) + (stats.counts.failed ?? 0);
@@ -606,7 +620,7 @@ export async function run(
     for (const m of machines) m.client.close();
     for (const a of apps) a.close();
     await stopHeraldProcess(node, f.keep === true);
-    if (schema && f.keep !== true) {
+    if (schema && f.keep !== true && !givenSchema) {
       const c = new pg.Client({ connectionString: databaseUrl });
       await c.connect();
       await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
