@@ -195,6 +195,58 @@ describe('Router subscriptions and counts', () => {
     assert.deepEqual(r.router.localCount('app', 'news'), { count: 0, connections: 0 });
   });
 
+  it('a topic, user or device going from one socket to several and back keeps counts and delivery exact', () => {
+    // One socket is held without a Set (memory per connection); these are the transitions around it.
+    const router = new Router();
+    const a1 = new FakeConn('a1', 'g', 'ann', 'dev');
+    const a2 = new FakeConn('a2', 'g', 'ann', 'dev');
+    const b1 = new FakeConn('b1', 'g', 'ben', 'dev');
+    const tally = (topic: string) =>
+      Object.fromEntries(
+        [...router.allTopics()].filter((t) => t.topic === topic).flatMap((t) => [...t.clients]),
+      );
+    router.add(a1);
+    router.subscribe(a1, ['t']);
+    assert.deepEqual(router.localCount('g', 't'), { count: 1, connections: 1 });
+    assert.deepEqual([...router.localClients('g', 't')], [['ann', 1]]);
+    assert.deepEqual(tally('t'), { ann: 1 });
+    assert.deepEqual(router.connsOfDevice('g', 'dev'), [a1]);
+    router.add(a2);
+    router.add(b1);
+    router.subscribe(a2, ['t']);
+    router.subscribe(b1, ['t']);
+    assert.deepEqual(router.localCount('g', 't'), { count: 2, connections: 3 });
+    assert.deepEqual(tally('t'), { ann: 2, ben: 1 });
+    assert.deepEqual(tally(ONLINE_TOPIC), { ann: 2, ben: 1 });
+    // The most recently connected last.
+    assert.deepEqual(router.connsOfDevice('g', 'dev'), [a1, a2, b1]);
+    assert.equal(router.deliver(note('g', { topics: ['t'] })), 3);
+    assert.equal(router.deliver(note('g', { users: ['ann'] })), 2);
+    assert.equal(router.deliver(note('g', { devices: ['dev'], users: ['ben'] })), 3);
+    // Back to one socket of another client than the first.
+    router.unsubscribe(a1, ['t']);
+    router.remove(a2);
+    assert.deepEqual(router.localCount('g', 't'), { count: 1, connections: 1 });
+    assert.deepEqual([...router.localClients('g', 't')], [['ben', 1]]);
+    assert.deepEqual(router.connsOfDevice('g', 'dev'), [a1, b1]);
+    assert.equal(router.deliver(note('g', { topics: ['t'] })), 1);
+    assert.equal(router.deliver(note('g', { users: ['ann'] })), 1);
+    // And up again: the tally starts from the remaining socket's client.
+    router.subscribe(a1, ['t']);
+    assert.deepEqual(router.localCount('g', 't'), { count: 2, connections: 2 });
+    assert.deepEqual(tally('t'), { ben: 1, ann: 1 });
+    router.remove(b1);
+    router.remove(a1);
+    assert.deepEqual(router.localCount('g', 't'), { count: 0, connections: 0 });
+    assert.deepEqual(router.connsOfDevice('g', 'dev'), []);
+    assert.equal(router.hasUser('g', 'ann'), false);
+    assert.equal(router.connectionCount(), 0);
+    assert.deepEqual(
+      [a1, a2, b1].map((c) => c.frames.length),
+      [4, 3, 3],
+    );
+  });
+
   it('remove drops every subscription and watch, reports the topics, and forgets empty apps', () => {
     const r = setup();
     r.router.watch(r.other, ['news']);
