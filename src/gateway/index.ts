@@ -9,6 +9,7 @@ import type { CountNotifier } from '../router/counts.js';
 import { encodeAck, type Frame } from '../router/frame.js';
 import type { Router } from '../router/index.js';
 import type { Conn } from '../router/types.js';
+import { compactConnection, compactTransport } from './compact.js';
 import { parseTopics, readIdentity } from './validate.js';
 
 export const APP_NAMESPACE_RE = /^\/[A-Za-z0-9_.-]{1,64}$/;
@@ -254,6 +255,13 @@ function prepareEngineSocket(engine: EngineSocket & { request: IncomingMessage |
   engine[OUT] = undefined;
   engine[OUT_BYTES] = 0;
   engine.sendPacket = sendPacketAfterQueued;
+  // A long-polling connection compacts its WebSocket transport's listeners when it upgrades.
+  if (engine.transport.name !== 'websocket')
+    (engine as unknown as { on(event: string, fn: () => void): void }).on('upgrade', onEngineUpgrade);
+}
+
+function onEngineUpgrade(this: EngineSocket): void {
+  compactTransport(this);
 }
 
 /**
@@ -655,6 +663,8 @@ export class Gateway {
     // Shared listeners (`this` is the socket), not closures made for each connection.
     socket.on('disconnect', this.onDisconnect);
     socket.onAny(this.onEvent);
+    // Its listeners are set: compact shapes for what an idle connection keeps (see compact.ts).
+    compactConnection(socket);
   }
 
   /** A connection whose send buffer is full: counted, logged, disconnected. */
