@@ -2,7 +2,7 @@
  * Benchmark dispatcher: `npm run bench -- <scenario> [--flags]`.
  *
  *   fanout   N subscribers of one topic, M notifications at a rate     --n --m --rate --inflight
- *   conns    idle memory per connected+subscribed client, connect rate  --sizes 10000,19000
+ *   conns    idle memory per connected+subscribed client, connect rate  --sizes 10000,19000 [--gc]
  *   notify   targeted POST /notify and POST /notify/batch              --users --seconds --inflight --batch
  *   counts   1,000 count watchers while 5,000 clients join and leave    --watchers --churn --join-rate --hold
  *   cluster  3 nodes on Redis against 1 node: fan-out and targeted CPU per delivery, Redis CPU  --n --m --rate --targeted
@@ -14,6 +14,8 @@
  *   --herald-dir <dir> (build and run the Herald checkout there, e.g. `git archive <commit>` unpacked)
  *   --quiet <pct> --quiet-wait <s> (before each server, wait until other processes use < pct % of a core)
  *   --nice <n> (e.g. -5: run the load generator and the servers ahead of other processes)
+ *   --node-flags a,b (extra Node/V8 flags for Herald)  --gc (servers open V8's inspector on loopback; conns
+ *   asks each for a full GC before reading its RSS)
  * Prints one JSON line of figures on stdout; progress goes to stderr.
  */
 import { existsSync } from 'node:fs';

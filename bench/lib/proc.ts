@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { setPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { collectGarbage } from './inspect.js';
 import { freePort, sleep } from './util.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -145,6 +146,8 @@ export interface ServerOptions {
   heraldDir?: string;
   /** Scheduling priority of the server process (negative: ahead of other processes on a shared machine). */
   nice?: number;
+  /** Open V8's inspector on a loopback port, so that the bench can ask for a full GC (`collectGarbage`). */
+  inspect?: boolean;
 }
 
 export interface RunningServer {
@@ -156,6 +159,10 @@ export interface RunningServer {
   rssBytes(): number;
   /** herald_event_loop_delay_p99_seconds in ms (Herald only; resets Herald's histogram). */
   loopP99Ms(): Promise<number | null>;
+  /** V8 young generation committed (both semi-spaces) in bytes, from `GET /metrics` (Herald only). */
+  youngBytes(): Promise<number | null>;
+  /** A full, memory-reducing GC of the server (started with `inspect`), then a second to settle. */
+  collectGarbage(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -164,6 +171,8 @@ export async function startServer(kind: ServerKind, opts: ServerOptions = {}): P
   hookCleanup();
   const port = await freePort();
   const flags = [...(kind === 'herald' ? HERALD_NODE_FLAGS : []), ...(opts.nodeFlags ?? [])];
+  const inspectPort = opts.inspect ? await freePort() : 0;
+  if (inspectPort) flags.push(`--inspect=127.0.0.1:${inspectPort}`);
   let args: string[];
   let dataDir: string | undefined;
   const env: Record<string, string> = {
@@ -227,6 +236,17 @@ export async function startServer(kind: ServerKind, opts: ServerOptions = {}): P
       const text = await (await fetch(`${url}/metrics`)).text();
       const m = /^herald_event_loop_delay_p99_seconds (\S+)$/m.exec(text);
       return m ? Number(m[1]) * 1000 : null;
+    },
+    async youngBytes() {
+      if (kind !== 'herald') return null;
+      const text = await (await fetch(`${url}/metrics`)).text();
+      const m = /^nodejs_heap_space_size_total_bytes\{space="new"\} (\S+)$/m.exec(text);
+      return m ? Number(m[1]) : null;
+    },
+    async collectGarbage() {
+      if (!inspectPort) throw new Error(`${kind} was started without the inspector (--gc)`);
+      await collectGarbage(inspectPort);
+      await sleep(1000);
     },
     async stop() {
       if (!exited) {

@@ -32,9 +32,12 @@ export async function start(kind: ServerKind, args: Args): Promise<RunningServer
   }
   const prof = str(args, 'cpu-prof', '');
   const nodeFlags = prof && kind === 'herald' ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
+  // `--node-flags a,b`: extra Node/V8 flags for Herald (after its defaults, so they win).
+  if (kind === 'herald') nodeFlags.push(...list(args, 'node-flags', []));
   const s = await startServer(kind, {
     env: kind === 'herald' ? env : {},
     nodeFlags,
+    inspect: args.gc === true,
     fromSource: args.source === true,
     nice: num(args, 'nice', 0),
     ...(str(args, 'herald-dir', '') ? { heraldDir: str(args, 'herald-dir', '') } : {}),

@@ -41,6 +41,27 @@ export async function run(args: Args): Promise<ScenarioResult> {
   for (const size of sizes) {
     figures.push({ key: `kbPerConn@${size}`, label: `RSS KB / connection at ${size}`, lowerIsBetter: true });
   }
+  for (const size of sizes) {
+    figures.push({
+      key: `kbPerConnLessYoung@${size}`,
+      label: `… less the growth of V8's young generation, at ${size}`,
+      lowerIsBetter: true,
+      heraldOnly: true,
+    });
+  }
+  figures.push({
+    key: 'youngMB',
+    label:
+      'V8 young generation committed at the largest size, MB (a fixed cost, up to 2 × --max-semi-space-size)',
+    heraldOnly: true,
+  });
+  if (sizes.length > 1) {
+    figures.push({
+      key: 'kbPerConnMarginal',
+      label: `RSS KB per connection added between ${sizes.at(-2)} and ${sizes.at(-1)}`,
+      lowerIsBetter: true,
+    });
+  }
   figures.push(
     { key: 'connectRate', label: 'connects / s (connect + subscribe)' },
     { key: 'cpuUsPerConnect', label: 'server CPU µs / connect', lowerIsBetter: true },
@@ -48,15 +69,21 @@ export async function run(args: Args): Promise<ScenarioResult> {
     { key: 'failed', label: 'failed connects', lowerIsBetter: true },
     { key: 'loopP99Ms', label: 'event-loop p99 delay ms (ramp)', heraldOnly: true },
   );
-  const params = { sizes: sizes.join(','), readings, every, settle };
+  const params = { sizes: sizes.join(','), readings, every, settle, gc: args.gc === true };
 
   const results = await eachServer(args, async (server) => {
     const gen = new LoadGen({ url: server.url, appId });
     const out: ServerFigures = {};
     try {
+      const gc = args.gc === true;
       await sleep(settle);
+      if (gc) await server.collectGarbage();
       const base = await rssMedian(() => server.rssBytes(), readings, every);
       out.baseRssMB = round(base / 2 ** 20, 1);
+      const youngBase = await server.youngBytes();
+      let lastRss = base;
+      let loopP99: number | null = null;
+      let lastTotal = 0;
       await server.loopP99Ms();
       let total = 0;
       let seconds = 0;
@@ -75,6 +102,9 @@ export async function run(args: Args): Promise<ScenarioResult> {
           },
         );
         cpu += server.cpuMicros() - c0;
+        // The ramp's loop delay, read before anything else scrapes /metrics (a scrape resets it).
+        const rampP99 = await server.loopP99Ms();
+        if (rampP99 !== null) loopP99 = Math.max(loopP99 ?? 0, rampP99);
         seconds += r.seconds;
         failed += r.failed;
         total += r.connected;
@@ -82,13 +112,25 @@ export async function run(args: Args): Promise<ScenarioResult> {
           `${server.kind}: ${total} connected (${r.connected} in ${round(r.seconds, 1)} s, ${r.failed} failed ${JSON.stringify(r.errors)}), server fds ${fdCount(server.pid)}`,
         );
         await sleep(settle);
+        if (gc) await server.collectGarbage();
         const rss = await rssMedian(() => server.rssBytes(), readings, every);
         out[`kbPerConn@${size}`] = total >= size * 0.99 ? round((rss - base) / total / 1024, 2) : null;
         out[`rssMB@${size}`] = round(rss / 2 ** 20, 1);
         out[`connected@${size}`] = total;
+        // Herald runs with a 64 MiB semi-space: a connect ramp grows the young generation to up to
+        // 128 MiB, which V8 keeps committed while idle. A fixed cost, not one per connection.
+        const young = await server.youngBytes();
+        if (young !== null && youngBase !== null) {
+          out.youngMB = round(young / 2 ** 20, 1);
+          out[`kbPerConnLessYoung@${size}`] =
+            total >= size * 0.99 ? round((rss - base - (young - youngBase)) / total / 1024, 2) : null;
+        }
+        if (lastTotal > 0 && total > lastTotal)
+          out.kbPerConnMarginal = round((rss - lastRss) / (total - lastTotal) / 1024, 2);
+        lastRss = rss;
+        lastTotal = total;
       }
-      const p99 = await server.loopP99Ms();
-      out.loopP99Ms = p99 === null ? null : round(p99, 2);
+      out.loopP99Ms = loopP99 === null ? null : round(loopP99, 2);
       out.connectRate = Math.round(total / seconds);
       out.cpuUsPerConnect = round(cpu / Math.max(1, total), 1);
       out.failed = failed;
