@@ -27,6 +27,7 @@ import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import WebSocket from 'ws';
@@ -472,11 +473,15 @@ export async function run(
     const load0 = loadavg()[0] as number;
     const acked0 = acked;
     const sent0 = sent;
+    // The load generator's own event-loop delay: a stall here delays the receive time stamps too.
+    const selfLoop = monitorEventLoopDelay({ resolution: 5 });
+    selfLoop.enable();
     measuring = true;
     const t0 = performance.now();
     log(`measuring ${seconds} s at ${rate} events/s`);
     await sleep(seconds * 1000);
     measuring = false;
+    selfLoop.disable();
     const elapsed = (performance.now() - t0) / 1000;
     const eventsPerSecond = (acked - acked0) / elapsed;
     const sentPerSecond = (sent - sent0) / elapsed;
@@ -570,6 +575,8 @@ export async function run(
       postgresCpuCores: pgCpu === null ? null : round(pgCpu),
       postgresCpuMsPerEvent: pgCpu === null ? null : round((pgCpu * 1000) / eventsPerSecond),
       loadgenCpuCores: round((selfCpu.user + selfCpu.system) / 1e6 / elapsed),
+      loadgenLoopP99Ms: round(selfLoop.percentile(99) / 1e6),
+      loadgenLoopMaxMs: round(selfLoop.max / 1e6),
       transactionsPerSecond: round(txCount / elapsed),
       eventsPerTransaction: txCount > 0 ? round((eventsPerSecond * elapsed) / txCount) : null,
       transactionMs: txCount > 0 ? round((txSum / txCount) * 1000) : null,
