@@ -18,6 +18,7 @@ import { RedisHistory } from './history/redis.js';
 import { createHttp } from './http/index.js';
 import { notifyRoutes } from './http/notify.js';
 import { opsRoutes } from './http/ops.js';
+import { OPEN_FILES_RESERVED, OPEN_FILES_WARN_BELOW, openFilesLimit } from './limits.js';
 import { createLogger, type Logger } from './logger.js';
 import { Metrics } from './metrics/index.js';
 import { paymentRoutes } from './payments/http.js';
@@ -402,6 +403,13 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     { port: address.port, host: config.host, version: VERSION, startupMs: Date.now() - startedAt },
     'herald listening',
   );
+  const files = openFilesLimit();
+  if (files && files.soft < OPEN_FILES_WARN_BELOW) {
+    logger.warn(
+      { openFilesSoft: files.soft, openFilesHard: files.hard },
+      `the open-files limit (${files.soft}) lets this node hold about ${Math.max(0, files.soft - OPEN_FILES_RESERVED)} client connections; raise it (ulimit -n, LimitNOFILE= in systemd, --ulimit nofile= in Docker) for more`,
+    );
+  }
   if (options.compactHeapAfterStart) collectGarbage(logger);
   // The event-loop delay gauges describe serving: start-up (opening the store, migrations, compiling)
   // blocks the loop by design before anything is accepted, and would show as the first scrape's p99.
