@@ -22,4 +22,4 @@ USER node
 EXPOSE 3000
 # SIGTERM drains: readiness turns 503, clients are told to reconnect elsewhere, in-flight work finishes.
 STOPSIGNAL SIGTERM
-CMD ["node", "--max-semi-space-size=64", "dist/src/main.js"]
+CMD ["node", "--max-semi-space-size=64", "--v8-pool-size=1", "dist/src/main.js"]

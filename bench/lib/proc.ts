@@ -13,10 +13,13 @@ export const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().tr
  * The V8 flags Herald is started with by `npm start` and the Dockerfile (keep the three in step): a
  * 64 MiB young generation. Notifications, receipts and history entries live for minutes, so with the
  * default 16 MiB more of them were promoted and the old generation grew, collected by major GCs whose
- * concurrent marking took both cores for 200-300 ms (see BENCHMARKS.md, payments). The baseline and
+ * concurrent marking took both cores for 200-300 ms (see BENCHMARKS.md, payments). One V8 worker thread
+ * (`--v8-pool-size=1`, Node's default is 4): the GC's helper threads then leave the other core to the
+ * store (PGlite's worker, or PostgreSQL on the same machine) instead of taking both (payments p99 on
+ * PostgreSQL 22-46 ms against 40-62 in 4 alternated pairs, embedded 53-70 against 68-88). The baseline and
  * limit servers keep Node's defaults.
  */
-export const HERALD_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=64'];
+export const HERALD_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=64', '--v8-pool-size=1'];
 
 export type ServerKind = 'herald' | 'baseline' | 'limit';
 export const SERVER_KINDS: readonly ServerKind[] = ['herald', 'baseline', 'limit'];
