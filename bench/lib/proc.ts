@@ -1,5 +1,13 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  createWriteStream,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { setPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -206,6 +214,13 @@ export async function startServer(kind: ServerKind, opts: ServerOptions = {}): P
   };
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
+  // BENCH_SERVER_LOG_DIR: every server's whole output (e.g. with `--node-flags=--trace-gc`) in a file.
+  const logDir = process.env.BENCH_SERVER_LOG_DIR;
+  if (logDir && child.pid) {
+    const file = createWriteStream(join(logDir, `${kind}-${child.pid}.log`));
+    child.stdout?.pipe(file);
+    child.stderr?.pipe(file);
+  }
   let exited = false;
   child.on('exit', () => {
     exited = true;
