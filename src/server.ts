@@ -1,7 +1,5 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { Counter, Gauge } from 'prom-client';
 import { AccessControl } from './auth/index.js';
 import { MemoryBus, MemoryPresence } from './bus/memory.js';
@@ -12,6 +10,7 @@ import { registerConsole } from './console/index.js';
 import { HeraldError } from './errors.js';
 import { Gateway } from './gateway/index.js';
 import { registerRecovery } from './gateway/recovery.js';
+import { exposedGc } from './gc.js';
 import { type History, HistoryPolicy, MemoryHistory, NoHistory } from './history/index.js';
 import { MemoryReceipts, type Receipts, RedisReceipts } from './history/receipts.js';
 import { RedisHistory } from './history/redis.js';
@@ -84,14 +83,14 @@ export interface Herald {
  * for a fresh context, which then exposes the function (the `expose-gc` package does the same).
  */
 function collectGarbage(logger: Logger): void {
-  try {
-    const started = performance.now();
-    setFlagsFromString('--expose-gc');
-    (runInNewContext('gc') as () => void)();
-    logger.debug({ ms: Math.round(performance.now() - started) }, 'heap compacted after start-up');
-  } catch (err) {
-    logger.debug({ err }, 'could not compact the heap after start-up');
+  const gc = exposedGc();
+  if (!gc) {
+    logger.debug('could not compact the heap after start-up: V8 does not expose gc');
+    return;
   }
+  const started = performance.now();
+  gc();
+  logger.debug({ ms: Math.round(performance.now() - started) }, 'heap compacted after start-up');
 }
 
 export async function startHerald(options: HeraldOptions): Promise<Herald> {

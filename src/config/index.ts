@@ -44,6 +44,8 @@ export interface Config {
   pingInterval: number;
   pingTimeout: number;
   maxSocketBuffer: number;
+  /** A young-generation collection after every this many accepted connections (0: off; see gc.ts). */
+  connectGcEvery: number;
   maxClientMessageBytes: number;
   bodyLimit: number;
   batchBodyLimit: number;

@@ -3,6 +3,7 @@ import { type Namespace, Server, Socket } from 'socket.io';
 import type { AccessControl, ClientIdentity } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { type ErrorBody, HeraldError, isHeraldError } from '../errors.js';
+import { ConnectGcPacer } from '../gc.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics/index.js';
 import type { CountNotifier } from '../router/counts.js';
@@ -498,12 +499,14 @@ export class Gateway {
   private readonly apps: Namespace;
   private readonly handlers = new Map<string, EventHandler>();
   private accepting = true;
+  private readonly gcPacer: ConnectGcPacer;
 
   constructor(
     httpServer: HttpServer,
     private readonly deps: GatewayDeps,
   ) {
     const { config } = deps;
+    this.gcPacer = new ConnectGcPacer(config.connectGcEvery);
     const origins = config.corsOrigins;
     this.io = new Server(httpServer, {
       cors: { origin: origins.includes('*') ? true : origins, credentials: true },
@@ -665,6 +668,7 @@ export class Gateway {
     socket.onAny(this.onEvent);
     // Its listeners are set: compact shapes for what an idle connection keeps (see compact.ts).
     compactConnection(socket);
+    if (this.gcPacer.connected()) this.deps.metrics.connectGc.inc();
   }
 
   /** A connection whose send buffer is full: counted, logged, disconnected. */

@@ -33,6 +33,7 @@ export class Metrics {
   readonly httpErrors: Counter<'code'>;
   readonly countUpdates: Counter;
   readonly slowClients: Counter;
+  readonly connectGc: Counter;
 
   constructor(gateway: GatewayStats) {
     const registers = [this.registry];
@@ -99,6 +100,11 @@ export class Metrics {
     this.slowClients = new Counter({
       name: 'herald_slow_clients_dropped_total',
       help: 'Connections closed because their send buffer exceeded MAX_SOCKET_BUFFER.',
+      registers,
+    });
+    this.connectGc = new Counter({
+      name: 'herald_connect_gc_total',
+      help: 'Young-generation collections this node asked for while accepting connections (CONNECT_GC_EVERY).',
       registers,
     });
     new Gauge({

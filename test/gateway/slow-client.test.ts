@@ -81,3 +81,29 @@ function connectionsOf(herald: TestHerald): number {
   for (const _ of herald.router.allConns()) n++;
   return n;
 }
+
+describe('connect GC pacing', () => {
+  let herald: TestHerald;
+  before(async () => {
+    herald = await startTestHerald({ connectGcEvery: 2 });
+  });
+  after(async () => {
+    await herald.cleanup();
+  });
+
+  it('asks for a young-generation collection after every CONNECT_GC_EVERY connections, and counts them', async () => {
+    const sockets = [];
+    for (let i = 0; i < 5; i++) sockets.push(await connect(herald, 'shop', { clientId: `c${i}` }));
+    const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
+    assert.match(metrics, /^herald_connect_gc_total 2$/m);
+    // The sockets still work after the collections.
+    const got = collect(sockets[4] as (typeof sockets)[number]);
+    await (sockets[4] as (typeof sockets)[number]).emitWithAck('subscribe', 'feed');
+    assert.equal(
+      (await post(herald, '/notify', { appId: 'shop', eventTopics: ['feed'], data: { n: 1 } })).status,
+      202,
+    );
+    await until(() => got.length === 1, 3000, 'delivery after the collections');
+    closeAll(...sockets);
+  });
+});
