@@ -2,7 +2,7 @@
  * cluster: Herald as 3 nodes on Redis against Herald as 1 node, same load, one run.
  *
  *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 3000] [--nodes 3] [--targeted-rate R]
- *     [--rounds N]
+ *     [--rounds N | --interleave K]
  *
  * Phase 1, fan-out: N clients subscribe to one topic (spread evenly over the nodes), M notifications
  * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
@@ -13,7 +13,10 @@
  * notifications (default 30,000) are sent first and not measured, on the single node and on the cluster. Server CPU is read from /proc for every
  * Herald process and for redis-server; figures are CPU µs per delivery, summed over the nodes, and the
  * ratio of the cluster to the single node (target: <= 1.3x). `--rounds N` measures the pair N times in
- * alternating order and reports the median ratios (and each round's). Traffic stays on 127.0.0.0/8.
+ * alternating order and reports the median ratios (and each round's). `--interleave K` keeps both set-ups up
+ * at once and alternates K targeted slices of `--targeted` notifications between them (one fan-out phase and
+ * one warm-up each first): the ratio of each slice pair and their median, less exposed to a machine whose
+ * speed drifts from minute to minute. Traffic stays on 127.0.0.0/8.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -57,15 +60,15 @@ interface PhaseFigures {
   receivedFromOtherNodes?: number;
 }
 
-async function measure(
-  servers: RunningServer[],
-  n: number,
-  m: number,
-  rate: number,
-  targeted: number,
-  redis: number | null,
-  args: Args,
-): Promise<{ fanout: PhaseFigures; targeted: PhaseFigures }> {
+/** Clients connected to a set-up (one node or the cluster), and how to run a measured phase on it. */
+interface Rig {
+  /** `count` targeted notifications, each to one of the connected users (`seed` picks which). */
+  targetedPhase(count: number, seed: number, pace?: number): Promise<PhaseFigures>;
+  fanoutPhase(m: number, rate: number): Promise<PhaseFigures>;
+  close(): Promise<void>;
+}
+
+async function setUp(servers: RunningServer[], n: number, redis: number | null, args: Args): Promise<Rig> {
   const appId = 'bench';
   const topic = 'fanout:orders';
   const lat: number[] = [];
@@ -86,6 +89,10 @@ async function measure(
   const perNode = num(args, 'inflight', 16);
   const inflight = args['inflight-total'] === true ? perNode : perNode * servers.length;
   const posters = servers.map((s) => new Poster(s.url, perNode));
+  const close = async () => {
+    for (const p of posters) await p.close();
+    for (const g of gens) await g.closeAll();
+  };
   try {
     const per = Math.ceil(n / servers.length);
     let connected = 0;
@@ -133,7 +140,7 @@ async function measure(
       expectedPer: number,
       send: (i: number) => Promise<void>,
       paced: boolean,
-      pace = rate,
+      pace: number,
     ) => {
       lat.length = 0;
       received = 0;
@@ -184,29 +191,51 @@ async function measure(
       const poster = posters[i % posters.length] as Poster;
       await poster.post('/notify', body(i, target));
     };
-    const fanout = await phase(m, connected, (i) => post(i, `"eventTopics":["${topic}"]`), true);
-    // Warm-up, not measured: every node's request, Redis and delivery paths get compiled by the JIT
-    // first (3 nodes each see a third of the traffic, so a cold start weighs 3 times as much on them).
-    const warmup = num(args, 'warmup', 30_000);
-    if (warmup > 0) {
-      await phase(warmup, 1, (i) => post(i, `"users":["u${(i * 104729) % connected}"]`), false);
-      log(`warm-up: ${warmup} targeted notifications (not measured)`);
-    }
-    // --targeted-rate R: post R/s (both set-ups get the same offered load, below what either saturates)
-    // instead of as fast as the requests in flight allow.
-    const targetedRate = num(args, 'targeted-rate', 0);
-    const targetedFig = await phase(
-      targeted,
-      1,
-      (i) => post(i, `"users":["u${(i * 7919) % connected}"]`),
-      targetedRate > 0,
-      targetedRate,
-    );
+    return {
+      fanoutPhase: (count, pace) =>
+        phase(count, connected, (i) => post(i, `"eventTopics":["${topic}"]`), true, pace),
+      // --targeted-rate R: post R/s (both set-ups get the same offered load, below what either saturates)
+      // instead of as fast as the requests in flight allow.
+      targetedPhase: (count, seed, pace = 0) =>
+        phase(count, 1, (i) => post(i, `"users":["u${((i + seed) * 7919) % connected}"]`), pace > 0, pace),
+      close,
+    };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+/** One set-up measured alone: fan-out, a warm-up, then the targeted phase. */
+async function measure(
+  servers: RunningServer[],
+  n: number,
+  m: number,
+  rate: number,
+  targeted: number,
+  redis: number | null,
+  args: Args,
+): Promise<{ fanout: PhaseFigures; targeted: PhaseFigures }> {
+  const rig = await setUp(servers, n, redis, args);
+  try {
+    const fanout = await rig.fanoutPhase(m, rate);
+    await warmUp(rig, args);
+    const targetedFig = await rig.targetedPhase(targeted, 0, num(args, 'targeted-rate', 0));
     return { fanout, targeted: targetedFig };
   } finally {
-    for (const p of posters) await p.close();
-    for (const g of gens) await g.closeAll();
+    await rig.close();
   }
+}
+
+/**
+ * Warm-up, not measured: every node's request, Redis and delivery paths get compiled by the JIT first
+ * (3 nodes each see a third of the traffic, so a cold start weighs 3 times as much on them).
+ */
+async function warmUp(rig: Rig, args: Args): Promise<void> {
+  const warmup = num(args, 'warmup', 30_000);
+  if (warmup <= 0) return;
+  await rig.targetedPhase(warmup, 104_729);
+  log(`warm-up: ${warmup} targeted notifications (not measured)`);
 }
 
 export async function run(argv: string[] | Args): Promise<Record<string, unknown>> {
@@ -229,7 +258,7 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
       await single.stop();
     }
   };
-  const measureCluster = async (): Promise<Figures> => {
+  const startCluster = async (): Promise<RunningServer[]> => {
     log(`${nodes} nodes on ${redisUrl} (prefix ${prefix})`);
     const env = { REDIS_URL: redisUrl, REDIS_PREFIX: prefix };
     const envArgs = {
@@ -239,27 +268,116 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
         .join(','),
     };
     const cluster: RunningServer[] = [];
+    for (let i = 0; i < nodes; i++) cluster.push(await start('herald', envArgs as unknown as Args));
+    return cluster;
+  };
+  const stopCluster = async (cluster: RunningServer[]): Promise<void> => {
+    for (const s of cluster) await s.stop();
     try {
-      for (let i = 0; i < nodes; i++) cluster.push(await start('herald', envArgs as unknown as Args));
+      const u = new URL(redisUrl);
+      execFileSync('sh', [
+        '-c',
+        `redis-cli -h ${u.hostname} -p ${u.port || '6379'} --scan --pattern '${prefix}*' | xargs -r redis-cli -h ${u.hostname} -p ${u.port || '6379'} del`,
+      ]);
+    } catch {}
+  };
+  const measureCluster = async (): Promise<Figures> => {
+    const cluster = await startCluster();
+    try {
       return await measure(cluster, n, m, rate, targeted, redisPid(redisUrl), args);
     } finally {
-      for (const s of cluster) await s.stop();
-      try {
-        const u = new URL(redisUrl);
-        execFileSync('sh', [
-          '-c',
-          `redis-cli -h ${u.hostname} -p ${u.port || '6379'} --scan --pattern '${prefix}*' | xargs -r redis-cli -h ${u.hostname} -p ${u.port || '6379'} del`,
-        ]);
-      } catch {}
+      await stopCluster(cluster);
     }
   };
   const ratio = (a: number, b: number) => round(a / Math.max(1e-9, b), 2);
+  const median = (xs: number[]) => {
+    const v = [...xs].sort((a, b) => a - b);
+    const mid = Math.floor(v.length / 2);
+    return v.length % 2 ? (v[mid] as number) : round(((v[mid - 1] as number) + (v[mid] as number)) / 2, 2);
+  };
+  async function runInterleaved(slices: number): Promise<Record<string, unknown>> {
+    log('single node');
+    const single = await start('herald', args);
+    let cluster: RunningServer[] = [];
+    const rigs: Rig[] = [];
+    try {
+      cluster = await startCluster();
+      const one = await setUp([single], n, null, args);
+      rigs.push(one);
+      const many = await setUp(cluster, n, redisPid(redisUrl), args);
+      rigs.push(many);
+      const fanout = { single: await one.fanoutPhase(m, rate), cluster: await many.fanoutPhase(m, rate) };
+      await warmUp(one, args);
+      await warmUp(many, args);
+      const pace = num(args, 'targeted-rate', 0);
+      const rows: { single: PhaseFigures; cluster: PhaseFigures; ratio: number }[] = [];
+      for (let k = 0; k < slices; k++) {
+        const seed = k * targeted;
+        let a: PhaseFigures;
+        let b: PhaseFigures;
+        if (k % 2 === 0) {
+          a = await one.targetedPhase(targeted, seed, pace);
+          b = await many.targetedPhase(targeted, seed, pace);
+        } else {
+          b = await many.targetedPhase(targeted, seed, pace);
+          a = await one.targetedPhase(targeted, seed, pace);
+        }
+        const r = ratio(b.netCpuUsPerDelivery, a.netCpuUsPerDelivery);
+        rows.push({ single: a, cluster: b, ratio: r });
+        log(
+          `slice ${k + 1}/${slices}: single ${a.netCpuUsPerDelivery} µs, cluster ${b.netCpuUsPerDelivery} µs, ratio ${r}`,
+        );
+      }
+      return {
+        scenario: 'cluster',
+        mode: 'interleaved',
+        params: {
+          n,
+          m,
+          rate,
+          targeted,
+          nodes,
+          slices,
+          inflight: num(args, 'inflight', 16),
+          targetedRate: pace || null,
+        },
+        fanout: {
+          single: fanout.single,
+          cluster: fanout.cluster,
+          netRatio: ratio(fanout.cluster.netCpuUsPerDelivery, fanout.single.netCpuUsPerDelivery),
+        },
+        targeted: {
+          netRatioMedian: median(rows.map((r) => r.ratio)),
+          netRatios: rows.map((r) => r.ratio),
+          singleNetUs: rows.map((r) => r.single.netCpuUsPerDelivery),
+          clusterNetUs: rows.map((r) => r.cluster.netCpuUsPerDelivery),
+          redisUs: rows.map((r) => r.cluster.redisCpuUsPerDelivery),
+          notificationsPerCall: rows.map((r) => r.cluster.notificationsPerCall),
+          lost: rows.reduce(
+            (sum, r) =>
+              sum + (r.single.expected - r.single.deliveries) + (r.cluster.expected - r.cluster.deliveries),
+            0,
+          ),
+        },
+      };
+    } finally {
+      for (const r of rigs) await r.close();
+      await single.stop();
+      await stopCluster(cluster);
+    }
+  }
   const ratiosOf = (one: Figures, many: Figures) => ({
     fanoutCpuPerDelivery: ratio(many.fanout.cpuUsPerDelivery, one.fanout.cpuUsPerDelivery),
     targetedCpuPerDelivery: ratio(many.targeted.cpuUsPerDelivery, one.targeted.cpuUsPerDelivery),
     fanoutNetCpuPerDelivery: ratio(many.fanout.netCpuUsPerDelivery, one.fanout.netCpuUsPerDelivery),
     targetedNetCpuPerDelivery: ratio(many.targeted.netCpuUsPerDelivery, one.targeted.netCpuUsPerDelivery),
   });
+  // --interleave K: both set-ups up at once (clients connected to each), warmed up, then K targeted slices
+  // of `targeted` notifications on each, alternating (single, cluster, cluster, single, ...): the machine's
+  // drift from minute to minute then weighs on both alike, which separate rounds of a minute or two
+  // each cannot promise on a shared VM. Idle nodes of the other set-up cost a few % of a core meanwhile.
+  const interleave = num(args, 'interleave', 0);
+  if (interleave > 0) return runInterleaved(interleave);
   // --rounds N: the pair measured N times, the order alternating (single first, then cluster first, ...)
   // so that a machine that gets slower or faster during the run weighs on both set-ups alike; the
   // ratios reported are the medians of the rounds' ratios (each round's are listed too).
@@ -278,11 +396,6 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
     pairs.push({ single: one, cluster: many, ratios: ratiosOf(one, many) });
     if (rounds > 1) log(`round ${r + 1}/${rounds}: ${JSON.stringify(pairs.at(-1)?.ratios)}`);
   }
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
-    const mid = Math.floor(s.length / 2);
-    return s.length % 2 ? (s[mid] as number) : round(((s[mid - 1] as number) + (s[mid] as number)) / 2, 2);
-  };
   const keys = Object.keys(pairs[0]?.ratios ?? {}) as (keyof ReturnType<typeof ratiosOf>)[];
   const ratios = Object.fromEntries(keys.map((k) => [k, median(pairs.map((p) => p.ratios[k]))]));
   const last = pairs.at(-1) as (typeof pairs)[number];
