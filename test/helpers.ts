@@ -3,10 +3,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after } from 'node:test';
+import pg from 'pg';
 import { io, type Socket } from 'socket.io-client';
 import { type Config, loadConfig } from '../src/config/index.js';
 import { createLogger } from '../src/logger.js';
 import { type Herald, startHerald } from '../src/server.js';
+import { openStore, type Store } from '../src/store/index.js';
 
 export interface TestHerald extends Herald {
   /** Stops the node and removes its data folder. */
@@ -238,4 +241,46 @@ export function freePort(): Promise<number> {
 /** Closes sockets (ignores those already closed). */
 export function closeAll(...sockets: (Socket | undefined)[]): void {
   for (const s of sockets) s?.close();
+}
+
+const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/**
+ * Opens stores of either kind for one test file: PostgreSQL (TEST_DATABASE_URL) in schemas of their own
+ * (`<prefix>_<random>[_<name>]`), embedded in folders of their own; registers an `after` hook that closes
+ * them, drops the schemas and removes the folders.
+ */
+export function testStores(prefix: string): {
+  open(kind: 'postgres' | 'embedded', name?: string): Promise<Store>;
+} {
+  const base = `${prefix}_${randomUUID().replaceAll('-', '').slice(0, 10)}`;
+  const dir = mkdtempSync(join(tmpdir(), `herald-${prefix}-`));
+  const stores: Store[] = [];
+  const schemas = new Set<string>();
+  after(async () => {
+    for (const s of stores) await s.close();
+    rmSync(dir, { recursive: true, force: true });
+    if (schemas.size === 0) return;
+    const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await c.connect();
+    for (const s of schemas) await c.query(`DROP SCHEMA IF EXISTS "${s}" CASCADE`);
+    await c.end();
+  });
+  return {
+    async open(kind, name) {
+      const schema = name ? `${base}_${name}` : base;
+      if (kind === 'postgres') schemas.add(schema);
+      const store = await openStore(
+        kind === 'postgres'
+          ? { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, dataDir: dir }
+          : {
+              databaseUrl: undefined,
+              databaseSchema: 'herald',
+              dataDir: join(dir, `embedded-${name ?? ''}`),
+            },
+      );
+      stores.push(store);
+      return store;
+    },
+  };
 }

@@ -4,6 +4,8 @@
  * events over 200 merchants, in the compact format of the batch write), then folds them with a given
  * number of 200-row chunks per transaction, and again, alternating. Reports wall time and, on PostgreSQL
  * (`DB=postgres://…`), the CPU of the PostgreSQL processes; on the embedded store this process's CPU.
+ * `longestHoldMs` is the longest single store call (statement or transaction) of a fold: on the embedded
+ * store, how long the payment intake, which takes turns with the fold, may have to wait behind it.
  * Usage: npx tsx bench/tools/fold-cost.mts [rows, 1900] [runs, 5] [chunks per transaction to compare, "1,25"]
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -24,7 +26,22 @@ const runs = Number(process.argv[3] ?? 5);
 const variants = (process.argv[4] ?? '1,25').split(',').map(Number);
 const dir = mkdtempSync(join(tmpdir(), 'fold-cost-'));
 const schema = `fold_cost_${Date.now().toString(36)}`;
-const store = await openStore({ databaseUrl: process.env.DB, databaseSchema: schema, dataDir: dir });
+const base = await openStore({ databaseUrl: process.env.DB, databaseSchema: schema, dataDir: dir });
+/** The longest store call (query or transaction) since it was last reset. */
+let longest = 0;
+const store = new Proxy(base, {
+  get(target, prop) {
+    const v = Reflect.get(target, prop, target) as unknown;
+    if (typeof v !== 'function') return v;
+    if (prop !== 'query' && prop !== 'transaction') return v.bind(target);
+    return (...a: unknown[]) => {
+      const t = performance.now();
+      return (v.apply(target, a) as Promise<unknown>).finally(() => {
+        longest = Math.max(longest, performance.now() - t);
+      });
+    };
+  },
+});
 
 /** One batch's deltas: 11 events of random merchants moving orders along created -> paying -> succeeded. */
 function row(i: number): [string, string] {
@@ -58,7 +75,10 @@ async function fill(): Promise<void> {
   }
 }
 
-const results: Record<string, { wallMs: number[]; storeCpuMs: number[]; counters: number[] }> = {};
+const results: Record<
+  string,
+  { wallMs: number[]; longestHoldMs: number[]; storeCpuMs: number[]; counters: number[] }
+> = {};
 try {
   for (let run = 0; run <= runs; run++) {
     for (const chunks of variants) {
@@ -66,9 +86,11 @@ try {
       const pg = store.kind === 'postgres' ? postgresCpu() : undefined;
       const cpu = process.cpuUsage();
       const t = performance.now();
+      longest = 0;
       let counters = 0;
       for (;;) {
         const r = await foldCounts(store, 200, chunks);
+        if (process.env.FOLD_DEBUG) console.error(r);
         counters += r.counters;
         if (!r.more) break;
       }
@@ -77,9 +99,10 @@ try {
       const storeCpu = pg ? postgresCpuSince(pg) : (used.user + used.system) / 1000;
       if (run === 0) continue; // warm-up
       const key = `${chunks} chunk(s) per fold`;
-      const r = results[key] ?? { wallMs: [], storeCpuMs: [], counters: [] };
+      const r = results[key] ?? { wallMs: [], longestHoldMs: [], storeCpuMs: [], counters: [] };
       results[key] = r;
       r.wallMs.push(Math.round(wall));
+      r.longestHoldMs.push(Math.round(longest));
       r.storeCpuMs.push(Math.round(storeCpu));
       r.counters.push(counters);
     }

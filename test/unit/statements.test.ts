@@ -1,38 +1,17 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
-import pg from 'pg';
-import { openStore, type Store, statement } from '../../src/store/index.js';
-
-const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+import { describe, it } from 'node:test';
+import { statement } from '../../src/store/index.js';
+import { testStores } from '../helpers.js';
 
 /** Prepared statements (store/types.ts `statement`) on both stores. */
 describe('prepared statements', () => {
-  const schema = `t_stmt_${randomBytes(5).toString('hex')}`;
-  const dir = mkdtempSync(join(tmpdir(), 'herald-stmt-'));
-  const stores: Store[] = [];
-  after(async () => {
-    for (const s of stores) await s.close();
-    rmSync(dir, { recursive: true, force: true });
-    const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
-    await c.connect();
-    await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-    await c.end();
-  });
+  const stores = testStores('t_stmt');
 
   const twice = statement('test_twice', 'SELECT $1::int * 2 AS n');
 
   for (const kind of ['postgres', 'embedded'] as const) {
     it(`run with their parameters, again and again, in and out of transactions (${kind})`, async () => {
-      const store = await openStore(
-        kind === 'postgres'
-          ? { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, dataDir: dir }
-          : { databaseUrl: undefined, databaseSchema: 'herald', dataDir: join(dir, 'embedded') },
-      );
-      stores.push(store);
+      const store = await stores.open(kind);
       // More runs than PostgreSQL's plan cache needs before it may pick a generic plan.
       for (let i = 0; i < 8; i++) {
         const r = await store.query<{ n: number }>(twice, [i]);
@@ -54,12 +33,7 @@ describe('prepared statements', () => {
     });
 
     it(`plan: 'custom' statements are prepared but planned at every run (${kind})`, async () => {
-      const store = await openStore(
-        kind === 'postgres'
-          ? { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, dataDir: dir }
-          : { databaseUrl: undefined, databaseSchema: 'herald', dataDir: join(dir, 'embedded-custom') },
-      );
-      stores.push(store);
+      const store = await stores.open(kind, 'custom');
       const probe = statement(
         'test_custom_probe',
         `SELECT $1::int + 1 AS n, current_setting('plan_cache_mode') AS mode,
