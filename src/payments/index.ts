@@ -179,6 +179,7 @@ export class Payments {
   private readonly log: Logger;
   private readonly eventsTotal: Counter<'outcome'>;
   private readonly batchSeconds: Histogram;
+  private readonly sweepSeconds: Histogram<'step'>;
   private readonly webhooksTotal: Counter<'result'>;
   private timer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
@@ -214,6 +215,13 @@ export class Payments {
       name: 'herald_payment_store_seconds',
       help: 'Duration of the transactions that store payment events.',
       buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    });
+    this.sweepSeconds = new Histogram({
+      name: 'herald_payment_sweep_seconds',
+      help: 'Duration of the steps of the payment sweep (timeouts, webhooks, fold, outbox, vacuum, prune, presence), waits for the store included. On the embedded store the intake waits while a step holds the store.',
+      labelNames: ['step'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
       registers,
     });
     this.webhooksTotal = new Counter({
@@ -356,57 +364,68 @@ export class Payments {
 
   /** One pass of the sweep; public for tests and tools. */
   async sweep(): Promise<{ closed: number; webhooks: number; republished: number }> {
-    let closed = 0;
-    let webhooks = 0;
-    try {
-      closed = await this.closeTimedOut();
-    } catch (err) {
-      this.log.error({ err }, 'timeout sweep failed');
-    }
-    try {
-      webhooks = await this.retryWebhooks();
-    } catch (err) {
-      this.log.error({ err }, 'merchant notification retry failed');
-    }
-    try {
+    const closed = await this.sweepStep('timeouts', 'error', 'timeout sweep failed', () =>
+      this.closeTimedOut(),
+    );
+    const webhooks = await this.sweepStep('webhooks', 'error', 'merchant notification retry failed', () =>
+      this.retryWebhooks(),
+    );
+    await this.sweepStep('fold', 'warn', 'could not fold the payment counters', async () => {
       for (let round = 0; round < 4 && !this.stopped; round++) {
         const fold = await foldCounts(this.deps.store, FOLD_CHUNK, FOLD_CHUNKS);
         if (fold.conflict) this.log.debug('payment counters: another node folded these deltas meanwhile');
         if (!fold.more) break;
       }
-    } catch (err) {
-      this.log.warn({ err }, 'could not fold the payment counters');
-    }
-    let republished = 0;
-    try {
-      republished = await this.republishOutbox();
-    } catch (err) {
-      this.log.error({ err }, 'publishing the payment outbox again failed');
-    }
+    });
+    const republished = await this.sweepStep(
+      'outbox',
+      'error',
+      'publishing the payment outbox again failed',
+      () => this.republishOutbox(),
+    );
     if (this.deps.store.kind === 'embedded' && Date.now() - this.lastVacuum >= VACUUM_EVERY_MS) {
       // PGlite has no autovacuum: these tables get a row and lose it for every open order / batch.
       this.lastVacuum = Date.now();
       // One table per statement: the intake takes turns with each (all three at once held the store
       // ~100 ms under load).
       for (const table of ['payment_open_orders', 'payment_outbox_batches', 'payment_count_deltas']) {
-        await this.deps.store
-          .query(`VACUUM ${table}`)
-          .catch((err: unknown) =>
-            this.log.warn({ err, table }, 'could not vacuum a payment bookkeeping table'),
-          );
+        await this.sweepStep('vacuum', 'warn', `could not vacuum ${table}`, () =>
+          this.deps.store.query(`VACUUM ${table}`),
+        );
       }
     }
     if (Date.now() - this.lastPrune >= 3_600_000) {
       this.lastPrune = Date.now();
-      await pruneMinuteCounts(this.deps.store, MINUTE_COUNTS_KEEP_MS).catch((err: unknown) =>
-        this.log.warn({ err }, 'could not prune the per-minute payment counters'),
+      await this.sweepStep('prune', 'warn', 'could not prune the per-minute payment counters', () =>
+        pruneMinuteCounts(this.deps.store, MINUTE_COUNTS_KEEP_MS),
       );
     }
     if (Date.now() - this.lastPresenceTick >= this.deps.config.machinePresenceInterval) {
       this.lastPresenceTick = Date.now();
-      await this.presence.tick().catch((err: unknown) => this.log.warn({ err }, 'presence refresh failed'));
+      await this.sweepStep('presence', 'warn', 'presence refresh failed', () => this.presence.tick());
     }
-    return { closed, webhooks, republished };
+    return { closed: closed ?? 0, webhooks: webhooks ?? 0, republished: republished ?? 0 };
+  }
+
+  /**
+   * Runs one step of the sweep, timed in `herald_payment_sweep_seconds{step}`; a failure is logged at
+   * `level` (the sweep goes on with its other steps and tries again next time) and gives undefined.
+   */
+  private async sweepStep<T>(
+    step: string,
+    level: 'warn' | 'error',
+    failure: string,
+    fn: () => Promise<T>,
+  ): Promise<T | undefined> {
+    const end = this.sweepSeconds.startTimer({ step });
+    try {
+      return await fn();
+    } catch (err) {
+      this.log[level]({ err }, failure);
+      return undefined;
+    } finally {
+      end();
+    }
   }
 
   /**

@@ -182,6 +182,11 @@ for (const kind of STORES) {
         await assertMatches(herald, 'folded and unfolded');
         await herald.payments.sweep();
         await assertMatches(herald, 'folded again');
+        // Every sweep step that ran is timed (two sweeps so far).
+        const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
+        for (const step of ['timeouts', 'webhooks', 'fold', 'outbox']) {
+          assert.match(metrics, new RegExp(`herald_payment_sweep_seconds_count\\{step="${step}"\\} 2\n`));
+        }
 
         const all = await get(herald, query({ appId: APP }));
         // Succeeded 4 + 1 (the extra run of the first two lifecycles), refunded 2, failed 2 + 1, closed 3.
