@@ -210,6 +210,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       : new MemoryHistory(historyPolicy, {
           maxEntries: config.historyMaxEntries,
           maxStreams: config.historyMaxStreams,
+          follows: (appId, stream) => router.follows(appId, stream),
         });
   const receipts: Receipts = cluster
     ? new RedisReceipts(cluster.commands, config.redisPrefix, config.receiptTtl)

@@ -484,6 +484,17 @@ export class Router {
     }
   }
 
+  /** Whether a socket of this node follows a history stream (`t:<topic>`, `u:<user>`, `d:<device>`, `b`). */
+  follows(appId: string, stream: string): boolean {
+    const a = this.apps.get(appId);
+    if (!a) return false;
+    const id = stream.slice(2);
+    if (stream.startsWith('t:')) return a.topics.has(id);
+    if (stream.startsWith('u:')) return a.users.has(id);
+    if (stream.startsWith('d:')) return a.devices.has(id);
+    return stream === 'b';
+  }
+
   /** Whether a user has a socket on this node. */
   hasUser(appId: string, clientId: string): boolean {
     return this.apps.get(appId)?.users.has(clientId) ?? false;

@@ -50,6 +50,44 @@ describe('in-memory history replays', () => {
   });
 });
 
+describe('in-memory history keeps only streams someone can recover', () => {
+  it('starts a stream for a notification only when it has a follower; a started stream keeps it either way', async () => {
+    const followers = new Set(['t:watched', 'u:m-1']);
+    const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000), {
+      follows: (appId, stream) => appId === 'app' && followers.has(stream),
+    });
+    try {
+      // An order topic nobody watches and an unconnected user: no entry, no offset in those streams.
+      const a = note({ topics: ['order:9', 'watched'], users: ['m-1', 'm-2'] });
+      await h.append(a);
+      assert.deepEqual(Object.keys(a.pos ?? {}).sort(), ['t:watched', 'u:m-1']);
+      assert.deepEqual(h.size, { entries: 2, streams: 2 });
+      const none = await h.since('app', 't:order:9', { offset: 0, epoch: '' });
+      assert.deepEqual([none.recovered, none.entries.length], [true, 0]);
+
+      // The watcher and the user leave: their streams, started, go on keeping what comes (to recover).
+      followers.clear();
+      const b = note({ topics: ['watched'], users: ['m-1'] });
+      await h.append(b);
+      const pos = a.pos?.['t:watched'] as [number, string];
+      const topic = await h.since('app', 't:watched', { offset: pos[0], epoch: pos[1] });
+      assert.equal(topic.recovered, true);
+      assert.deepEqual(
+        topic.entries.map((n) => n.id),
+        [b.id],
+      );
+
+      // A stream given out by `recover` (position) is started, follower or not.
+      const p = await h.position('app', 't:order:10');
+      const c = note({ topics: ['order:10'] });
+      await h.append(c);
+      assert.deepEqual(c.pos?.['t:order:10'], [1, p?.epoch]);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 describe('in-memory history bounds', () => {
   it('keeps at most maxEntries over all streams, dropping the oldest of all first', async () => {
     const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000), {

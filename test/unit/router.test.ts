@@ -156,6 +156,23 @@ describe('Router.deliver', () => {
   });
 });
 
+describe('Router.follows (which history streams a single node keeps)', () => {
+  it('says whether a socket follows a topic, user, device or broadcast stream, per app', () => {
+    const r = setup();
+    const yes = ['t:news', 't:order:1', 'u:alice', 'u:anon:s4', 'd:phone', 'd:bob-phone', 'b'];
+    for (const s of yes) assert.equal(r.router.follows('app', s), true, s);
+    const no = ['t:order:3', 'u:carol', 'd:tablet', 'x:news', 't:', ''];
+    for (const s of no) assert.equal(r.router.follows('app', s), false, s);
+    assert.equal(r.router.follows('other-app', 't:order:2'), false);
+    assert.equal(r.router.follows('no-such-app', 'b'), false);
+    // Leaving ends it: bob's topic, user and device.
+    r.router.remove(r.bob);
+    for (const s of ['t:order:2', 'u:bob', 'd:bob-phone']) assert.equal(r.router.follows('app', s), false, s);
+    r.router.unsubscribe(r.alicePhone, ['order:1']);
+    assert.equal(r.router.follows('app', 't:order:1'), false);
+  });
+});
+
 describe('Router subscriptions and counts', () => {
   it('counts distinct client ids and connections per topic and app', () => {
     const r = setup();
