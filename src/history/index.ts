@@ -79,31 +79,28 @@ export class HistoryPolicy {
  */
 type Kept = Pick<Notification, 'v' | 'id' | 'appId' | 'ts' | 'data' | 'ack'>;
 
-/** One kept notification in one stream; its age is the notification's `ts` (no heap number of its own). */
-interface Entry {
-  offset: number;
-  n: Kept;
-  /** The stream holding it (for the global eviction of the oldest entries). */
-  s: Stream;
-  /** Removed from its stream (size, TTL, eviction); still in MemoryHistory's global order until compacted. */
-  dead?: true;
-}
-
+/**
+ * A stream: its epoch, the offset of its last notification, and the notifications it holds, oldest first.
+ * Offsets in a stream are consecutive and entries leave only from the front, so `kept[i]` has the offset
+ * `offset - kept.length + 1 + i`: no object per entry (a node holds up to HISTORY_MAX_ENTRIES of them, and
+ * as many dropped ones waiting in the global order, which the GC would walk at every major collection).
+ * An entry's age is its notification's `ts`.
+ */
 interface Stream {
   epoch: string;
   offset: number;
-  entries: Entry[];
+  kept: Kept[];
   touched: number;
 }
 
-/** What a dropped entry holds instead of its notification. */
-const GONE: Kept = { v: 1, id: '', appId: '', ts: 0, data: '' };
+/** The offset of a stream's oldest held entry (its next offset when it holds none). */
+const firstOffset = (s: Stream): number => s.offset - s.kept.length + 1;
 
 /** A kept notification as a replay through `stream` sends it. */
-function replayOf(e: Entry, stream: string, epoch: string): Notification {
+function replayOf(n: Kept, offset: number, stream: string, epoch: string): Notification {
   const pos = newPositions();
-  pos[stream] = [e.offset, epoch];
-  return { ...e.n, pos };
+  pos[stream] = [offset, epoch];
+  return { ...n, pos };
 }
 
 /** How long an idle stream keeps its offset and epoch after its entries expired. */
@@ -140,8 +137,13 @@ export interface MemoryHistoryLimits {
 export class MemoryHistory implements History {
   private readonly apps = new Map<string, Map<string, Stream>>();
   private readonly sweeper: NodeJS.Timeout;
-  /** Every entry in append order, from `head`; dead ones are skipped and compacted away. */
-  private order: Entry[] = [];
+  /**
+   * Every entry in append order, from `head`, as (stream, offset) in two parallel arrays; an entry is
+   * dead once its stream no longer holds that offset (size, TTL, eviction, stream forgotten). Dead ones
+   * are skipped and compacted away.
+   */
+  private order: Stream[] = [];
+  private orderOffsets: number[] = [];
   private head = 0;
   private live = 0;
   private streams = 0;
@@ -174,7 +176,7 @@ export class MemoryHistory implements History {
     if (!s && create) {
       // A flood of new streams does not wait for the sweep (amortized: at most once per max/2 new).
       if (this.streams >= this.limits.maxStreams * 1.5) this.sweep();
-      s = { epoch: newEpoch(), offset: 0, entries: [], touched: Date.now() };
+      s = { epoch: newEpoch(), offset: 0, kept: [], touched: Date.now() };
       if (!this.apps.has(appId)) this.apps.set(appId, app);
       app.set(key, s);
       this.streams++;
@@ -184,16 +186,14 @@ export class MemoryHistory implements History {
 
   /** Removes the first `count` entries of a stream. */
   private drop(s: Stream, count: number): void {
-    for (let i = 0; i < count; i++) {
-      const e = s.entries[i] as Entry;
-      e.dead = true;
-      // The global order holds dead entries until it is compacted (up to one per live entry): without
-      // this they would keep their notification's data alive that long (heap snapshot after 60 s of
-      // the payments bench: 111,844 dead entries).
-      e.n = GONE;
-    }
-    s.entries.splice(0, count);
+    s.kept.splice(0, count);
     this.live -= count;
+  }
+
+  /** Whether the entry at `i` of the global order is still held by its stream. */
+  private held(i: number): boolean {
+    const s = this.order[i] as Stream;
+    return s.kept.length > 0 && (this.orderOffsets[i] as number) >= firstOffset(s);
   }
 
   async append(n: Notification): Promise<void> {
@@ -211,22 +211,22 @@ export class MemoryHistory implements History {
       kept ??= n.ack
         ? { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data, ack: true }
         : { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data };
-      const e: Entry = { offset: s.offset, n: kept, s };
-      s.entries.push(e);
-      this.order.push(e);
+      s.kept.push(kept);
+      this.order.push(s);
+      this.orderOffsets.push(s.offset);
       this.live++;
       const cutoff = now - ttlMs;
-      let drop = Math.max(0, s.entries.length - size);
-      while (drop < s.entries.length && (s.entries[drop] as Entry).n.ts < cutoff) drop++;
+      let drop = Math.max(0, s.kept.length - size);
+      while (drop < s.kept.length && (s.kept[drop] as Kept).ts < cutoff) drop++;
       if (drop > 0) this.drop(s, drop);
       n.pos ??= newPositions();
       n.pos[key] = [s.offset, s.epoch];
     }
     while (this.live > this.limits.maxEntries && this.head < this.order.length) {
-      const e = this.order[this.head++] as Entry;
-      if (e.dead) continue;
+      const i = this.head++;
+      if (!this.held(i)) continue;
       // The oldest live entry of all is the oldest of its stream.
-      this.drop(e.s, 1);
+      this.drop(this.order[i] as Stream, 1);
       this.evicted.entries++;
     }
     this.compact();
@@ -237,10 +237,19 @@ export class MemoryHistory implements History {
     const held = this.order.length - this.head;
     if (this.head > 4096 && this.head * 2 > this.order.length) {
       this.order = this.order.slice(this.head);
+      this.orderOffsets = this.orderOffsets.slice(this.head);
       this.head = 0;
     }
     if (held > 2 * this.live + 4096) {
-      this.order = this.order.slice(this.head).filter((e) => !e.dead);
+      const order: Stream[] = [];
+      const offsets: number[] = [];
+      for (let i = this.head; i < this.order.length; i++) {
+        if (!this.held(i)) continue;
+        order.push(this.order[i] as Stream);
+        offsets.push(this.orderOffsets[i] as number);
+      }
+      this.order = order;
+      this.orderOffsets = offsets;
       this.head = 0;
     }
   }
@@ -255,16 +264,19 @@ export class MemoryHistory implements History {
     }
     const { ttlMs } = this.policy.for(appId, key);
     const cutoff = Date.now() - ttlMs;
-    const live = s.entries.filter((e) => e.n.ts >= cutoff && e.offset > from.offset);
+    const base = firstOffset(s);
+    // Entries after `from` that are not past their TTL (the sweep may not have dropped them yet).
+    let at = Math.max(0, from.offset + 1 - base);
+    while (at < s.kept.length && (s.kept[at] as Kept).ts < cutoff) at++;
+    const live = s.kept.slice(at);
     const sameEpoch = from.epoch === s.epoch || (from.offset === 0 && from.epoch === '');
-    const first = live[0];
-    const contiguous = from.offset >= s.offset || (first !== undefined && first.offset === from.offset + 1);
+    const contiguous = from.offset >= s.offset || (live.length > 0 && base + at === from.offset + 1);
     return {
       recovered: sameEpoch && contiguous,
       offset: s.offset,
       epoch: s.epoch,
       // Each replayed notification with its position in this stream (what its live delivery carried).
-      entries: sameEpoch ? live.map((e) => replayOf(e, key, s.epoch)) : [],
+      entries: sameEpoch ? live.map((n, i) => replayOf(n, base + at + i, key, s.epoch)) : [],
     };
   }
 
@@ -280,9 +292,9 @@ export class MemoryHistory implements History {
       for (const [key, s] of app) {
         const cutoff = now - this.policy.for(appId, key).ttlMs;
         let drop = 0;
-        while (drop < s.entries.length && (s.entries[drop] as Entry).n.ts < cutoff) drop++;
+        while (drop < s.kept.length && (s.kept[drop] as Kept).ts < cutoff) drop++;
         if (drop) this.drop(s, drop);
-        if (s.entries.length === 0 && now - s.touched > META_TTL_MS) {
+        if (s.kept.length === 0 && now - s.touched > META_TTL_MS) {
           app.delete(key);
           this.streams--;
         }
@@ -295,8 +307,8 @@ export class MemoryHistory implements History {
         if (this.streams <= this.limits.maxStreams) break;
         for (const [key, s] of app) {
           if (this.streams <= this.limits.maxStreams) break;
-          if (idleOnly && s.entries.length > 0) continue;
-          if (s.entries.length > 0) this.drop(s, s.entries.length);
+          if (idleOnly && s.kept.length > 0) continue;
+          if (s.kept.length > 0) this.drop(s, s.kept.length);
           app.delete(key);
           this.streams--;
           this.evicted.streams++;

@@ -126,16 +126,31 @@ describe('in-memory history bounds', () => {
       maxStreams: 1000,
     });
     try {
-      for (let i = 0; i < 50_000; i++) await h.append(note({ topics: ['chat'] }));
+      const ids: string[] = [];
+      for (let i = 0; i < 50_000; i++) {
+        const n = note({ topics: ['chat'] });
+        ids.push(n.id);
+        await h.append(n);
+      }
       assert.equal(h.size.entries, 10);
       assert.ok(orderLength(h) <= 2 * 10 + 4096, `global order holds ${orderLength(h)}`);
-      // The dead entries still in the global order until it is compacted keep none of their data.
-      const { order, head } = h as unknown as { order: { dead?: true; n: { data: string } }[]; head: number };
-      const dead = order.slice(head).filter((e) => e.dead);
-      assert.ok(dead.length > 0);
-      assert.ok(
-        dead.every((e) => e.n.data === ''),
-        'a dead entry still holds its notification',
+      // The dropped entries still in the global order until it is compacted are (stream, offset) pairs:
+      // they keep none of their notifications, the stream holds the last 10 only.
+      const { order, head } = h as unknown as { order: { kept: { id: string }[] }[]; head: number };
+      const waiting = order.slice(head);
+      assert.ok(waiting.length > 10, `${waiting.length} in the global order`);
+      assert.ok(waiting.every((s) => s === waiting[0]));
+      assert.deepEqual(
+        waiting[0]?.kept.map((k) => k.id),
+        ids.slice(-10),
+      );
+      const r = await h.since('app', 't:chat', {
+        offset: 49_995,
+        epoch: (await h.position('app', 't:chat'))?.epoch ?? '',
+      });
+      assert.deepEqual(
+        [r.recovered, r.offset, r.entries.map((n) => [n.id, n.pos?.['t:chat']?.[0]])],
+        [true, 50_000, ids.slice(-5).map((id, i) => [id, 49_996 + i])],
       );
     } finally {
       await h.close();
