@@ -6,6 +6,7 @@
  * (`DB=postgres://…`), the CPU of the PostgreSQL processes; on the embedded store this process's CPU.
  * `longestHoldMs` is the longest single store call (statement or transaction) of a fold: on the embedded
  * store, how long the payment intake, which takes turns with the fold, may have to wait behind it.
+ * `FOLD_DEBUG=1` prints what each fold returned.
  * Usage: npx tsx bench/tools/fold-cost.mts [rows, 1900] [runs, 5] [chunks per transaction to compare, "1,25"]
  */
 import { mkdtempSync, rmSync } from 'node:fs';
