@@ -4,7 +4,7 @@
  * fills `payment_machines` with N online machines of one node, then times the tick's UPDATE as one
  * statement and as keyset chunks of 500 (the longest chunk is how long the embedded store's intake would
  * wait behind it). Usage: npx tsx bench/tools/presence-cost.mts [machines, "2000,20000"] [runs, 3]
- * (`DB=postgres://…` for PostgreSQL).
+ * (`DB=postgres://…` for PostgreSQL, `CHUNK=2000` for another chunk size).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,7 +16,7 @@ const runs = Number(process.argv[3] ?? 3);
 const dir = mkdtempSync(join(tmpdir(), 'presence-cost-'));
 const schema = `presence_cost_${Date.now().toString(36)}`;
 const store = await openStore({ databaseUrl: process.env.DB, databaseSchema: schema, dataDir: dir });
-const CHUNK = 500;
+const CHUNK = Number(process.env.CHUNK ?? 500);
 try {
   for (const n of sizes) {
     await store.query('DELETE FROM payment_machines');
