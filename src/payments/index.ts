@@ -345,6 +345,10 @@ export class Payments {
         this.log.warn({ err }, 'could not reset machine presence after a restart');
       });
     }
+    // Before machines connect here, so no other node takes them for a dead node's (the sweep retries).
+    await this.presence.heartbeat().catch((err: unknown) => {
+      this.log.warn({ err }, "could not write this node's machine-presence heartbeat");
+    });
     if (!this.deps.notifier) {
       this.log.info('no webhook engine: merchant servers (notifyUrl) are not notified by this node');
     }

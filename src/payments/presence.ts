@@ -61,20 +61,32 @@ function toInfo(r: MachineRow): MachinePresenceInfo {
   };
 }
 
+/** How long the heartbeat row of a node that stopped is kept (its machines are offline long before). */
+const NODE_ROW_KEEP_MS = 3_600_000;
+
 const key = (appId: string, deviceId: string) => `${appId}\u0000${deviceId}`;
 
 /**
  * Machine presence: which machines (sockets with a deviceId and a merchantId) are connected, kept in
  * the store so that every node (and GET /devices) sees all of them. Each row names the node that holds
- * the machine; that node refreshes `last_seen_at` every interval, so the machines of a node that died
- * turn offline after 3 intervals. Changes are written in batches and published after they are stored;
- * an offline change is published only by the node that still held the machine (not after it moved).
+ * the machine. A node proves it is alive by refreshing its own heartbeat row in `payment_presence_nodes`
+ * every interval, one row however many machines it holds; a machine online at a node was last seen when
+ * that node was (the later of the two stamps). The machines of a node that stopped refreshing turn
+ * offline after 3 intervals. Changes are written in batches and published after they are stored; an
+ * offline change is published only by the node that still held the machine (not after it moved).
+ *
+ * Nodes of earlier versions have no heartbeat row: they stamp each machine row every interval and judge
+ * other nodes' machines by those stamps alone. While one of them holds machines (a rolling upgrade), this
+ * node also stamps its machines, so the older node does not take them for gone.
  */
 export class MachinePresence {
   readonly nodeId = randomUUID();
   private readonly local = new Map<string, LocalMachine>();
   private readonly dirty = new Map<string, Change>();
   private flushing: Promise<void> | undefined;
+  /** The node of an earlier version seen holding machines at the last tick, if any. */
+  private legacySeen: string | undefined;
+  private lastPrune = 0;
 
   constructor(private readonly opts: PresenceOptions) {}
 
@@ -177,20 +189,66 @@ export class MachinePresence {
     for (const p of published) publish(p);
   }
 
-  /** Confirms this node's machines, and turns offline those of nodes that stopped confirming theirs. */
+  /** Writes this node's heartbeat: its machines are seen now. */
+  async heartbeat(): Promise<void> {
+    await this.opts.store.query(
+      `INSERT INTO payment_presence_nodes (node_id, seen_at) VALUES ($1, now())
+       ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at`,
+      [this.nodeId],
+    );
+  }
+
+  /**
+   * Confirms this node's machines (its heartbeat), turns offline those of nodes that stopped confirming
+   * theirs, and forgets the heartbeat rows of nodes long gone.
+   */
   async tick(): Promise<void> {
     const { store, publish } = this.opts;
     if (this.dirty.size > 0) await this.flush();
-    await store.query(`UPDATE payment_machines SET last_seen_at = now() WHERE node_id = $1 AND online`, [
-      this.nodeId,
-    ]);
+    await this.heartbeat();
+    const cutoff = `now() - $2::float8 * interval '1 millisecond'`;
+    // A machine is gone when neither its own stamp (connect, or an older node's refresh) nor its node's
+    // heartbeat is recent. Its disconnect time is the later of the two.
     const { rows } = await store.query<MachineRow>(
-      `UPDATE payment_machines SET online = false, disconnected_at = last_seen_at
-       WHERE online AND node_id IS DISTINCT FROM $1 AND last_seen_at < now() - $2::float8 * interval '1 millisecond'
+      `UPDATE payment_machines m SET online = false,
+         last_seen_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id)),
+         disconnected_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id))
+       WHERE m.online AND m.node_id IS DISTINCT FROM $1 AND m.last_seen_at < ${cutoff}
+         AND NOT EXISTS (SELECT 1 FROM payment_presence_nodes n WHERE n.node_id = m.node_id AND n.seen_at >= ${cutoff})
        RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
       [this.nodeId, this.staleMs],
     );
     for (const r of rows) publish(toInfo(r));
+    // A node of an earlier version holds machines (recently stamped rows of a node with no heartbeat
+    // row): stamp ours too, since it judges them by their rows only.
+    const legacy = await store.query<{ node_id: string }>(
+      `SELECT m.node_id FROM payment_machines m
+       WHERE m.online AND m.node_id <> $1 AND m.last_seen_at >= ${cutoff}
+         AND NOT EXISTS (SELECT 1 FROM payment_presence_nodes n WHERE n.node_id = m.node_id)
+       LIMIT 1`,
+      [this.nodeId, this.staleMs],
+    );
+    const legacyNode = legacy.rows[0]?.node_id;
+    if (legacyNode !== undefined) {
+      if (this.legacySeen !== legacyNode) {
+        this.opts.logger.info(
+          { node: legacyNode },
+          "a node of an earlier version holds machines: stamping this node's machines every interval too",
+        );
+      }
+      await store.query('UPDATE payment_machines SET last_seen_at = now() WHERE node_id = $1 AND online', [
+        this.nodeId,
+      ]);
+    }
+    this.legacySeen = legacyNode;
+    if (Date.now() - this.lastPrune < this.staleMs * 10) return;
+    this.lastPrune = Date.now();
+    await store.query(
+      `DELETE FROM payment_presence_nodes n
+       WHERE n.seen_at < now() - $1::float8 * interval '1 millisecond'
+         AND NOT EXISTS (SELECT 1 FROM payment_machines m WHERE m.online AND m.node_id = n.node_id)`,
+      [Math.max(NODE_ROW_KEEP_MS, this.staleMs * 2)],
+    );
   }
 
   /**
@@ -213,6 +271,7 @@ export class MachinePresence {
     this.local.clear();
     try {
       await this.flush();
+      await this.opts.store.query('DELETE FROM payment_presence_nodes WHERE node_id = $1', [this.nodeId]);
     } catch (err) {
       this.opts.logger.warn({ err }, 'machine presence could not be stored at shutdown');
     }
@@ -229,7 +288,11 @@ export class MachinePresence {
     const parts: string[] = [];
     // Both statements start with the same CTE, so that they take the same parameters.
     const cte = `WITH cfg AS (SELECT now() - $1::float8 * interval '1 millisecond' AS cutoff)`;
-    const onlineExpr = '(m.online AND m.last_seen_at > cfg.cutoff)';
+    // A machine online at a node was seen when that node last was (its heartbeat), or when it connected.
+    const seenExpr = 'greatest(m.last_seen_at, n.seen_at)';
+    const onlineExpr = `(m.online AND ${seenExpr} > cfg.cutoff)`;
+    const from = `payment_machines m LEFT JOIN payment_presence_nodes n ON m.online AND n.node_id = m.node_id
+      CROSS JOIN cfg`;
     if (f.appId !== undefined) {
       params.push(f.appId);
       parts.push(`m.app_id = $${params.length}`);
@@ -240,14 +303,11 @@ export class MachinePresence {
     }
     if (f.online !== undefined) parts.push(f.online ? onlineExpr : `NOT ${onlineExpr}`);
     const w = parts.length > 0 ? `WHERE ${parts.join(' AND ')}` : '';
-    const total = await q.query<{ n: number }>(
-      `${cte} SELECT count(*)::int AS n FROM payment_machines m CROSS JOIN cfg ${w}`,
-      params,
-    );
+    const total = await q.query<{ n: number }>(`${cte} SELECT count(*)::int AS n FROM ${from} ${w}`, params);
     const { rows } = await q.query<MachineRow>(
-      `${cte} SELECT m.app_id, m.device_id, m.merchant_id, ${onlineExpr} AS online, m.last_seen_at,
-         m.connected_at, m.disconnected_at
-       FROM payment_machines m CROSS JOIN cfg ${w} ORDER BY m.app_id, m.merchant_id, m.device_id
+      `${cte} SELECT m.app_id, m.device_id, m.merchant_id, ${onlineExpr} AS online,
+         ${seenExpr} AS last_seen_at, m.connected_at, m.disconnected_at
+       FROM ${from} ${w} ORDER BY m.app_id, m.merchant_id, m.device_id
        LIMIT ${limit} OFFSET ${(page - 1) * limit}`,
       params,
     );

@@ -138,4 +138,16 @@ export const PAYMENT_MIGRATIONS: Migration[] = [
       CREATE OR REPLACE FUNCTION herald_payment_conflict(kind text, detail text) RETURNS int LANGUAGE plpgsql VOLATILE AS $f$ BEGIN RAISE EXCEPTION USING ERRCODE = 'HR409', MESSAGE = 'payment batch conflict: ' || kind, DETAIL = detail; END $f$;
     `,
   },
+  {
+    // Machine presence (payments/presence.ts): one heartbeat row per node instead of a stamp on every
+    // machine row. A node refreshes only its own row each MACHINE_PRESENCE_INTERVAL; a machine online at a
+    // node is seen when that node was last seen.
+    id: '028_payments_presence_nodes',
+    sql: `
+      CREATE TABLE IF NOT EXISTS payment_presence_nodes (
+        node_id text PRIMARY KEY,
+        seen_at timestamptz NOT NULL
+      );
+    `,
+  },
 ];

@@ -1,0 +1,185 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createLogger } from '../../src/logger.js';
+import { MachinePresence, type MachinePresenceInfo } from '../../src/payments/presence.js';
+import type { Store } from '../../src/store/index.js';
+import { testStores } from '../helpers.js';
+
+const INTERVAL = 100; // stale after 300 ms
+
+function node(store: Store): { presence: MachinePresence; published: MachinePresenceInfo[] } {
+  const published: MachinePresenceInfo[] = [];
+  const presence = new MachinePresence({
+    store,
+    logger: createLogger('silent'),
+    intervalMs: INTERVAL,
+    publish: (c) => published.push(c),
+  });
+  return { presence, published };
+}
+
+async function row(
+  store: Store,
+  deviceId: string,
+): Promise<{ online: boolean; node_id: string; last_seen_at: Date; disconnected_at: Date | null }> {
+  const { rows } = await store.query<{
+    online: boolean;
+    node_id: string;
+    last_seen_at: Date;
+    disconnected_at: Date | null;
+  }>(
+    'SELECT online, node_id, last_seen_at, disconnected_at FROM payment_machines WHERE app_id = $1 AND device_id = $2',
+    ['app', deviceId],
+  );
+  assert.ok(rows[0], `row of ${deviceId}`);
+  return { ...rows[0], last_seen_at: new Date(rows[0].last_seen_at) };
+}
+
+async function nodeRows(store: Store): Promise<string[]> {
+  const { rows } = await store.query<{ node_id: string }>(
+    'SELECT node_id FROM payment_presence_nodes ORDER BY node_id',
+  );
+  return rows.map((r) => r.node_id);
+}
+
+/** Pushes a machine's own stamp into the past, as if it connected (or was last stamped) `ms` ago. */
+async function age(store: Store, deviceId: string, ms: number): Promise<void> {
+  await store.query(
+    `UPDATE payment_machines SET last_seen_at = now() - $2::float8 * interval '1 millisecond'
+     WHERE app_id = 'app' AND device_id = $1`,
+    [deviceId, ms],
+  );
+}
+
+/**
+ * Machine presence across nodes (payments/presence.ts): a node refreshes one heartbeat row, not every
+ * machine row; the machines of a node that stops refreshing go offline after 3 intervals; while a node of
+ * an earlier version (which judges machines by their own rows) holds machines, nodes stamp theirs too.
+ */
+describe('machine presence heartbeats', () => {
+  const stores = testStores('t_presence');
+  for (const kind of ['postgres', 'embedded'] as const) {
+    it(`keeps a live node's machines online by its heartbeat alone, and turns a silent node's offline (${kind})`, async () => {
+      const store = await stores.open(kind, 'live');
+      const a = node(store);
+      const b = node(store);
+      await a.presence.heartbeat();
+      await b.presence.heartbeat();
+      a.presence.connected('app', 'pos-1', 'm1', 's1');
+      await a.presence.flush();
+      assert.deepEqual(
+        a.published.map((p) => [p.deviceId, p.online]),
+        [['pos-1', true]],
+      );
+      const connectedStamp = (await row(store, 'pos-1')).last_seen_at.getTime();
+
+      // Well past 3 intervals: a's ticks write its heartbeat only, and b sees the machine online.
+      for (let i = 0; i < 5; i++) {
+        await sleep(INTERVAL);
+        await a.presence.tick();
+        await b.presence.tick();
+      }
+      const r = await row(store, 'pos-1');
+      assert.equal(r.online, true);
+      assert.equal(r.last_seen_at.getTime(), connectedStamp, 'the machine row is not stamped');
+      assert.equal(b.published.length, 0);
+      const listed = await b.presence.list(store, { appId: 'app' }, 1, 10);
+      assert.equal(listed.total, 1);
+      assert.equal(listed.devices[0]?.online, true);
+      const seen = Date.parse(listed.devices[0]?.lastSeenAt ?? '');
+      assert.ok(seen >= connectedStamp + 4 * INTERVAL, 'last seen is the node heartbeat');
+      assert.equal((await b.presence.list(store, { appId: 'app', online: true }, 1, 10)).total, 1);
+
+      // a stops (no goodbye): after 3 intervals b marks its machine offline, last seen at a's heartbeat.
+      const lastBeat = (
+        await store.query<{ seen_at: Date }>(
+          'SELECT seen_at FROM payment_presence_nodes WHERE node_id = $1',
+          [a.presence.nodeId],
+        )
+      ).rows[0]?.seen_at;
+      assert.ok(lastBeat);
+      await sleep(INTERVAL);
+      await b.presence.tick();
+      assert.equal(b.published.length, 0, 'not yet stale');
+      await sleep(3 * INTERVAL);
+      await b.presence.tick();
+      assert.deepEqual(
+        b.published.map((p) => [p.deviceId, p.online, p.disconnectedAt]),
+        [['pos-1', false, new Date(lastBeat).toISOString()]],
+      );
+      assert.equal((await row(store, 'pos-1')).online, false);
+      const after = await b.presence.list(store, { appId: 'app' }, 1, 10);
+      assert.equal(after.devices[0]?.online, false);
+      assert.equal(after.devices[0]?.lastSeenAt, new Date(lastBeat).toISOString());
+      await b.presence.tick();
+      assert.equal(b.published.length, 1, 'published once');
+    });
+
+    it(`stamps its machines while a node of an earlier version holds machines (${kind})`, async () => {
+      const store = await stores.open(kind, 'legacy');
+      const a = node(store);
+      await a.presence.heartbeat();
+      a.presence.connected('app', 'pos-new', 'm1', 's1');
+      await a.presence.flush();
+
+      // No older node: the tick leaves the machine's own stamp alone.
+      await age(store, 'pos-new', 10_000);
+      const before = (await row(store, 'pos-new')).last_seen_at.getTime();
+      await a.presence.tick();
+      assert.equal((await row(store, 'pos-new')).last_seen_at.getTime(), before);
+
+      // An older node (no heartbeat row) stamps its machine: a stamps its own as well.
+      await store.query(
+        `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, node_id, connected_at, last_seen_at)
+         VALUES ('app', 'pos-old', 'm1', true, 'old-node', now(), now())`,
+      );
+      await a.presence.tick();
+      const stamped = (await row(store, 'pos-new')).last_seen_at.getTime();
+      assert.ok(stamped > before + 5_000, 'stamped for the older node');
+      assert.equal((await row(store, 'pos-new')).online, true);
+      assert.deepEqual(
+        a.published.map((p) => [p.deviceId, p.online]),
+        [['pos-new', true]],
+      );
+
+      // The older node stops stamping: its machine goes offline, and a stops stamping.
+      await age(store, 'pos-old', 10_000);
+      await a.presence.tick();
+      assert.deepEqual(
+        a.published.map((p) => [p.deviceId, p.online]),
+        [
+          ['pos-new', true],
+          ['pos-old', false],
+        ],
+      );
+      await age(store, 'pos-new', 10_000);
+      const aged = (await row(store, 'pos-new')).last_seen_at.getTime();
+      await a.presence.tick();
+      assert.equal((await row(store, 'pos-new')).last_seen_at.getTime(), aged);
+      assert.equal((await row(store, 'pos-new')).online, true);
+    });
+
+    it(`forgets the heartbeat rows of nodes long gone, and its own on close (${kind})`, async () => {
+      const store = await stores.open(kind, 'prune');
+      const a = node(store);
+      await store.query(
+        `INSERT INTO payment_presence_nodes (node_id, seen_at) VALUES
+           ('gone-long', now() - interval '2 hours'), ('gone-lately', now() - interval '2 minutes')`,
+      );
+      a.presence.connected('app', 'pos-1', 'm1', 's1');
+      await a.presence.tick();
+      assert.deepEqual(await nodeRows(store), [a.presence.nodeId, 'gone-lately'].sort());
+      await a.presence.close();
+      assert.deepEqual(await nodeRows(store), ['gone-lately']);
+      assert.equal((await row(store, 'pos-1')).online, false);
+      assert.deepEqual(
+        a.published.map((p) => [p.deviceId, p.online]),
+        [
+          ['pos-1', true],
+          ['pos-1', false],
+        ],
+      );
+    });
+  }
+});
