@@ -163,6 +163,8 @@ async function scrape(url: string): Promise<{
   txBuckets?: Map<number, number>;
   /** Orders of batches by where they came from (herald_payment_order_cache_total). */
   cache?: Record<string, number>;
+  /** Sweep steps (herald_payment_sweep_seconds): count and total seconds by step. */
+  sweep?: Record<string, { count: number; sum: number }>;
 }> {
   try {
     const text = await (await fetch(`${url}/metrics`)).text();
@@ -187,6 +189,19 @@ async function scrape(url: string): Promise<{
         [...text.matchAll(/^herald_payment_store_seconds_bucket\{le="([0-9.]+)"\} ([0-9.e+-]+)$/gm)].map(
           (m) => [Number(m[1]), Number(m[2])],
         ),
+      ),
+      sweep: [
+        ...text.matchAll(/^herald_payment_sweep_seconds_(sum|count)\{step="(\w+)"\} ([0-9.e+-]+)$/gm),
+      ].reduce(
+        (acc, m) => {
+          const name = m[2] as string;
+          const step = acc[name] ?? { count: 0, sum: 0 };
+          acc[name] = step;
+          if (m[1] === 'sum') step.sum = Number(m[3]);
+          else step.count = Number(m[3]);
+          return acc;
+        },
+        {} as Record<string, { count: number; sum: number }>,
       ),
       cache: Object.fromEntries(
         [...text.matchAll(/^herald_payment_order_cache_total\{result="(\w+)"\} ([0-9.e+-]+)$/gm)].map((m) => [
@@ -592,6 +607,14 @@ export async function run(
       eventLoopMaxMs: metrics1.loopMax === undefined ? null : round(metrics1.loopMax * 1000),
       heraldGcMsPerSecond: round((((metrics1.gcSum ?? 0) - (metrics0.gcSum ?? 0)) * 1000) / elapsed),
       heraldMajorGcs: (metrics1.majorGcs ?? 0) - (metrics0.majorGcs ?? 0),
+      // Sweep steps in the measured window: runs and average ms (waits for the store included).
+      sweepMs: Object.fromEntries(
+        Object.entries(metrics1.sweep ?? {}).flatMap(([step, v]) => {
+          const was = metrics0.sweep?.[step] ?? { count: 0, sum: 0 };
+          const n = v.count - was.count;
+          return n > 0 ? [[step, { runs: n, avg: round(((v.sum - was.sum) / n) * 1000) }]] : [];
+        }),
+      ),
       // Orders of the measured batches by source: cache hit, assumed new, read from the store, stale.
       orderCache: Object.fromEntries(
         ['hit', 'new', 'read', 'stale'].map((k) => [
