@@ -93,6 +93,7 @@ export interface Config {
   // payments (see OPTIONS for the meaning and defaults)
   paymentTimeout: number;
   paymentSweepInterval: number;
+  paymentRetention: number;
   paymentBatchMax: number;
   paymentOrderCache: number;
   paymentCurrency: string;

@@ -502,6 +502,14 @@ export const OPTIONS = {
     default: 5000,
     doc: 'How often each node looks for timed-out orders, undelivered merchant and app notifications (outbox) and dead machines, and folds the stats counters.',
   },
+  paymentRetention: {
+    env: 'PAYMENT_RETENTION',
+    type: { kind: 'duration', min: 60_000, max: 36_500 * 86_400_000 },
+    default: 90 * 24 * HOUR,
+    doc:
+      'Finished orders (no longer `created` or `paying`) not changed for this long are deleted with their events; ' +
+      'the stats counters keep counting them. A very long value (e.g. 36500d) keeps them.',
+  },
   paymentBatchMax: {
     env: 'PAYMENT_BATCH_MAX',
     type: { kind: 'int', min: 1, max: 10_000 },

@@ -23,6 +23,7 @@ import {
   claimOutbox,
   claimTimedOut,
   DuplicateConflict,
+  deleteExpiredOrders,
   deletePublished,
   eventKey,
   findOrders,
@@ -34,6 +35,7 @@ import {
   type OutboxNotification,
   orderHistory,
   orderKey,
+  paymentApps,
   pendingWebhooks,
   pruneMinuteCounts,
   type Stats,
@@ -104,6 +106,20 @@ const PUBLISHED_FLUSH_MS = 200;
 const VACUUM_EVERY_MS = 10 * 60_000;
 /** Per-minute counters are kept this long (GET /payments/stats reads at most 1440 minutes back). */
 const MINUTE_COUNTS_KEEP_MS = 2 * 24 * 3_600_000;
+/**
+ * Retention (PAYMENT_RETENTION): a pass every minute deletes expired orders 200 at a time (one statement
+ * each: ~10-20 ms of the embedded store, which the intake takes turns with), up to 25 statements; a pass
+ * that hit that cap runs again at the next sweep, so it keeps up with ~1,000 orders/s at the default
+ * sweep interval.
+ */
+const RETENTION_EVERY_MS = 60_000;
+const RETENTION_CHUNK = 200;
+const RETENTION_CHUNKS = 25;
+/**
+ * Embedded store: the payment tables are vacuumed (so that the space of deleted orders is reused; PGlite
+ * has no autovacuum) after a retention pass deleted some, at most this often.
+ */
+const RETENTION_VACUUM_EVERY_MS = 6 * 3_600_000;
 
 /**
  * Test-only: `HERALD_TEST_CRASH_AFTER_PAYMENT_COMMIT=1` makes the process kill itself (SIGKILL) right
@@ -194,6 +210,12 @@ export class Payments {
   /** Publishes started and not yet finished (awaited by stop()). */
   private readonly publishing = new Set<Promise<unknown>>();
   private lastPrune = 0;
+  private lastRetention = 0;
+  /** The last retention pass stopped at its cap: the next sweep goes on. */
+  private retentionMore = false;
+  private lastRetentionVacuum = Date.now();
+  private retentionDeleted = false;
+  private readonly retentionTotal: Counter<'kind'>;
   private lastVacuum = Date.now();
   private readonly startedAt = Date.now();
   private outboxSwept = false;
@@ -219,9 +241,15 @@ export class Payments {
     });
     this.sweepSeconds = new Histogram({
       name: 'herald_payment_sweep_seconds',
-      help: 'Duration of the steps of the payment sweep (timeouts, webhooks, fold, outbox, vacuum, prune, presence), waits for the store included. On the embedded store the intake waits while a step holds the store.',
+      help: 'Duration of the steps of the payment sweep (timeouts, webhooks, fold, outbox, vacuum, prune, retention, presence), waits for the store included. On the embedded store the intake waits while a step holds the store.',
       labelNames: ['step'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers,
+    });
+    this.retentionTotal = new Counter({
+      name: 'herald_payment_retention_deleted_total',
+      help: 'Finished payment orders (kind="orders") and their events (kind="events") deleted past PAYMENT_RETENTION.',
+      labelNames: ['kind'],
       registers,
     });
     this.webhooksTotal = new Counter({
@@ -404,11 +432,67 @@ export class Payments {
         pruneMinuteCounts(this.deps.store, MINUTE_COUNTS_KEEP_MS),
       );
     }
+    if (this.retentionMore || Date.now() - this.lastRetention >= RETENTION_EVERY_MS) {
+      this.lastRetention = Date.now();
+      this.retentionMore = false;
+      await this.sweepStep('retention', 'warn', 'could not delete expired payment orders', () =>
+        this.deleteExpired(),
+      );
+    }
+    if (
+      this.deps.store.kind === 'embedded' &&
+      this.retentionDeleted &&
+      Date.now() - this.lastRetentionVacuum >= RETENTION_VACUUM_EVERY_MS
+    ) {
+      this.lastRetentionVacuum = Date.now();
+      this.retentionDeleted = false;
+      for (const table of ['payment_orders', 'payment_events']) {
+        await this.sweepStep('vacuum', 'warn', `could not vacuum ${table}`, () =>
+          this.deps.store.query(`VACUUM ${table}`),
+        );
+      }
+    }
     if (Date.now() - this.lastPresenceTick >= this.deps.config.machinePresenceInterval) {
       this.lastPresenceTick = Date.now();
       await this.sweepStep('presence', 'warn', 'presence refresh failed', () => this.presence.tick());
     }
     return { closed: closed ?? 0, webhooks: webhooks ?? 0, republished: republished ?? 0 };
+  }
+
+  /**
+   * Deletes finished orders older than PAYMENT_RETENTION with their events, a chunk per statement, over
+   * every app; returns how many orders. Public for tests and tools.
+   */
+  async deleteExpired(maxChunks = RETENTION_CHUNKS): Promise<number> {
+    const { store, config } = this.deps;
+    let chunks = 0;
+    let total = 0;
+    for (const appId of await paymentApps(store)) {
+      for (;;) {
+        if (chunks >= maxChunks || this.stopped) {
+          this.retentionMore = true;
+          break;
+        }
+        chunks++;
+        const { orders, events } = await deleteExpiredOrders(
+          store,
+          appId,
+          config.paymentRetention,
+          RETENTION_CHUNK,
+        );
+        if (orders.length > 0) {
+          this.intake.forget(orders.map((o) => orderKey(appId, o)));
+          this.retentionTotal.inc({ kind: 'orders' }, orders.length);
+          this.retentionTotal.inc({ kind: 'events' }, events);
+          this.retentionDeleted = true;
+          total += orders.length;
+        }
+        if (orders.length < RETENTION_CHUNK) break;
+      }
+      if (this.retentionMore) break;
+    }
+    if (total > 0) this.log.info({ orders: total }, 'deleted payment orders past PAYMENT_RETENTION');
+    return total;
   }
 
   /**

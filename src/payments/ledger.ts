@@ -1349,3 +1349,63 @@ export async function pruneMinuteCounts(q: Queryable, keepMs: number): Promise<n
   );
   return r.rowCount;
 }
+
+/** The apps that have orders: a loose scan of the primary key, one index probe per app. */
+export async function paymentApps(q: Queryable): Promise<string[]> {
+  const { rows } = await q.query<{ app_id: string }>(
+    `WITH RECURSIVE a AS (
+       (SELECT app_id FROM payment_orders ORDER BY app_id LIMIT 1)
+       UNION ALL
+       SELECT (SELECT o.app_id FROM payment_orders o WHERE o.app_id > a.app_id ORDER BY o.app_id LIMIT 1)
+       FROM a WHERE a.app_id IS NOT NULL
+     )
+     SELECT app_id FROM a WHERE app_id IS NOT NULL`,
+  );
+  return rows.map((r) => r.app_id);
+}
+
+/**
+ * Deletes up to `limit` finished orders of an app (no longer `created` or `paying`) created and last
+ * changed more than `retentionMs` ago, oldest first, with all their events, in one statement. Orders
+ * another node is deleting (or the intake is changing) are skipped. Returns the deleted order ids.
+ */
+export async function deleteExpiredOrders(
+  store: Store,
+  appId: string,
+  retentionMs: number,
+  limit: number,
+): Promise<{ orders: string[]; events: number }> {
+  // The oldest orders through the (app_id, created_at) index, stopping at `limit`. Without statistics
+  // (PGlite has no autovacuum, so no ANALYZE) the planner took a bitmap scan of every expired order and
+  // a sort: 150 ms per chunk with 50,000 expired orders, against 9 ms (bench/tools/retention-cost.mts).
+  const { rows } = await store.transaction(async (tx) => {
+    await tx.query('SET LOCAL enable_bitmapscan = off');
+    await tx.query('SET LOCAL enable_seqscan = off');
+    return tx.query<{ orders: string[] | string | null; events: number }>(
+      `WITH cutoff AS (SELECT now() - $2::float8 * interval '1 millisecond' AS t),
+     victims AS (
+       SELECT o.app_id, o.order_id FROM payment_orders o, cutoff
+       WHERE o.app_id = $1 AND o.created_at < cutoff.t AND o.updated_at < cutoff.t
+         AND o.state <> ALL ($4::text[])
+       ORDER BY o.created_at LIMIT $3
+       FOR UPDATE OF o SKIP LOCKED
+     ), ev AS (
+       DELETE FROM payment_events e USING victims v
+       WHERE e.app_id = v.app_id AND e.order_id = v.order_id
+       RETURNING 1
+     ), gone AS (
+       DELETE FROM payment_orders p USING victims v
+       WHERE p.app_id = v.app_id AND p.order_id = v.order_id
+       RETURNING p.order_id
+     )
+     SELECT (SELECT json_agg(order_id) FROM gone) AS orders, (SELECT count(*) FROM ev)::int AS events`,
+      [appId, retentionMs, limit, TIMEOUT_STATES],
+    );
+  });
+  const r = rows[0];
+  const orders = r?.orders ?? [];
+  return {
+    orders: typeof orders === 'string' ? (JSON.parse(orders) as string[]) : orders,
+    events: Number(r?.events ?? 0),
+  };
+}
