@@ -507,8 +507,8 @@ export const OPTIONS = {
     type: { kind: 'duration', min: 60_000, max: 36_500 * 86_400_000 },
     default: 90 * 24 * HOUR,
     doc:
-      'Finished orders (no longer `created` or `paying`) not changed for this long are deleted with their events; ' +
-      'the stats counters keep counting them. A very long value (e.g. 36500d) keeps them.',
+      'Finished orders (no longer `created` or `paying`) not changed for this long are deleted with their events, ' +
+      'and machines offline this long are forgotten; the stats counters keep counting the orders. A very long value (e.g. 36500d) keeps them.',
   },
   paymentBatchMax: {
     env: 'PAYMENT_BATCH_MAX',

@@ -24,6 +24,7 @@ import {
   claimTimedOut,
   DuplicateConflict,
   deleteExpiredOrders,
+  deleteGoneMachines,
   deletePublished,
   eventKey,
   findOrders,
@@ -248,7 +249,7 @@ export class Payments {
     });
     this.retentionTotal = new Counter({
       name: 'herald_payment_retention_deleted_total',
-      help: 'Finished payment orders (kind="orders") and their events (kind="events") deleted past PAYMENT_RETENTION.',
+      help: 'Deleted past PAYMENT_RETENTION: finished payment orders (kind="orders"), their events (kind="events"), machines offline that long (kind="machines").',
       labelNames: ['kind'],
       registers,
     });
@@ -492,6 +493,14 @@ export class Payments {
       if (this.retentionMore) break;
     }
     if (total > 0) this.log.info({ orders: total }, 'deleted payment orders past PAYMENT_RETENTION');
+    if (!this.retentionMore) {
+      const machines = await deleteGoneMachines(store, config.paymentRetention, 1000);
+      if (machines > 0) {
+        this.retentionTotal.inc({ kind: 'machines' }, machines);
+        this.log.info({ machines }, 'forgot machines offline for longer than PAYMENT_RETENTION');
+        if (machines === 1000) this.retentionMore = true;
+      }
+    }
     return total;
   }
 

@@ -1409,3 +1409,18 @@ export async function deleteExpiredOrders(
     events: Number(r?.events ?? 0),
   };
 }
+
+/**
+ * Forgets up to `limit` machines offline for longer than `retentionMs` (their rows would otherwise stay
+ * forever, one per device id ever seen). Returns how many.
+ */
+export async function deleteGoneMachines(q: Queryable, retentionMs: number, limit: number): Promise<number> {
+  const r = await q.query(
+    `DELETE FROM payment_machines WHERE (app_id, device_id) IN (
+       SELECT app_id, device_id FROM payment_machines
+       WHERE NOT online AND last_seen_at < now() - $1::float8 * interval '1 millisecond'
+       LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+    [retentionMs, limit],
+  );
+  return r.rowCount;
+}

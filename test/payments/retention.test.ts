@@ -85,6 +85,15 @@ for (const kind of STORES) {
         assert.equal(await eventCount(herald, APP, oldDone), 3);
         const statsBefore = (await get(herald, `/payments/stats?appId=${APP}`)).body;
 
+        // Machines: one offline for longer than the retention (forgotten), one offline lately, and one
+        // online whose own row is old (its node's heartbeat says it is there): both kept.
+        await herald.store.query(
+          `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, node_id, connected_at, last_seen_at)
+           VALUES ($1, 'pos-gone', 'm-1', false, 'n', now() - interval '30 days', now() - interval '25 hours'),
+                  ($1, 'pos-lately', 'm-1', false, 'n', now() - interval '30 days', now() - interval '1 hour'),
+                  ($1, 'pos-online', 'm-1', true, 'n', now() - interval '30 days', now() - interval '30 days')`,
+          [APP],
+        );
         assert.deepEqual((await paymentApps(herald.store)).sort(), [APP, OTHER_APP].sort());
         assert.equal(await herald.payments.deleteExpired(), 2);
 
@@ -104,6 +113,14 @@ for (const kind of STORES) {
         const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
         assert.match(metrics, /herald_payment_retention_deleted_total\{kind="orders"\} 2/);
         assert.match(metrics, /herald_payment_retention_deleted_total\{kind="events"\} 5/);
+        assert.match(metrics, /herald_payment_retention_deleted_total\{kind="machines"\} 1/);
+        const machines = await herald.store.query<{ device_id: string }>(
+          'SELECT device_id FROM payment_machines ORDER BY device_id',
+        );
+        assert.deepEqual(
+          machines.rows.map((r) => r.device_id),
+          ['pos-lately', 'pos-online'],
+        );
         assert.equal(await herald.payments.deleteExpired(), 0, 'nothing left to delete');
 
         // An event for a deleted order starts it again (its event ids are forgotten with it).
