@@ -191,11 +191,38 @@ export class MachinePresence {
 
   /** Writes this node's heartbeat: its machines are seen now. */
   async heartbeat(): Promise<void> {
-    await this.opts.store.query(
-      `INSERT INTO payment_presence_nodes (node_id, seen_at) VALUES ($1, now())
-       ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at`,
+    const { rows } = await this.opts.store.query<{ reaped: boolean }>(
+      `WITH was AS (SELECT reaped_at FROM payment_presence_nodes WHERE node_id = $1),
+       beat AS (
+         INSERT INTO payment_presence_nodes (node_id, seen_at) VALUES ($1, now())
+         ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at, reaped_at = NULL
+         RETURNING 1
+       )
+       SELECT (SELECT reaped_at FROM was) IS NOT NULL AS reaped, (SELECT count(*) FROM beat)::int AS n`,
       [this.nodeId],
     );
+    if (rows[0]?.reaped === true) await this.restore();
+  }
+
+  /**
+   * Another node took this one for dead (its heartbeat came late: a store outage longer than 3
+   * intervals, a stalled process) and turned its machines offline. Those still connected here, and not
+   * taken over by another node since, are turned back online (and published).
+   */
+  private async restore(): Promise<void> {
+    const machines = [...this.local.values()];
+    this.opts.logger.warn(
+      { machines: machines.length },
+      'another node took this node for dead (late heartbeat) and turned its machines offline: turning them back online',
+    );
+    if (machines.length === 0) return;
+    const { rows } = await this.opts.store.query<MachineRow>(
+      `UPDATE payment_machines SET online = true, connected_at = now(), last_seen_at = now()
+       WHERE node_id = $1 AND NOT online AND (app_id, device_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+       RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
+      [this.nodeId, machines.map((m) => m.appId), machines.map((m) => m.deviceId)],
+    );
+    for (const r of rows) this.opts.publish(toInfo(r));
   }
 
   /**
@@ -209,13 +236,20 @@ export class MachinePresence {
     const cutoff = `now() - $2::float8 * interval '1 millisecond'`;
     // A machine is gone when neither its own stamp (connect, or an older node's refresh) nor its node's
     // heartbeat is recent. Its disconnect time is the later of the two.
+    // The silent nodes are marked reaped, so that one still alive puts its machines back.
     const { rows } = await store.query<MachineRow>(
-      `UPDATE payment_machines m SET online = false,
-         last_seen_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id)),
-         disconnected_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id))
-       WHERE m.online AND m.node_id IS DISTINCT FROM $1 AND m.last_seen_at < ${cutoff}
-         AND NOT EXISTS (SELECT 1 FROM payment_presence_nodes n WHERE n.node_id = m.node_id AND n.seen_at >= ${cutoff})
-       RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
+      `WITH gone AS (
+         UPDATE payment_machines m SET online = false,
+           last_seen_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id)),
+           disconnected_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id))
+         WHERE m.online AND m.node_id IS DISTINCT FROM $1 AND m.last_seen_at < ${cutoff}
+           AND NOT EXISTS (SELECT 1 FROM payment_presence_nodes n WHERE n.node_id = m.node_id AND n.seen_at >= ${cutoff})
+         RETURNING m.node_id, m.app_id, m.device_id, m.merchant_id, m.online, m.last_seen_at, m.connected_at,
+           m.disconnected_at
+       ), reaped AS (
+         UPDATE payment_presence_nodes SET reaped_at = now() WHERE node_id IN (SELECT node_id FROM gone)
+       )
+       SELECT app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at FROM gone`,
       [this.nodeId, this.staleMs],
     );
     for (const r of rows) publish(toInfo(r));

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createLogger } from '../../src/logger.js';
 import { MachinePresence, type MachinePresenceInfo } from '../../src/payments/presence.js';
 import type { Store } from '../../src/store/index.js';
 import { testStores } from '../helpers.js';
 
-const INTERVAL = 100; // stale after 300 ms
+const INTERVAL = 1000; // stale after 3 s; the tests age rows instead of waiting
 
 function node(store: Store): { presence: MachinePresence; published: MachinePresenceInfo[] } {
   const published: MachinePresenceInfo[] = [];
@@ -72,14 +71,11 @@ describe('machine presence heartbeats', () => {
         a.published.map((p) => [p.deviceId, p.online]),
         [['pos-1', true]],
       );
+      // Connected well over 3 intervals ago: a's ticks write its heartbeat only, and b sees it online.
+      await age(store, 'pos-1', 10 * INTERVAL);
       const connectedStamp = (await row(store, 'pos-1')).last_seen_at.getTime();
-
-      // Well past 3 intervals: a's ticks write its heartbeat only, and b sees the machine online.
-      for (let i = 0; i < 5; i++) {
-        await sleep(INTERVAL);
-        await a.presence.tick();
-        await b.presence.tick();
-      }
+      await a.presence.tick();
+      await b.presence.tick();
       const r = await row(store, 'pos-1');
       assert.equal(r.online, true);
       assert.equal(r.last_seen_at.getTime(), connectedStamp, 'the machine row is not stamped');
@@ -88,30 +84,32 @@ describe('machine presence heartbeats', () => {
       assert.equal(listed.total, 1);
       assert.equal(listed.devices[0]?.online, true);
       const seen = Date.parse(listed.devices[0]?.lastSeenAt ?? '');
-      assert.ok(seen >= connectedStamp + 4 * INTERVAL, 'last seen is the node heartbeat');
+      assert.ok(seen >= connectedStamp + 9 * INTERVAL, 'last seen is the node heartbeat');
       assert.equal((await b.presence.list(store, { appId: 'app', online: true }, 1, 10)).total, 1);
 
-      // a stops (no goodbye): after 3 intervals b marks its machine offline, last seen at a's heartbeat.
-      const lastBeat = (
-        await store.query<{ seen_at: Date }>(
-          'SELECT seen_at FROM payment_presence_nodes WHERE node_id = $1',
-          [a.presence.nodeId],
-        )
-      ).rows[0]?.seen_at;
-      assert.ok(lastBeat);
-      await sleep(INTERVAL);
+      // a stops (no goodbye). Its heartbeat 1 interval old: not yet stale.
+      const beatAgo = async (ms: number): Promise<Date> => {
+        const { rows } = await store.query<{ seen_at: Date }>(
+          `UPDATE payment_presence_nodes SET seen_at = now() - $2::float8 * interval '1 millisecond'
+           WHERE node_id = $1 RETURNING seen_at`,
+          [a.presence.nodeId, ms],
+        );
+        return new Date(rows[0]?.seen_at as Date);
+      };
+      await beatAgo(INTERVAL);
       await b.presence.tick();
       assert.equal(b.published.length, 0, 'not yet stale');
-      await sleep(3 * INTERVAL);
+      // 4 intervals old: b marks the machine offline, last seen at a's heartbeat, and publishes it once.
+      const lastBeat = await beatAgo(4 * INTERVAL);
       await b.presence.tick();
       assert.deepEqual(
         b.published.map((p) => [p.deviceId, p.online, p.disconnectedAt]),
-        [['pos-1', false, new Date(lastBeat).toISOString()]],
+        [['pos-1', false, lastBeat.toISOString()]],
       );
       assert.equal((await row(store, 'pos-1')).online, false);
       const after = await b.presence.list(store, { appId: 'app' }, 1, 10);
       assert.equal(after.devices[0]?.online, false);
-      assert.equal(after.devices[0]?.lastSeenAt, new Date(lastBeat).toISOString());
+      assert.equal(after.devices[0]?.lastSeenAt, lastBeat.toISOString());
       await b.presence.tick();
       assert.equal(b.published.length, 1, 'published once');
     });
@@ -158,6 +156,51 @@ describe('machine presence heartbeats', () => {
       await a.presence.tick();
       assert.equal((await row(store, 'pos-new')).last_seen_at.getTime(), aged);
       assert.equal((await row(store, 'pos-new')).online, true);
+    });
+
+    it(`turns its machines back online after another node took it for dead (${kind})`, async () => {
+      const store = await stores.open(kind, 'reaped');
+      const a = node(store);
+      const b = node(store);
+      await a.presence.heartbeat();
+      await b.presence.heartbeat();
+      a.presence.connected('app', 'pos-1', 'm1', 's1');
+      a.presence.connected('app', 'pos-2', 'm1', 's2');
+      await a.presence.flush();
+
+      // a's heartbeat comes late (say the store was unreachable for it): b turns its machines offline.
+      await store.query(
+        `UPDATE payment_presence_nodes SET seen_at = now() - interval '10 seconds' WHERE node_id = $1`,
+        [a.presence.nodeId],
+      );
+      await age(store, 'pos-1', 10_000);
+      await age(store, 'pos-2', 10_000);
+      await b.presence.tick();
+      assert.deepEqual(b.published.map((p) => [p.deviceId, p.online]).sort(), [
+        ['pos-1', false],
+        ['pos-2', false],
+      ]);
+      // Meanwhile pos-2 reconnected to b: it is b's now, and a must not take it back.
+      b.presence.connected('app', 'pos-2', 'm1', 's9');
+      await b.presence.flush();
+
+      // a is alive: its next heartbeat learns it was taken for dead and puts pos-1 back online.
+      a.published.length = 0;
+      await a.presence.tick();
+      assert.deepEqual(
+        a.published.map((p) => [p.deviceId, p.online]),
+        [['pos-1', true]],
+      );
+      const r1 = await row(store, 'pos-1');
+      assert.equal(r1.online, true);
+      assert.equal(r1.node_id, a.presence.nodeId);
+      const r2 = await row(store, 'pos-2');
+      assert.equal(r2.online, true);
+      assert.equal(r2.node_id, b.presence.nodeId);
+      // Once only: the mark is cleared by the heartbeat.
+      a.published.length = 0;
+      await a.presence.tick();
+      assert.equal(a.published.length, 0);
     });
 
     it(`forgets the heartbeat rows of nodes long gone, and its own on close (${kind})`, async () => {

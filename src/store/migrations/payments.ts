@@ -141,12 +141,14 @@ export const PAYMENT_MIGRATIONS: Migration[] = [
   {
     // Machine presence (payments/presence.ts): one heartbeat row per node instead of a stamp on every
     // machine row. A node refreshes only its own row each MACHINE_PRESENCE_INTERVAL; a machine online at a
-    // node is seen when that node was last seen.
+    // node is seen when that node was last seen. `reaped_at`: another node took this one for dead and
+    // turned its machines offline (the node, still alive, turns them back online at its next heartbeat).
     id: '028_payments_presence_nodes',
     sql: `
       CREATE TABLE IF NOT EXISTS payment_presence_nodes (
         node_id text PRIMARY KEY,
-        seen_at timestamptz NOT NULL
+        seen_at timestamptz NOT NULL,
+        reaped_at timestamptz
       );
     `,
   },
