@@ -290,10 +290,15 @@ export class MachinePresence {
    * were held by this process's previous life: they are offline until they reconnect.
    */
   async resetAfterRestart(): Promise<void> {
+    // Last seen when that life's heartbeat last was (or when they connected, if later).
     const { rows } = await this.opts.store.query<MachineRow>(
-      `UPDATE payment_machines SET online = false, disconnected_at = last_seen_at WHERE online
+      `UPDATE payment_machines m SET online = false,
+         last_seen_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id)),
+         disconnected_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id))
+       WHERE m.online
        RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
     );
+    await this.opts.store.query('DELETE FROM payment_presence_nodes WHERE node_id <> $1', [this.nodeId]);
     for (const r of rows) this.opts.publish(toInfo(r));
   }
 

@@ -203,6 +203,29 @@ describe('machine presence heartbeats', () => {
       assert.equal(a.published.length, 0);
     });
 
+    it(`after a restart of the embedded store's one process, its machines were last seen at its last heartbeat (${kind})`, async () => {
+      const store = await stores.open(kind, 'restart');
+      const before = node(store);
+      await before.presence.heartbeat();
+      before.presence.connected('app', 'pos-1', 'm1', 's1');
+      await before.presence.flush();
+      await age(store, 'pos-1', 60_000);
+      const { rows } = await store.query<{ seen_at: Date }>(
+        `UPDATE payment_presence_nodes SET seen_at = now() - interval '2 seconds' WHERE node_id = $1
+         RETURNING seen_at`,
+        [before.presence.nodeId],
+      );
+      const lastBeat = new Date(rows[0]?.seen_at as Date).toISOString();
+
+      const after = node(store);
+      await after.presence.resetAfterRestart();
+      assert.deepEqual(
+        after.published.map((p) => [p.deviceId, p.online, p.lastSeenAt, p.disconnectedAt]),
+        [['pos-1', false, lastBeat, lastBeat]],
+      );
+      assert.deepEqual(await nodeRows(store), [], "the previous life's heartbeat row is gone");
+    });
+
     it(`forgets the heartbeat rows of nodes long gone, and its own on close (${kind})`, async () => {
       const store = await stores.open(kind, 'prune');
       const a = node(store);
