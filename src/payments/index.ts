@@ -109,7 +109,7 @@ const VACUUM_EVERY_MS = 10 * 60_000;
 const MINUTE_COUNTS_KEEP_MS = 2 * 24 * 3_600_000;
 /**
  * Retention (PAYMENT_RETENTION): a pass every minute deletes expired orders 200 at a time (one statement
- * each: ~10-20 ms of the embedded store, which the intake takes turns with), up to 25 statements; a pass
+ * each: ~8-10 ms of the embedded store, which the intake takes turns with), up to 25 statements; a pass
  * that hit that cap runs again at the next sweep, so it keeps up with ~1,000 orders/s at the default
  * sweep interval.
  */
