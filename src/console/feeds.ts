@@ -147,8 +147,9 @@ export function webhookTail(db: Queryable): IdTail<WebhookFeedItem> {
 }
 
 /**
- * Machines that went online or offline since the previous read, by the store's clock (so that nodes
- * with skewed clocks agree). Machine rows are few (one per terminal), so a scan is cheap.
+ * Machines that went online or offline since the previous read (`changed_at`, or for rows written by
+ * an earlier version their connect or disconnect time), by the store's clock (so that nodes with skewed
+ * clocks agree). Machine rows are few (one per terminal), so a scan is cheap.
  */
 const OVERLAP_MS = 2000;
 
@@ -161,10 +162,11 @@ export class MachineTail {
 
   async poll(): Promise<MachineFeedItem[]> {
     const { rows } = await this.db.query<Record<string, unknown>>(
-      `SELECT now() AS now, app_id, device_id, merchant_id, online, connected_at, disconnected_at
-       FROM payment_machines
-       WHERE $1::timestamptz IS NOT NULL AND (connected_at > $1::timestamptz OR disconnected_at > $1::timestamptz)
-       UNION ALL SELECT now(), NULL, NULL, NULL, NULL, NULL, NULL
+      `SELECT now() AS now, app_id, device_id, merchant_id, online, connected_at, disconnected_at, changed
+       FROM (SELECT *, coalesce(changed_at, greatest(connected_at, disconnected_at)) AS changed
+             FROM payment_machines) m
+       WHERE $1::timestamptz IS NOT NULL AND changed > $1::timestamptz
+       UNION ALL SELECT now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL
        LIMIT 500`,
       [this.since ?? null],
     );
@@ -186,7 +188,8 @@ export class MachineTail {
       };
       const key = `${item.appId}|${item.deviceId}|${online}|${item.at}`;
       if (this.sent.has(key)) continue;
-      this.sent.set(key, Date.parse(item.at));
+      // Kept by when the row changed (a machine turned offline by another node has an older `at`).
+      this.sent.set(key, Date.parse(iso(r.changed)));
       out.push(item);
     }
     const floor = (this.since?.getTime() ?? 0) - OVERLAP_MS;

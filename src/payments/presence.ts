@@ -157,10 +157,12 @@ export class MachinePresence {
     try {
       if (online.length > 0) {
         const { rows } = await store.query<MachineRow>(
-          `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, node_id, connected_at, last_seen_at)
-           SELECT a, d, m, true, $4, now(), now() FROM unnest($1::text[], $2::text[], $3::text[]) AS u(a, d, m)
+          `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, node_id, connected_at, last_seen_at,
+             changed_at)
+           SELECT a, d, m, true, $4, now(), now(), now() FROM unnest($1::text[], $2::text[], $3::text[]) AS u(a, d, m)
            ON CONFLICT (app_id, device_id) DO UPDATE SET merchant_id = excluded.merchant_id, online = true,
-             node_id = excluded.node_id, connected_at = excluded.connected_at, last_seen_at = excluded.last_seen_at
+             node_id = excluded.node_id, connected_at = excluded.connected_at, last_seen_at = excluded.last_seen_at,
+             changed_at = now()
            RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
           [
             online.map((c) => c.appId),
@@ -173,7 +175,7 @@ export class MachinePresence {
       }
       if (offline.length > 0) {
         const { rows } = await store.query<MachineRow>(
-          `UPDATE payment_machines SET online = false, disconnected_at = now(), last_seen_at = now()
+          `UPDATE payment_machines SET online = false, disconnected_at = now(), last_seen_at = now(), changed_at = now()
            WHERE (app_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
              AND node_id = $3 AND online
            RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
@@ -217,7 +219,7 @@ export class MachinePresence {
     );
     if (machines.length === 0) return;
     const { rows } = await this.opts.store.query<MachineRow>(
-      `UPDATE payment_machines SET online = true, connected_at = now(), last_seen_at = now()
+      `UPDATE payment_machines SET online = true, connected_at = now(), last_seen_at = now(), changed_at = now()
        WHERE node_id = $1 AND NOT online AND (app_id, device_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
        RETURNING app_id, device_id, merchant_id, online, last_seen_at, connected_at, disconnected_at`,
       [this.nodeId, machines.map((m) => m.appId), machines.map((m) => m.deviceId)],
@@ -239,7 +241,7 @@ export class MachinePresence {
     // The silent nodes are marked reaped, so that one still alive puts its machines back.
     const { rows } = await store.query<MachineRow>(
       `WITH gone AS (
-         UPDATE payment_machines m SET online = false,
+         UPDATE payment_machines m SET online = false, changed_at = now(),
            last_seen_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id)),
            disconnected_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id))
          WHERE m.online AND m.node_id IS DISTINCT FROM $1 AND m.last_seen_at < ${cutoff}
@@ -292,7 +294,7 @@ export class MachinePresence {
   async resetAfterRestart(): Promise<void> {
     // Last seen when that life's heartbeat last was (or when they connected, if later).
     const { rows } = await this.opts.store.query<MachineRow>(
-      `UPDATE payment_machines m SET online = false,
+      `UPDATE payment_machines m SET online = false, changed_at = now(),
          last_seen_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id)),
          disconnected_at = greatest(m.last_seen_at, (SELECT n.seen_at FROM payment_presence_nodes n WHERE n.node_id = m.node_id))
        WHERE m.online

@@ -143,6 +143,9 @@ export const PAYMENT_MIGRATIONS: Migration[] = [
     // machine row. A node refreshes only its own row each MACHINE_PRESENCE_INTERVAL; a machine online at a
     // node is seen when that node was last seen. `reaped_at`: another node took this one for dead and
     // turned its machines offline (the node, still alive, turns them back online at its next heartbeat).
+    // payment_machines.changed_at: when the row last went online or offline, for the console's feed (a
+    // machine turned offline by another node gets its node's last heartbeat as disconnect time, which is
+    // up to 3 intervals in the past).
     id: '028_payments_presence_nodes',
     sql: `
       CREATE TABLE IF NOT EXISTS payment_presence_nodes (
@@ -150,6 +153,7 @@ export const PAYMENT_MIGRATIONS: Migration[] = [
         seen_at timestamptz NOT NULL,
         reaped_at timestamptz
       );
+      ALTER TABLE payment_machines ADD COLUMN IF NOT EXISTS changed_at timestamptz;
     `,
   },
 ];
