@@ -123,6 +123,14 @@ for (const kind of STORES) {
         );
         assert.equal(await herald.payments.deleteExpired(), 0, 'nothing left to delete');
 
+        // A late refund of a deleted order is refused as for an unknown order (refunds need `succeeded`).
+        const refund = await fetch(`${herald.url()}/payments/events`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(ev({ appId: APP, orderId: oldDone, merchantId: 'm-1', type: 'refunded' })),
+        });
+        assert.equal(refund.status, 409);
+        assert.equal(((await refund.json()) as { error: { code: string } }).error.code, 'invalid_transition');
         // An event for a deleted order starts it again (its event ids are forgotten with it).
         const again = await post(
           herald,
