@@ -4,7 +4,8 @@
  * (3 events each), half of them past the retention, then deletes them 200 per statement and vacuums.
  * `longestChunkMs` is how long the embedded store's intake waits behind a retention statement at most;
  * the VACUUMs hold it for their whole duration.
- * Usage: npx tsx bench/tools/retention-cost.mts [orders, "20000,200000"] (`DB=postgres://…` for PostgreSQL).
+ * Usage: npx tsx bench/tools/retention-cost.mts [orders, "20000,200000"] [share past the retention, 0.5]
+ * (`DB=postgres://…` for PostgreSQL).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,21 +14,22 @@ import { deleteExpiredOrders } from '../../src/payments/ledger.js';
 import { openStore } from '../../src/store/index.js';
 
 const sizes = (process.argv[2] ?? '20000,200000').split(',').map(Number);
+const expiredShare = Number(process.argv[3] ?? 0.5);
 const DAY = 86_400_000;
 for (const n of sizes) {
   const dir = mkdtempSync(join(tmpdir(), 'retention-cost-'));
   const schema = `retention_cost_${Date.now().toString(36)}`;
   const store = await openStore({ databaseUrl: process.env.DB, databaseSchema: schema, dataDir: dir });
   try {
-    // Orders i = 1..n, created i seconds apart going back from 2n seconds + 1 day: the older half is
-    // past a one-day retention.
+    const fillStart = performance.now();
+    // Orders i = 1..n, created a second apart, the oldest `expiredShare` of them past a one-day retention.
     await store.query(
       `INSERT INTO payment_orders (app_id, order_id, merchant_id, state, amount, currency, version, created_at, updated_at)
        SELECT 'pos', 'o-' || i, 'm-' || (i % 200), 'succeeded', 4, 'CNY', 3,
-         now() - interval '1 day' - (i - $1::int / 2) * interval '1 second',
-         now() - interval '1 day' - (i - $1::int / 2) * interval '1 second'
+         now() - interval '1 day' - (i - $2::int) * interval '1 second',
+         now() - interval '1 day' - (i - $2::int) * interval '1 second'
        FROM generate_series(1, $1::int) i`,
-      [n],
+      [n, Math.round(n * (1 - expiredShare))],
     );
     await store.query(
       `INSERT INTO payment_events (app_id, event_id, order_id, merchant_id, device_id, type, outcome, from_state,
@@ -41,6 +43,7 @@ for (const n of sizes) {
       await store.query('VACUUM payment_orders');
       await store.query('VACUUM payment_events');
     }
+    const fillMs = performance.now() - fillStart;
     let t = performance.now();
     let chunks = 0;
     let longest = 0;
@@ -66,6 +69,7 @@ for (const n of sizes) {
       JSON.stringify({
         store: store.kind,
         orders: n,
+        fillS: Math.round(fillMs / 100) / 10,
         deleted,
         chunks,
         msPerChunk: Math.round((deleteMs / chunks) * 10) / 10,
