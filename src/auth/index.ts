@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { errors as joseErrors, jwtVerify } from 'jose';
 import type { AppConfig } from '../config/index.js';
 import { HeraldError } from '../errors.js';
+import { isId, isMerchantId } from '../gateway/validate.js';
 
 export type AccessMode = 'open' | 'apps';
 
@@ -98,6 +99,26 @@ export class AccessControl {
       const { payload } = await jwtVerify(token, app.secret, { algorithms: ['HS256'] });
       if (typeof payload.sub !== 'string' || payload.sub.length === 0) {
         throw new HeraldError('invalid_token', 'The token has no sub (client id).');
+      }
+      // Claims are ids like those a client gives at the handshake, with the same rules (a claim that is
+      // not a string is ignored, as before).
+      if (!isId(payload.sub)) {
+        throw new HeraldError(
+          'invalid_token',
+          'The token sub (client id) is not a valid id: 1-128 characters, no control characters.',
+        );
+      }
+      if (typeof payload.deviceId === 'string' && !isId(payload.deviceId)) {
+        throw new HeraldError(
+          'invalid_token',
+          'The token deviceId is not a valid id: 1-128 characters, no control characters.',
+        );
+      }
+      if (typeof payload.merchantId === 'string' && !isMerchantId(payload.merchantId)) {
+        throw new HeraldError(
+          'invalid_token',
+          'The token merchantId is not a valid merchant id: 1-128 characters, no whitespace or control characters.',
+        );
       }
       const deviceId = typeof payload.deviceId === 'string' ? payload.deviceId : undefined;
       const identity: ClientIdentity = { clientId: payload.sub, deviceId };

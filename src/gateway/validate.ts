@@ -1,16 +1,25 @@
 import { HeraldError } from '../errors.js';
+import '../input.js';
 
 /** 1-200 characters, no whitespace, no control characters. */
 const TOPIC_RE = /^[^\s\p{Cc}]{1,200}$/u;
 /** Client and device ids: 1-128 characters, no control characters. */
 const ID_RE = /^[^\p{Cc}]{1,128}$/u;
 
+// Both also refuse unpaired UTF-16 surrogates: Redis, the stores and UTF-8 on the wire would each turn
+// one into U+FFFD, so two different ids would become one.
+
 export function isTopic(value: unknown): value is string {
-  return typeof value === 'string' && value.length <= 200 && TOPIC_RE.test(value);
+  return typeof value === 'string' && value.length <= 200 && TOPIC_RE.test(value) && value.isWellFormed();
 }
 
 export function isId(value: unknown): value is string {
-  return typeof value === 'string' && value.length <= 128 && ID_RE.test(value);
+  return typeof value === 'string' && value.length <= 128 && ID_RE.test(value) && value.isWellFormed();
+}
+
+/** A merchant id (a machine's, or a token's claim): 1-128 characters, also a part of topics. */
+export function isMerchantId(value: unknown): value is string {
+  return typeof value === 'string' && value.length <= 128 && isTopic(value);
 }
 
 /**

@@ -15,6 +15,7 @@ import {
   DevicesQuery,
   eventsBodySchema,
   intParam,
+  OrderParams,
   OrderQuery,
   OrdersPage,
   OrdersQuery,
@@ -144,7 +145,7 @@ export function paymentRoutes(app: FastifyInstance, deps: PaymentRouteDeps): voi
         summary: 'An order: its state and the history of its events',
         description:
           'appId is required when the order id exists in several apps (and in apps mode, the key decides).',
-        params: Type.Object({ orderId: Type.String({ minLength: 1, maxLength: 128 }) }),
+        params: OrderParams,
         querystring: OrderQuery,
         security: [{ apiKey: [] }],
         response: { 200: OrderWithHistory, ...errors },

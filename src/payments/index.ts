@@ -11,6 +11,8 @@ import type { AccessControl, ClientIdentity } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { type ErrorCode, HeraldError, isHeraldError } from '../errors.js';
 import { coalesceThisTurn, type Gateway, SocketConn } from '../gateway/index.js';
+import { isMerchantId } from '../gateway/validate.js';
+import { jsonProblem } from '../input.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics/index.js';
 import type { Router } from '../router/index.js';
@@ -45,7 +47,7 @@ import {
 } from './ledger.js';
 import { OrderCache } from './order-cache.js';
 import { MachinePresence, type MachinePresenceInfo } from './presence.js';
-import { parseEvent, TOPIC_SAFE_ID_RE } from './schema.js';
+import { parseEvent } from './schema.js';
 import type { EventSource, MerchantNotifier, Order, ReportResult, Transition } from './types.js';
 
 export { announcement } from './announce.js';
@@ -138,7 +140,7 @@ export function readMerchantId(handshake: Socket['handshake']): string | undefin
   ];
   for (const c of candidates) {
     if (c === undefined || c === null || c === '') continue;
-    if (typeof c !== 'string' || !TOPIC_SAFE_ID_RE.test(c)) throw new HeraldError('invalid_merchant_id');
+    if (!isMerchantId(c)) throw new HeraldError('invalid_merchant_id');
     return c;
   }
   return undefined;
@@ -837,6 +839,12 @@ export class Payments {
     args: unknown,
     timeoutMs = this.deps.config.commandTimeout,
   ): Promise<{ id: string; deviceId: string; reply: unknown }> {
+    const bad = jsonProblem(args, false);
+    if (bad) {
+      throw new HeraldError('validation_failed', `args ${bad.message}.`, [
+        { path: `/args${bad.path}`, message: bad.message },
+      ]);
+    }
     try {
       return await this.commandLocal(appId, deviceId, command, args, timeoutMs);
     } catch (err) {

@@ -65,6 +65,13 @@ function storeError(err: unknown): HeraldError {
   if (code === undefined || code.startsWith('08') || code.startsWith('57P') || code === '53300') {
     return new HeraldError('store_unavailable');
   }
+  // A data exception: the store refused a value of the event (the checks in parseEvent should have).
+  if (code.startsWith('22')) {
+    return new HeraldError(
+      'invalid_event',
+      `The store refused a value of this event: ${(err as Error).message}.`,
+    );
+  }
   return new HeraldError('internal_error');
 }
 

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { isStorableText } from '../input.js';
 import type { Logger } from '../logger.js';
-import type { Queryable, Store } from '../store/index.js';
+import { type Queryable, SqlError, type Store } from '../store/index.js';
 
 /** A machine's presence as published to `devices:<merchantId>` and listed by GET /devices. */
 export interface MachinePresenceInfo {
@@ -184,8 +185,21 @@ export class MachinePresence {
         published = published.concat(rows.map(toInfo));
       }
     } catch (err) {
-      // Put back what is still the latest wish, so the next flush writes it.
-      for (const [k, c] of changes) if (!this.dirty.has(k)) this.dirty.set(k, c);
+      // Put back what is still the latest wish, so the next flush writes it; but not a change the store
+      // refused as data (ids it cannot hold; the handshake checks should have), which would hold every
+      // other machine's change back with it for good.
+      const refused = err instanceof SqlError && err.code?.startsWith('22') === true;
+      for (const [k, c] of changes) {
+        if (this.dirty.has(k)) continue;
+        if (refused && ![c.appId, c.deviceId, c.merchantId].every(isStorableText)) {
+          this.opts.logger.warn(
+            { appId: c.appId, deviceId: c.deviceId, merchantId: c.merchantId },
+            'machine presence: dropped a change whose ids the store cannot hold',
+          );
+          continue;
+        }
+        this.dirty.set(k, c);
+      }
       throw err;
     }
     for (const p of published) publish(p);

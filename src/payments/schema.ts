@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import { HeraldError } from '../errors.js';
 import { compile, ErrorSchema } from '../http/schemas.js';
+import { isStorableTime, jsonProblem, textProblem } from '../input.js';
 import { currencyDigits } from './announce.js';
 import { ORDER_STATES } from './state-machine.js';
 import type { PaymentEvent } from './types.js';
@@ -57,6 +58,17 @@ export const PaymentEventSchema = Type.Object(
 const eventValidator = compile(PaymentEventSchema);
 
 /** Validates and normalises one event; throws `invalid_event` with the bad paths in `details`. */
+/** The string fields of an event, checked for text the store cannot hold. */
+const TEXT_FIELDS = [
+  'eventId',
+  'orderId',
+  'appId',
+  'merchantId',
+  'deviceId',
+  'currency',
+  'notifyUrl',
+] as const;
+
 export function parseEvent(raw: unknown, defaultCurrency: string, pathPrefix = ''): PaymentEvent {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new HeraldError('invalid_event', 'A payment event is a JSON object.', [
@@ -79,8 +91,15 @@ export function parseEvent(raw: unknown, defaultCurrency: string, pathPrefix = '
       { path: `${pathPrefix}${path}`, message },
     ]);
   };
+  // The store holds text without NUL characters or unpaired surrogates, and times in years 1-9999.
+  for (const field of TEXT_FIELDS) {
+    const v = raw[field];
+    const problem = typeof v === 'string' ? textProblem(v) : undefined;
+    if (problem) bad(`/${field}`, problem);
+  }
   const occurredAt = new Date(raw.occurredAt);
   if (Number.isNaN(occurredAt.getTime())) bad('/occurredAt', 'not a valid time');
+  if (!isStorableTime(occurredAt.getTime())) bad('/occurredAt', 'outside the years 1-9999');
   let notifyUrl: string | null = null;
   if (raw.notifyUrl !== undefined) {
     let u: URL | undefined;
@@ -103,6 +122,8 @@ export function parseEvent(raw: unknown, defaultCurrency: string, pathPrefix = '
   let meta: Record<string, unknown> | null = null;
   let reason: string | null = null;
   if (raw.meta !== undefined) {
+    const problem = jsonProblem(raw.meta, true);
+    if (problem) bad(`/meta${problem.path}`, problem.message);
     if (Buffer.byteLength(JSON.stringify(raw.meta)) > MAX_META_BYTES) {
       bad('/meta', `larger than ${MAX_META_BYTES} bytes as JSON`);
     }
@@ -297,6 +318,8 @@ export const DevicesPage = Type.Object({
 
 export const CommandParams = Type.Object({ deviceId: Id });
 
+export const OrderParams = Type.Object({ orderId: Id });
+
 export const CommandBody = Type.Object(
   {
     appId: AppId,
@@ -326,6 +349,11 @@ export function parseTime(value: string | undefined, name: string): Date | undef
   if (Number.isNaN(d.getTime())) {
     throw new HeraldError('validation_failed', `${name} is not a time: give ISO 8601 or milliseconds.`, [
       { path: `/${name}`, message: 'Expected a time' },
+    ]);
+  }
+  if (!isStorableTime(d.getTime())) {
+    throw new HeraldError('validation_failed', `${name} is outside the years 1-9999.`, [
+      { path: `/${name}`, message: 'Expected a time in the years 1-9999' },
     ]);
   }
   return d;

@@ -3,6 +3,7 @@ import type { Bus } from '../bus/types.js';
 import { HeraldError } from '../errors.js';
 import type { History } from '../history/index.js';
 import type { Receipts } from '../history/receipts.js';
+import { jsonProblem } from '../input.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics/index.js';
 import type { Notification } from './types.js';
@@ -99,6 +100,24 @@ export class NotifyService {
     if (input.data === undefined) {
       throw new HeraldError('validation_failed', 'data is required.', [
         { path: '/data', message: 'Required' },
+      ]);
+    }
+    for (const [field, list] of [
+      ['users', input.users],
+      ['devices', input.devices],
+      ['eventTopics', input.eventTopics],
+    ] as const) {
+      const at = list ? list.findIndex((x) => !x.isWellFormed()) : -1;
+      if (at >= 0) {
+        throw new HeraldError('validation_failed', `${field}[${at}] contains an unpaired UTF-16 surrogate.`, [
+          { path: `/${field}/${at}`, message: 'contains an unpaired UTF-16 surrogate' },
+        ]);
+      }
+    }
+    const bad = jsonProblem(input.data, false);
+    if (bad) {
+      throw new HeraldError('validation_failed', `data ${bad.message}.`, [
+        { path: `/data${bad.path}`, message: bad.message },
       ]);
     }
     let data = JSON.stringify(input.data);

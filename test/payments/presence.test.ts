@@ -226,6 +226,26 @@ describe('machine presence heartbeats', () => {
       assert.deepEqual(await nodeRows(store), [], "the previous life's heartbeat row is gone");
     });
 
+    it(`drops a change whose ids the store refuses instead of holding every other machine back (${kind})`, async () => {
+      const store = await stores.open(kind, 'refused');
+      const a = node(store);
+      // Ids the handshake refuses (a NUL character) reaching presence anyway: the store refuses them.
+      a.presence.connected('app', 'pos-ok', 'm1', 's1');
+      a.presence.connected('app', 'pos-bad', 'm\u0000', 's2');
+      // The first write fails as a whole (logged); the next flush (the sweep's) writes the other machine.
+      await a.presence.flush();
+      await a.presence.flush();
+      assert.equal((await row(store, 'pos-ok')).online, true);
+      assert.deepEqual(
+        a.published.map((p) => [p.deviceId, p.online]),
+        [['pos-ok', true]],
+      );
+      const { rows } = await store.query(
+        "SELECT 1 FROM payment_machines WHERE app_id = 'app' AND device_id = 'pos-bad'",
+      );
+      assert.equal(rows.length, 0);
+    });
+
     it(`forgets the heartbeat rows of nodes long gone, and its own on close (${kind})`, async () => {
       const store = await stores.open(kind, 'prune');
       const a = node(store);

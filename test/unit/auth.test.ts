@@ -102,6 +102,12 @@ describe('AccessControl: apps mode', () => {
       ['alg none', new UnsecuredJWT({ sub: 'alice' }).encode()],
       ['no sub', await sign(SHOP.secret, {})],
       ['empty sub', await sign(SHOP.secret, {}, '')],
+      ['sub with a NUL', await sign(SHOP.secret, {}, 'al\u0000ice')],
+      ['sub with an unpaired surrogate', await sign(SHOP.secret, {}, 'al\ud800')],
+      ['sub of 129 characters', await sign(SHOP.secret, {}, 'a'.repeat(129))],
+      ['deviceId with a control character', await sign(SHOP.secret, { deviceId: 'pos\n1' }, 'alice')],
+      ['merchantId with a NUL', await sign(SHOP.secret, { merchantId: 'm\u0000' }, 'alice')],
+      ['merchantId with whitespace', await sign(SHOP.secret, { merchantId: 'm 1' }, 'alice')],
     ];
     for (const [what, token] of cases) {
       assert.equal(await codeOf(() => ac.verifyClient('shop', token)), 'invalid_token', what);
