@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { type Config, ConfigError } from '../config/index.js';
 import { HeraldError, isHeraldError } from '../errors.js';
+import { jsonProblem, textProblem } from '../input.js';
 import type { Logger } from '../logger.js';
 import type { Store } from '../store/index.js';
 import { type Alert, Alerter, circuitBreakerAlert, slowMerchantAlert, systemAlert } from './alerts.js';
@@ -10,6 +11,7 @@ import { WebhookMetrics } from './metrics.js';
 import {
   type DeliveryRow,
   type DeliveryUpdate,
+  isDataException,
   type MerchantRow,
   type MerchantTransition,
   type MerchantUpdate,
@@ -246,7 +248,30 @@ export class WebhookEngine {
         throw new HeraldError('validation_failed', `${name} must be a string of 1-${max} characters.`);
       }
     }
+    // The store cannot hold NUL characters or unpaired surrogates in text: name the field (a 400), instead
+    // of letting the insert fail (a 503 the client would retry forever).
+    for (const [name, v] of [
+      ['orderNo', orderNo],
+      ['merchantId', input.merchantId],
+      ['eventType', input.eventType],
+      ['idempotencyKey', input.idempotencyKey],
+    ] as const) {
+      const problem = typeof v === 'string' ? textProblem(v) : undefined;
+      if (problem) {
+        throw new HeraldError('validation_failed', `${name} ${problem}.`, [
+          { path: `/${name}`, message: problem },
+        ]);
+      }
+    }
     if (input.payload === undefined) throw new HeraldError('validation_failed', 'payload is required.');
+    // The payload is stored as JSON text, where NUL and lone surrogates travel as \u escapes: only
+    // numbers JSON cannot carry (1e309 parses to Infinity, sent as null) and absurd nesting are refused.
+    const bad = jsonProblem(input.payload, false);
+    if (bad) {
+      throw new HeraldError('validation_failed', `payload${bad.path} ${bad.message}.`, [
+        { path: `/payload${bad.path}`, message: bad.message },
+      ]);
+    }
     let body: string;
     try {
       body = JSON.stringify(input.payload);
@@ -279,6 +304,14 @@ export class WebhookEngine {
       return r;
     } catch (err) {
       if (isHeraldError(err)) throw err;
+      if (isDataException(err)) {
+        // SQLSTATE class 22: the store refused a value of this request; sending it again cannot help.
+        this.logger.warn({ err, orderNo }, 'webhook intake: the store refused a value');
+        throw new HeraldError(
+          'validation_failed',
+          'The store refused a value of this webhook (text, number or time it cannot hold); fix the request.',
+        );
+      }
       this.logger.error({ err, orderNo }, 'webhook intake: the store failed');
       throw new HeraldError('store_unavailable', 'The webhook could not be stored; retry later.');
     }

@@ -1,4 +1,4 @@
-import { type Queryable, type Store, statement } from '../store/index.js';
+import { type Queryable, SqlError, type Store, statement } from '../store/index.js';
 import { type AttemptOutcome, type BreakerState, type ClaimedDelivery, QUEUED_STATUSES } from './types.js';
 
 /**
@@ -8,6 +8,15 @@ import { type AttemptOutcome, type BreakerState, type ClaimedDelivery, QUEUED_ST
  */
 
 const MS = `* interval '1 millisecond'`;
+
+/**
+ * Whether a store error is of SQLSTATE class 22 (data exception: text with a NUL character, a value out
+ * of range, a malformed time...): the request carried a value the store cannot hold, so sending it
+ * again cannot succeed. Such errors are the client's (400), not an unavailable store (503).
+ */
+export function isDataException(err: unknown): boolean {
+  return err instanceof SqlError && typeof err.code === 'string' && err.code.startsWith('22');
+}
 
 /** Settings the SQL needs. */
 export interface QueueSettings {
@@ -194,19 +203,30 @@ export class WebhookQueue {
       while (this.intake.length > 0) {
         const batch = this.intake.splice(0, INTAKE_BATCH);
         try {
-          const ids = await this.insertBatch(batch.map((p) => p.row));
-          for (const p of batch) {
-            const r = ids.get(p.row.idempotencyKey);
-            if (!r) p.reject(new Error('the stored row disappeared'));
-            else if (r.winner === p.row.id) p.resolve({ id: r.id, duplicate: false });
-            else p.resolve({ id: r.id, duplicate: true });
-          }
+          await this.settle(batch);
         } catch (err) {
-          for (const p of batch) p.reject(err);
+          if (batch.length > 1 && isDataException(err)) {
+            // One row the store refused fails the whole statement: store the rows one by one, so that
+            // only the bad one is refused and the others are not failed along with it.
+            for (const p of batch) await this.settle([p]).catch((e: unknown) => p.reject(e));
+          } else {
+            for (const p of batch) p.reject(err);
+          }
         }
       }
     } finally {
       this.intakeRunning--;
+    }
+  }
+
+  /** Stores a batch of the intake and answers each of its requests (throws when the batch fails). */
+  private async settle(batch: readonly PendingEnqueue[]): Promise<void> {
+    const ids = await this.insertBatch(batch.map((p) => p.row));
+    for (const p of batch) {
+      const r = ids.get(p.row.idempotencyKey);
+      if (!r) p.reject(new Error('the stored row disappeared'));
+      else if (r.winner === p.row.id) p.resolve({ id: r.id, duplicate: false });
+      else p.resolve({ id: r.id, duplicate: true });
     }
   }
 

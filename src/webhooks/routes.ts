@@ -4,10 +4,11 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Config } from '../config/index.js';
 import { HeraldError } from '../errors.js';
 import { toHeraldError } from '../http/index.js';
+import { isStorableTime, jsonProblem, MAX_TIME_MS } from '../input.js';
 import type { Logger } from '../logger.js';
 import { SqlError } from '../store/index.js';
 import type { WebhookEngine } from './engine.js';
-import type { AttemptRow, DeliveryRow, MerchantRow } from './queue.js';
+import { type AttemptRow, type DeliveryRow, isDataException, type MerchantRow } from './queue.js';
 import { generateSecret, isValidSecret } from './signing.js';
 
 export interface WebhookRouteDeps {
@@ -135,22 +136,47 @@ function merchantView(engine: WebhookEngine, m: MerchantRow) {
   };
 }
 
-/** Start of the day for `YYYY-MM-DD` (local time), or any date the Date parser accepts. */
+/**
+ * Start of the day for `YYYY-MM-DD` (local time; the next day's start with `endOfDay`), or any date the
+ * Date parser accepts. Only real calendar dates in years 1-9999 (what the store holds) are accepted.
+ */
 function parseTime(text: string, field: string, endOfDay: boolean): Date {
-  const dateOnly = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text.trim());
-  if (dateOnly) {
-    const d = new Date(Number(dateOnly[1]), Number(dateOnly[2]) - 1, Number(dateOnly[3]));
-    if (endOfDay) d.setDate(d.getDate() + 1);
-    return d;
-  }
-  const t = Date.parse(text);
-  if (Number.isNaN(t)) {
-    throw new HeraldError(
+  const invalid = () =>
+    new HeraldError(
       'validation_failed',
-      `${field} must be a date (2025-01-31) or a date and time (ISO 8601).`,
+      `${field} must be a date (2025-01-31) or a date and time (ISO 8601) in years 1-9999.`,
+      [{ path: `/${field}`, message: 'must be a date or a date and time in years 1-9999' }],
     );
+  const dateOnly = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text.trim());
+  let t: number;
+  if (dateOnly) {
+    const [y, m, day] = [Number(dateOnly[1]), Number(dateOnly[2]) - 1, Number(dateOnly[3])];
+    const d = new Date(2000, 0, 1);
+    d.setFullYear(y, m, day); // not new Date(y, …): it reads years 0-99 as 1900-1999
+    if (d.getFullYear() !== y || d.getMonth() !== m || d.getDate() !== day) throw invalid();
+    if (!isStorableTime(d.getTime())) throw invalid();
+    if (endOfDay) d.setDate(d.getDate() + 1);
+    // The end of 9999-12-31 is past the last storable instant: the range ends there instead.
+    t = Math.min(d.getTime(), MAX_TIME_MS);
+  } else {
+    t = Date.parse(text);
   }
+  if (!isStorableTime(t)) throw invalid();
   return new Date(t);
+}
+
+/**
+ * Refuses text the store cannot hold (a NUL character, an unpaired surrogate) anywhere in a query or
+ * body, naming the field: the SQL would fail with a data exception otherwise.
+ */
+function assertStorable(value: unknown): void {
+  const bad = jsonProblem(value, true);
+  if (bad) {
+    const name = bad.path.slice(1) || 'the request';
+    throw new HeraldError('validation_failed', `${name} ${bad.message}.`, [
+      { path: bad.path || '/', message: bad.message },
+    ]);
+  }
 }
 
 const MerchantRef = {
@@ -171,12 +197,20 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
 
   await app.register(async (scope) => {
     scope.setErrorHandler((err, request, reply) => {
-      const he =
-        err instanceof SqlError
+      // SQLSTATE class 22 (data exception): the store refused a value of the request, which sending it
+      // again cannot change (a 400); any other store error means it is unavailable (a 503, retry later).
+      const refused = isDataException(err);
+      const he = refused
+        ? new HeraldError(
+            'validation_failed',
+            'The store refused a value of this request (text, number or time it cannot hold); fix the request.',
+          )
+        : err instanceof SqlError
           ? new HeraldError('store_unavailable', 'The store failed to answer; retry later.')
           : toHeraldError(err);
       deps.onError?.(he.code);
-      if (err instanceof SqlError) request.log.error({ err, url: request.url }, 'store failed');
+      if (refused) request.log.warn({ err, url: request.url }, 'store refused a value');
+      else if (err instanceof SqlError) request.log.error({ err, url: request.url }, 'store failed');
       if (he.code === 'internal_error') request.log.error({ err, url: request.url }, 'request failed');
       return reply.code(he.status).send({ code: he.status, msg: he.message, data: null, error: he.toBody() });
     });
@@ -262,6 +296,11 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
           if (config.adminToken && !tokenMatches(request.headers.authorization, config.adminToken)) {
             throw new HeraldError('unauthorized', 'Send Authorization: Bearer <ADMIN_TOKEN>.');
           }
+        });
+        // After the schema: every string of a query or body may reach SQL.
+        admin.addHook('preHandler', async (request: FastifyRequest) => {
+          assertStorable(request.query);
+          assertStorable(request.body);
         });
 
         admin.get(
@@ -381,7 +420,8 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
               body: Type.Object(
                 {
                   order_id: Type.Union([
-                    Type.Integer({ minimum: 1 }),
+                    // webhook_deliveries.seq is a bigint; JavaScript numbers are exact up to 2^53 - 1.
+                    Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
                     Type.String({ minLength: 1, maxLength: 128 }),
                   ]),
                   include_delivered: Type.Optional(Type.Boolean()),

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Webhook } from 'standardwebhooks';
+import { SqlError } from '../../src/store/index.js';
 import type { TestHerald } from '../helpers.js';
 import { call, dropSchemas, Merchant, ok, orderNo, STORES, startNode, status, waitFor } from './helpers.js';
 
@@ -277,6 +278,91 @@ for (const store of STORES) {
       assert.equal(again.body.data.deleted_logs, 0);
       const tooSmall = await post('/cleanup', { days: 0 });
       assert.equal(tooSmall.status, 400);
+    });
+
+    it('text the store cannot hold, ids and times out of range: 400 validation_failed naming the field', async () => {
+      const refused = async (r: Awaited<ReturnType<typeof get>>, path: string | undefined, what: string) => {
+        assert.equal(r.status, 400, `${what}: ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.code, 400, what);
+        assert.equal(r.body.error?.code, 'validation_failed', what);
+        if (path) assert.equal(r.body.error?.details?.[0]?.path, path, what);
+      };
+      await refused(await get('/logs?order_no=%00'), '/order_no', 'logs order_no NUL');
+      await refused(await get('/logs?webhook_id=msg_%00'), '/webhook_id', 'logs webhook_id NUL');
+      await refused(await get('/alerts?type=%00'), '/type', 'alerts type NUL');
+      for (const f of ['merchant_id', 'merchant_key', 'notify_url']) {
+        await refused(await get(`/merchant-status?${f}=a%00`), `/${f}`, `merchant-status ${f} NUL`);
+        await refused(await get(`/signing-secret?${f}=a%00`), `/${f}`, `signing-secret ${f} NUL`);
+        await refused(
+          await post('/reset-circuit-breaker', { [f]: 'a\u0000' }),
+          `/${f}`,
+          `reset-circuit-breaker ${f} NUL`,
+        );
+      }
+      await refused(
+        await post('/merchant-settings', { notify_url: good.url(), merchant_id: 'm\u0000' }),
+        '/merchant_id',
+        'merchant-settings merchant_id NUL',
+      );
+      await refused(
+        await post('/send-alert', { merchant_id: 'm\u0000', alert_type: 'slow_merchant' }),
+        '/merchant_id',
+        'send-alert merchant_id NUL',
+      );
+      await refused(await post('/retry', { order_id: 'x\u0000' }), '/order_id', 'retry order_id NUL');
+      await refused(await post('/retry', { order_id: 'x\ud800' }), '/order_id', 'retry lone surrogate');
+      await refused(await post('/retry', { order_id: 1e20 }), undefined, 'retry order_id 1e20');
+      await refused(
+        await post('/retry', { order_id: Number.MAX_SAFE_INTEGER + 1 }),
+        undefined,
+        'retry order_id 2^53',
+      );
+      const unknown = await post('/retry', { order_id: Number.MAX_SAFE_INTEGER });
+      assert.equal(unknown.status, 404);
+      assert.equal(unknown.body.error?.code, 'not_found');
+      for (const [q, field] of [
+        ['start_time=9999-99-99', 'start_time'],
+        ['start_time=2025-02-30', 'start_time'],
+        ['start_time=0000-01-01', 'start_time'],
+        ['start_time=275760-09-13', 'start_time'],
+        ['start_time=-271821-04-20T00:00:00Z', 'start_time'],
+        ['start_time=2001-01-01&end_time=%2B010000-01-01T00:00:00Z', 'end_time'],
+      ] as const) {
+        await refused(await get(`/stats?${q}`), `/${field}`, `stats ${q}`);
+      }
+      // The last day the store holds is accepted: the range ends at its last instant.
+      const last = await get('/stats?start_time=2001-01-01&end_time=9999-12-31');
+      assert.equal(last.status, 200, JSON.stringify(last.body));
+      assert.equal(last.body.data.end_time, '9999-12-31T23:59:59.999Z');
+      // Years below 100 are those years, not 1900-1999.
+      const early = await get('/stats?start_time=0050-06-01&end_time=0050-06-01');
+      assert.equal(early.status, 200, JSON.stringify(early.body));
+      const june = new Date(2000, 0, 1);
+      june.setFullYear(50, 5, 1);
+      assert.equal(early.body.data.start_time, june.toISOString());
+      assert.equal(early.body.data.total, 0);
+    });
+
+    it('a store refusing a value (SQLSTATE class 22) is 400 validation_failed; a failing store stays 503', async () => {
+      const queue = herald.webhooks.queue;
+      const logs = queue.logs;
+      try {
+        queue.logs = async () => {
+          throw new SqlError('invalid byte sequence for encoding "UTF8": 0x00', '22021');
+        };
+        const r = await get('/logs');
+        assert.equal(r.status, 400);
+        assert.equal(r.body.error?.code, 'validation_failed');
+        queue.logs = async () => {
+          throw new SqlError('connection failure', '08006');
+        };
+        const down = await get('/logs');
+        assert.equal(down.status, 503);
+        assert.equal(down.body.error?.code, 'store_unavailable');
+      } finally {
+        queue.logs = logs;
+      }
+      assert.equal((await get('/logs')).status, 200);
     });
 
     it('exposes Prometheus metrics for the queue, deliveries, response times, breakers and slow merchants', async () => {

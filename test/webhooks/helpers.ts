@@ -165,7 +165,7 @@ export async function call(
     code: number;
     msg: string;
     data: Record<string, unknown> & unknown;
-    error?: { code: string; message: string };
+    error?: { code: string; message: string; details?: { path: string; message: string }[] };
   };
 }> {
   const res = await fetch(`${base}${path}`, {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, describe, it } from 'node:test';
 import { HeraldError } from '../../src/errors.js';
+import { SqlError } from '../../src/store/index.js';
 import type { TestHerald } from '../helpers.js';
 import {
   call,
@@ -97,6 +98,106 @@ for (const store of STORES) {
         }),
         (e: unknown) => e instanceof HeraldError && e.code === 'payload_too_large',
       );
+    });
+
+    it('text the store cannot hold is 400 validation_failed naming the field, not 503 store_unavailable', async () => {
+      merchant = await Merchant.start();
+      herald = await startNode(store);
+      const base = herald.url();
+      const valid = () => ({ orderNo: orderNo(), notifyUrl: merchant!.url(), payload: { ok: true } });
+      for (const [field, value] of [
+        ['orderNo', 'n\u0000'],
+        ['orderNo', 'n\ud800'],
+        ['orderNo', '\udc00n'],
+        ['merchantId', 'm\u0000'],
+        ['merchantId', 'm\ud800'],
+        ['eventType', '\u0000'],
+        ['idempotencyKey', 'k\u0000'],
+      ] as const) {
+        const what = `${field} ${JSON.stringify(value)}`;
+        const r = await call(base, 'POST', '/merchant-notify', { ...valid(), [field]: value });
+        assert.equal(r.status, 400, `${what}: ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.code, 400, what);
+        assert.equal(r.body.error?.code, 'validation_failed', what);
+        assert.equal(r.body.error?.details?.[0]?.path, `/${field}`, what);
+        await assert.rejects(
+          herald.webhooks.enqueue({ ...valid(), [field]: value }),
+          (e: unknown) => e instanceof HeraldError && e.code === 'validation_failed',
+          what,
+        );
+      }
+      // A number JSON cannot carry (1e309 parses to Infinity, sent as null) is refused, naming where it is.
+      const inf = await fetch(`${base}/merchant-notify`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: `{"orderNo":"${orderNo()}","notifyUrl":"${merchant.url()}","payload":{"a":[1e309]}}`,
+      });
+      const infBody = (await inf.json()) as { error: { code: string; details: { path: string }[] } };
+      assert.equal(inf.status, 400);
+      assert.equal(infBody.error.code, 'validation_failed');
+      assert.equal(infBody.error.details[0]?.path, '/payload/a/0');
+      // The payload is stored as JSON text, where such characters are escapes: it is sent as given.
+      const payload = { nul: 'a\u0000b', lone: 'x\ud800y', 'k\u0000': 1 };
+      const sent = await call(base, 'POST', '/merchant-notify', { ...valid(), payload });
+      assert.equal(sent.status, 202, JSON.stringify(sent.body));
+      await waitFor(() => merchant!.received.length >= 1, 5000, 'the webhook');
+      assert.deepEqual(JSON.parse(merchant.received[0]!.body), payload);
+    });
+
+    it('a row the store refuses fails alone, not the intake batch it shares; class 22 is a 400', async () => {
+      herald = await startNode(store, { webhookDispatch: false });
+      const queue = herald.webhooks.queue;
+      let n = 0;
+      const row = (order: string) => ({
+        id: `msg_batch_${++n}_${Date.now()}`,
+        idempotencyKey: `${order}:${n}`,
+        orderNo: order,
+        eventType: null,
+        merchantKey: 'url:0000000000000000',
+        merchantId: null,
+        notifyUrl: 'http://127.0.0.1:9/x',
+        body: '{}',
+      });
+      // Bypasses the engine's checks: the bad rows reach the store in a batch with good ones.
+      const rows = [
+        ...Array.from({ length: 4 }, () => row(orderNo())),
+        row('bad\u0000'),
+        ...Array.from({ length: 3 }, () => row(orderNo())),
+        row('bad\ud800'),
+        row(orderNo()),
+      ];
+      const results = await Promise.allSettled(rows.map((r) => queue.enqueue(r)));
+      results.forEach((r, i) => {
+        const bad = rows[i]!.orderNo.startsWith('bad');
+        if (!bad) {
+          assert.equal(r.status, 'fulfilled', `row ${i}: ${r.status === 'rejected' ? r.reason : ''}`);
+          return;
+        }
+        assert.equal(r.status, 'rejected', `row ${i}`);
+        const err = (r as PromiseRejectedResult).reason as SqlError;
+        assert.ok(err instanceof SqlError && String(err.code).startsWith('22'), `row ${i}: ${err}`);
+      });
+      const stored = await herald.store.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM webhook_deliveries',
+      );
+      assert.equal(stored.rows[0]?.n, 8);
+
+      // Should such a value get past the checks, the answer is 400 validation_failed, not a 503.
+      const enqueue = queue.enqueue;
+      try {
+        queue.enqueue = async () => {
+          throw new SqlError('invalid byte sequence for encoding "UTF8": 0x00', '22021');
+        };
+        const r = await call(herald.url(), 'POST', '/merchant-notify', {
+          orderNo: orderNo(),
+          notifyUrl: 'http://127.0.0.1:9/x',
+          payload: {},
+        });
+        assert.equal(r.status, 400);
+        assert.equal(r.body.error?.code, 'validation_failed');
+      } finally {
+        queue.enqueue = enqueue;
+      }
     });
 
     it('answers 503 store_unavailable when the store fails, never a silent 202', async () => {
