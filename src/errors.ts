@@ -7,6 +7,12 @@ export const ErrorCodes = {
   // generic request errors
   invalid_json: { status: 400, message: 'The request body is not valid JSON.' },
   validation_failed: { status: 400, message: 'The request does not match the schema; see details.' },
+  // 400 for a malformed URL; Node's HTTP parser also answers it with 408 (request head too slow) or 431
+  // (request line and headers over the size limit).
+  bad_request: {
+    status: 400,
+    message: 'The request is malformed (URL, request line or headers); fix it and send it again.',
+  },
   body_too_large: { status: 413, message: 'The request body is larger than the configured limit.' },
   unsupported_media_type: { status: 415, message: 'Send the body as application/json.' },
   not_found: { status: 404, message: 'No such route or resource.' },

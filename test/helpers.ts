@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -142,6 +143,47 @@ export async function post(
     body: json as Record<string, unknown> & { error?: { code: string; message: string } },
     text,
   };
+}
+
+/** What {@link rawRequest} answers: the body parsed as JSON when it is JSON (else undefined). */
+export interface RawResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  body: unknown;
+}
+
+/**
+ * One HTTP request exactly as given: the path is not normalised (fetch resolves `..` and `\` before
+ * sending), no agent, no header added. Rejects when no answer comes within 5 s.
+ */
+export function rawRequest(
+  herald: Herald,
+  method: string,
+  path: string,
+  body?: string | Buffer,
+  headers: Record<string, string> = {},
+): Promise<RawResponse> {
+  const { port } = herald.address();
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body: parsed });
+      });
+    });
+    req.setTimeout(5000, () => req.destroy(new Error(`no answer to ${method} ${path.slice(0, 80)} in 5 s`)));
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 /** Socket.IO client options for {@link connectWith}, beyond those of {@link connect}. */

@@ -42,8 +42,51 @@ export function checkAdmin(token: string | undefined, request: FastifyRequest, m
 
 const hide = { hide: true };
 
-/** Routes of payment tracking the console may call for an app through `/admin/api/as-app/:appId/*`. */
-const AS_APP_ROUTES = /^(payments\/(orders|stats)|devices)(\/|$)/;
+/**
+ * Routes of payment tracking the console may call for an app through `/admin/api/as-app/:appId/*`,
+ * by method, matched against the exact path forwarded (one segment per id, a trailing slash allowed).
+ */
+const AS_APP_ROUTES: Record<'GET' | 'POST', RegExp> = {
+  GET: /^\/(payments\/orders(\/[^/]+)?|payments\/stats|devices)\/?$/,
+  POST: /^\/devices\/[^/]+\/commands\/?$/,
+};
+
+/** `%2F` and `%5C` (an encoded `/` or `\`), any case. */
+const ENCODED_SEPARATOR = /%(2f|5c)/i;
+/** A `.` or `..` segment, its dots raw or percent-encoded (`%2e`, any case). */
+const DOT_SEGMENT = /^(\.|%2e){1,2}$/i;
+
+/**
+ * The path `/admin/api/as-app/:appId/*` forwards, exactly as it will be injected (still
+ * percent-encoded as the caller sent it, so that an id reaches the route as the caller encoded it),
+ * or undefined when it is not one the console forwards: a path with an encoded slash or backslash, a
+ * raw backslash, a `.` or `..` segment (raw or encoded, which `inject` would resolve to another
+ * route), anything URL parsing would change, or a route outside the allow-list.
+ */
+export function asAppPath(method: string, rawUrl: string): string | undefined {
+  if (method !== 'GET' && method !== 'POST') return undefined;
+  // The raw path, without the query string (and a fragment, as the router cuts it).
+  const end = rawUrl.search(/[?#]/);
+  const raw = end === -1 ? rawUrl : rawUrl.slice(0, end);
+  if (!raw.startsWith('/')) return undefined; // absolute-form request target: not from the console
+  // ['', 'admin', 'api', 'as-app', appId, ...rest]: the router splits at raw slashes too.
+  const segments = raw.split('/').slice(5);
+  while (segments[0] === '') segments.shift();
+  const path = `/${segments.join('/')}`;
+  if (ENCODED_SEPARATOR.test(path) || path.includes('\\')) return undefined;
+  if (segments.some((s) => DOT_SEGMENT.test(s))) return undefined;
+  let parsed: string;
+  try {
+    parsed = new URL(path, 'http://localhost').pathname;
+  } catch {
+    return undefined;
+  }
+  if (parsed !== path) return undefined;
+  return AS_APP_ROUTES[method].test(parsed) ? parsed : undefined;
+}
+
+/** `?limit=` of GET /admin/api/topics: digits in the query string, 1-200 once parsed. */
+const TOPICS_LIMIT_MAX = 200;
 
 /**
  * The small JSON API of the console, under `/admin/api`, protected by ADMIN_TOKEN when it is set.
@@ -73,13 +116,21 @@ export async function consoleApi(app: FastifyInstance, deps: ConsoleApiDeps): Pr
               ...hide,
               querystring: Type.Object({
                 appId: Type.Optional(Type.String({ maxLength: 64 })),
-                limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })),
+                // A query string carries text (the validator does not coerce): digits, range checked below.
+                limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,9}$' })),
               }),
             },
           },
           async (request) => {
-            const q = request.query as { appId?: string; limit?: number };
-            return busiestTopics(router, q.limit ?? 20, q.appId || undefined);
+            const q = request.query as { appId?: string; limit?: string };
+            const limit = q.limit === undefined ? 20 : Number(q.limit);
+            if (limit < 1 || limit > TOPICS_LIMIT_MAX) {
+              const message = `limit must be an integer from 1 to ${TOPICS_LIMIT_MAX}.`;
+              throw new HeraldError('validation_failed', `Invalid request: ${message}`, [
+                { path: '/limit', message },
+              ]);
+            }
+            return busiestTopics(router, limit, q.appId || undefined);
           },
         );
 
@@ -130,9 +181,14 @@ export async function consoleApi(app: FastifyInstance, deps: ConsoleApiDeps): Pr
           schema: hide,
           handler: async (request, reply) => {
             const params = request.params as { appId: string; '*': string };
-            const path = params['*'].replace(/^\/+/, '');
-            if (!AS_APP_ROUTES.test(path)) {
-              throw new HeraldError('not_found', `The console does not forward ${request.method} /${path}.`);
+            // Checked and forwarded as sent (not the decoded wildcard, in which `..%2F` is `../`).
+            const path = asAppPath(request.method, request.url);
+            if (path === undefined) {
+              const shown = `/${params['*'].replace(/^\/+/, '')}`;
+              throw new HeraldError(
+                'not_found',
+                `The console does not forward ${request.method} ${JSON.stringify(shown)}.`,
+              );
             }
             const appId = params.appId === '-' ? undefined : params.appId;
             const headers: Record<string, string> = {};
@@ -149,7 +205,7 @@ export async function consoleApi(app: FastifyInstance, deps: ConsoleApiDeps): Pr
             if (request.method === 'POST') headers['content-type'] = 'application/json';
             const res = await app.inject({
               method: request.method as 'GET' | 'POST',
-              url: `/${path}${qs ? `?${qs}` : ''}`,
+              url: `${path}${qs ? `?${qs}` : ''}`,
               headers,
               ...(request.method === 'POST' ? { payload: JSON.stringify(request.body ?? {}) } : {}),
             });

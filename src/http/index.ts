@@ -1,4 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import cors from '@fastify/cors';
 import swagger from '@fastify/swagger';
 import type { TSchema } from '@sinclair/typebox';
@@ -60,6 +61,67 @@ export function toHeraldError(err: unknown): HeraldError {
   return new HeraldError('internal_error');
 }
 
+/**
+ * The longest path parameter the router matches (Fastify's default, 100, answered 414 with its own
+ * body). An id may have 128 characters: with 3 bytes of UTF-8 each, percent-encoded or not, it fits
+ * with room to spare, and a parameter longer than its route allows reaches the route, whose schema
+ * answers 400 `validation_failed`. Beyond this, the router refuses the path (also 400
+ * `validation_failed`, see `frameworkError`).
+ */
+export const MAX_PARAM_LENGTH = 1024;
+
+/**
+ * Errors Fastify's router answers before any route or hook (`frameworkErrors`): a URL that does not
+ * decode (`%ZZ`, bad UTF-8, a bare `%`), a path parameter over `MAX_PARAM_LENGTH`.
+ */
+export function frameworkError(err: FastifyError): HeraldError {
+  switch (err.code) {
+    case 'FST_ERR_BAD_URL':
+      return new HeraldError(
+        'bad_request',
+        'The URL is malformed: not a path, or a percent-encoded sequence that does not decode to UTF-8 text.',
+      );
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return new HeraldError(
+        'validation_failed',
+        `A path parameter is longer than ${MAX_PARAM_LENGTH} characters.`,
+        [{ path: '/', message: `Expected string length less or equal to ${MAX_PARAM_LENGTH}` }],
+      );
+    default:
+      return toHeraldError(err);
+  }
+}
+
+/**
+ * The raw HTTP response to a request Node's HTTP parser refused (`clientError`: a request line and
+ * headers over the size limit, a malformed request, a request head that came too slowly), with the
+ * Herald error body and `Connection: close`; undefined when nothing may be written (the connection is
+ * reset, or a response is already being written on it).
+ */
+export function clientErrorResponse(err: NodeJS.ErrnoException, socket: Duplex): string | undefined {
+  if (err.code === 'ECONNRESET' || socket.destroyed || !socket.writable) return undefined;
+  // As Node does: never write into a response that has started on this connection (pipelining).
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (inFlight?.headersSent) return undefined;
+  let status = 400;
+  let message = 'The request is malformed and could not be parsed as HTTP/1.1.';
+  if (err.code === 'HPE_HEADER_OVERFLOW') {
+    status = 431;
+    message = 'The request line and headers are larger than the server accepts; shorten the URL or headers.';
+  } else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    status = 408;
+    message = 'The request was not received in time.';
+  }
+  const body = JSON.stringify({ error: new HeraldError('bad_request', message).toBody() });
+  return (
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n` +
+    'Content-Type: application/json; charset=utf-8\r\n' +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    'Connection: close\r\n\r\n' +
+    body
+  );
+}
+
 /** The fast path of each app made by `createHttp` (see `FastRoutes`). */
 const fastRoutesOf = new WeakMap<object, FastRoutes>();
 
@@ -103,7 +165,24 @@ async function build(deps: HttpDeps) {
     // Fastify's own 503 while closing has a body of another shape; the onRequest hook below answers instead.
     return503OnClosing: false,
     keepAliveTimeout: 65_000,
-    routerOptions: { ignoreTrailingSlash: true },
+    // Valid ids are up to 128 characters (see MAX_PARAM_LENGTH).
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: MAX_PARAM_LENGTH },
+    // Malformed URLs and over-long path parameters: Herald's error body, not Fastify's.
+    frameworkErrors: (err, request, reply) => {
+      const he = frameworkError(err);
+      metrics.httpErrors.inc({ code: he.code });
+      if (he.code === 'internal_error') request.log.error({ err, url: request.url }, 'request failed');
+      return sendError(reply, he);
+    },
+    // Requests Node's HTTP parser refuses (431 head too large, 400 malformed): Herald's error body too.
+    clientErrorHandler: (err, socket) => {
+      const response = clientErrorResponse(err, socket);
+      if (response !== undefined) {
+        metrics.httpErrors.inc({ code: 'bad_request' });
+        socket.write(response);
+      }
+      socket.destroy();
+    },
   });
 
   // Requests that arrive (on open keep-alive connections) while the server closes: 503 shutting_down.
