@@ -91,6 +91,10 @@ export const ErrorCodes = {
     status: 504,
     message: 'The device did not answer the command in time; it may or may not have run it.',
   },
+  invalid_reply: {
+    status: 502,
+    message: 'The device answered the command with a reply JSON cannot carry; it ran the command.',
+  },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -89,6 +89,27 @@ end
 return out
 `);
 
+/**
+ * Whether a notification from another node has the fields delivery reads: ids and `data` (JSON text,
+ * written into frames as is) as strings, a finite `ts`, target lists of strings.
+ */
+function isNotification(n: unknown): n is Notification {
+  if (typeof n !== 'object' || n === null) return false;
+  const x = n as Record<string, unknown>;
+  const list = (v: unknown) => v === undefined || (Array.isArray(v) && v.every((e) => typeof e === 'string'));
+  return (
+    typeof x.id === 'string' &&
+    typeof x.appId === 'string' &&
+    typeof x.data === 'string' &&
+    typeof x.ts === 'number' &&
+    Number.isFinite(x.ts) &&
+    list(x.users) &&
+    list(x.devices) &&
+    list(x.topics) &&
+    (x.pos === undefined || (typeof x.pos === 'object' && x.pos !== null))
+  );
+}
+
 /** How often a node heartbeats for a presence TTL: four times per TTL, at most every 500 ms. */
 export function heartbeatPeriod(presenceTtlMs: number): number {
   return Math.max(500, Math.floor(presenceTtlMs / 4));
@@ -137,6 +158,7 @@ export class RedisCluster {
   private closed = false;
   private tmpCounter = 0;
   private lastPublishError = 0;
+  private lastMalformed = 0;
   private readonly rpcHandlers = new Map<string, (appId: string, payload: unknown) => Promise<unknown>>();
   private readonly rpcPending = new Map<
     string,
@@ -432,32 +454,75 @@ export class RedisCluster {
     this.apps.set(appId, timer);
   }
 
+  /**
+   * A message from another node. It runs in ioredis's socket handler, where a throw would be an
+   * uncaught exception (the process exits): a message of the wrong shape (a node of another version, or
+   * of another deployment sharing REDIS_PREFIX by mistake) is dropped with a warning, as is anything a
+   * handler throws on it.
+   */
   private onMessage(channelBuf: Buffer, message: Buffer): void {
     let msg: ClusterMessage;
     try {
       msg = JSON.parse(message.toString('utf8')) as ClusterMessage;
     } catch {
-      this.opts.logger.warn({ channel: channelBuf.toString() }, 'ignoring a malformed cluster message');
+      this.malformed(channelBuf, 'not JSON');
       return;
     }
-    if (msg.v !== 1 || msg.node === this.nodeId) return;
+    if (typeof msg !== 'object' || msg === null || msg.v !== 1 || msg.node === this.nodeId) return;
+    try {
+      const problem = this.dispatch(channelBuf, msg);
+      if (problem) this.malformed(channelBuf, problem);
+    } catch (err) {
+      this.opts.logger.warn(
+        { err, channel: channelBuf.toString() },
+        'a cluster message could not be handled; dropped',
+      );
+    }
+  }
+
+  /** Acts on a message from another node; answers what is wrong with it, if anything. */
+  private dispatch(channelBuf: Buffer, msg: ClusterMessage): string | undefined {
     if (msg.t === 'notify') {
+      if (!isNotification(msg.n)) return 'a notify without a valid notification';
       this.stats.received++;
       this.opts.deliver(msg.n);
     } else if (msg.t === 'batch') {
+      if (!Array.isArray(msg.ms)) return 'a batch without a list';
+      let problem: string | undefined;
       for (const m of msg.ms) {
-        if (m.t !== 'notify') continue;
+        if (typeof m !== 'object' || m === null || m.t !== 'notify') continue;
+        if (!isNotification(m.n)) {
+          problem = 'a notify without a valid notification';
+          continue;
+        }
         this.stats.received++;
         this.opts.deliver(m.n);
       }
+      return problem;
     } else if (msg.t === 'rpc') {
+      if (typeof msg.id !== 'string' || typeof msg.kind !== 'string' || typeof msg.appId !== 'string') {
+        return 'a call without id, kind or app';
+      }
       this.answer(msg);
     } else if (msg.t === 'rpc-reply') {
+      if (typeof msg.id !== 'string') return 'a reply without an id';
       this.onReply(msg);
     } else if (msg.t === 'count') {
+      if (!Array.isArray(msg.topics)) return 'a count without topics';
       const appId = channelBuf.toString('utf8').slice(this.key('app:').length);
-      for (const topic of msg.topics) this.opts.onCountChange(appId, topic);
+      for (const topic of msg.topics) if (typeof topic === 'string') this.opts.onCountChange(appId, topic);
     }
+    return undefined;
+  }
+
+  private malformed(channel: Buffer, what: string): void {
+    const now = Date.now();
+    if (now - this.lastMalformed < 5000) return;
+    this.lastMalformed = now;
+    this.opts.logger.warn(
+      { channel: channel.toString(), what },
+      'ignoring a malformed cluster message (another Herald version or deployment on this REDIS_PREFIX?)',
+    );
   }
 
   // --- remote calls ---------------------------------------------------------------------------
@@ -526,7 +591,18 @@ export class RedisCluster {
     const handler = this.rpcHandlers.get(msg.kind);
     const reply = (r: { ok: boolean; result?: unknown; error?: { code: string; message: string } }) => {
       const out: ClusterMessage = { v: 1, t: 'rpc-reply', node: this.nodeId, id: msg.id, ...r };
-      this.pub.publish(this.key(`node:${msg.node}`), JSON.stringify(out)).catch(() => undefined);
+      let text: string;
+      try {
+        text = JSON.stringify(out);
+      } catch (err) {
+        // A result JSON cannot carry (too deep, a BigInt): the caller gets an error, not a timeout.
+        const error = {
+          code: 'internal_error',
+          message: `the answer could not be encoded: ${(err as Error).message}`,
+        };
+        text = JSON.stringify({ v: 1, t: 'rpc-reply', node: this.nodeId, id: msg.id, ok: false, error });
+      }
+      this.pub.publish(this.key(`node:${msg.node}`), text).catch(() => undefined);
     };
     if (!handler) {
       reply({ ok: false, error: { code: 'not_here', message: `no handler for ${msg.kind}` } });
@@ -791,7 +867,11 @@ export class RedisCluster {
     return ids.map((id, i) => {
       let info: Record<string, unknown> = {};
       try {
-        info = infos[i] ? (JSON.parse(infos[i] as string) as Record<string, unknown>) : {};
+        const parsed: unknown = infos[i] ? JSON.parse(infos[i] as string) : {};
+        // Only an object: `null` or a list written by another version would break the node list.
+        if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) {
+          info = parsed as Record<string, unknown>;
+        }
       } catch {
         // A node of another version wrote something else: show it without details.
       }

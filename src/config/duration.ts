@@ -13,14 +13,24 @@ const DURATION_RE = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
  * into milliseconds. Returns `undefined` when the text is not a duration.
  */
 export function parseDuration(input: string | number): number | undefined {
-  if (typeof input === 'number') return Number.isFinite(input) && input >= 0 ? input : undefined;
+  if (typeof input === 'number') return inRange(input);
   const text = input.trim();
-  if (/^\d+$/.test(text)) return Number(text);
+  if (/^\d+$/.test(text)) return inRange(Number(text));
   const m = DURATION_RE.exec(text);
   if (!m) return undefined;
   const unit = UNITS[m[2] as string];
   if (unit === undefined) return undefined;
-  return Math.round(Number(m[1]) * unit);
+  return inRange(Math.round(Number(m[1]) * unit));
+}
+
+/**
+ * Longest duration accepted: 1000 years. Beyond it a time computed from now (a retry, an expiry) leaves
+ * the range the stores hold, and `1` followed by 400 zeros would be Infinity.
+ */
+export const MAX_DURATION_MS = 1000 * 365 * 86_400_000;
+
+function inRange(ms: number): number | undefined {
+  return Number.isFinite(ms) && ms >= 0 && ms <= MAX_DURATION_MS ? ms : undefined;
 }
 
 /** Parses a comma separated list of durations (`15s,1m,5m`). */

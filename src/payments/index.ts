@@ -861,6 +861,7 @@ export class Payments {
         const e = remoteErr as Error & { code?: string };
         if (e.code === 'command_timeout' || e.code === 'timeout')
           throw new HeraldError('command_timeout', e.message);
+        if (e.code === 'invalid_reply') throw new HeraldError('invalid_reply', e.message);
         if (e.code === 'not_here' || e.code === 'not_found' || e.code === 'device_offline') {
           throw new HeraldError(
             'device_offline',
@@ -942,6 +943,15 @@ export class Payments {
         );
     });
     this.log.info({ appId, deviceId, commandId: id, command }, 'command answered');
+    // The reply goes out as JSON (HTTP, or to another node): one nested too deep or holding 1e309 would
+    // fail there (500, or a timeout across nodes) or turn into null.
+    const bad = jsonProblem(reply, false);
+    if (bad) {
+      throw new HeraldError(
+        'invalid_reply',
+        `Device ${deviceId} answered command ${id}, but its reply ${bad.message} (at ${bad.path || '/'}).`,
+      );
+    }
     return { id, deviceId, reply: reply ?? null };
   }
 

@@ -95,7 +95,8 @@ export class CountNotifier {
 
   /** Sends the current value to one new watcher at once. */
   async sendCurrent(conn: Conn, topics: readonly string[]): Promise<Record<string, TopicCount>> {
-    const out: Record<string, TopicCount> = {};
+    // No prototype: a topic named `__proto__` is a key like any other.
+    const out = Object.create(null) as Record<string, TopicCount>;
     for (const topic of topics) {
       const value = await this.source.get(conn.appId, topic);
       out[topic] = value;

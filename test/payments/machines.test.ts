@@ -99,6 +99,8 @@ for (const kind of STORES) {
       pos.on('command', (cmd: { id: string; command: string; args: unknown }, ack: (r: unknown) => void) => {
         seen.push(cmd);
         if (cmd.command === 'print') ack({ printed: true, copies: (cmd.args as { copies: number }).copies });
+        // A reply HTTP cannot carry as JSON (a raw client can send one 200 levels deep).
+        if (cmd.command === 'deep') ack(JSON.parse(`${'['.repeat(200)}${']'.repeat(200)}`));
         // 'hang' is never answered
       });
       const ok = await post(herald, '/devices/pos-cmd/commands', {
@@ -111,6 +113,17 @@ for (const kind of STORES) {
       assert.equal(ok.body.deviceId, 'pos-cmd');
       assert.equal(typeof ok.body.id, 'string');
       assert.deepEqual(seen[0], { id: ok.body.id, command: 'print', args: { copies: 2 } });
+
+      const deep = await post(herald, '/devices/pos-cmd/commands', { appId: APP, command: 'deep' });
+      assert.equal(deep.status, 502, deep.text);
+      assert.equal(deep.body.error?.code, 'invalid_reply');
+      const deepArgs = await post(
+        herald,
+        '/devices/pos-cmd/commands',
+        `{"appId":"${APP}","command":"print","args":${'['.repeat(200)}${']'.repeat(200)}}`,
+      );
+      assert.equal(deepArgs.status, 400, deepArgs.text);
+      assert.equal(deepArgs.body.error?.code, 'validation_failed');
 
       const silent = await post(herald, '/devices/pos-cmd/commands', {
         appId: APP,

@@ -245,9 +245,14 @@ describe('parseDuration', () => {
       -5,
       Number.NaN,
       Infinity,
+      // Beyond 1000 years: a time computed from now would leave the stores' range; 1e400 is Infinity.
+      '99999999999d',
+      `1${'0'.repeat(400)}`,
+      '365001d',
     ]) {
       assert.equal(parseDuration(input), undefined, String(input));
     }
+    assert.equal(parseDuration('365000d'), 365_000 * 86_400_000);
   });
 
   it('parses lists and formats durations back', () => {

@@ -184,7 +184,11 @@ describe('CountNotifier', () => {
     const w = new Watcher('w');
     t.set('a', 1, 2);
     const counts = await t.notifier.sendCurrent(w, ['a', 'b']);
-    assert.deepEqual(counts, { a: { count: 1, connections: 2 }, b: { count: 0, connections: 0 } });
+    assert.deepEqual({ ...counts }, { a: { count: 1, connections: 2 }, b: { count: 0, connections: 0 } });
+    // A topic named __proto__ is a key like any other (it set the result's prototype before).
+    const odd = await t.notifier.sendCurrent(new Watcher('w2'), ['__proto__']);
+    assert.deepEqual(Object.keys(odd), ['__proto__']);
+    assert.equal(JSON.stringify(odd), '{"__proto__":{"count":0,"connections":0}}');
     assert.deepEqual(w.got, [
       { topic: 'a', count: 1, connections: 2 },
       { topic: 'b', count: 0, connections: 0 },
