@@ -17,6 +17,7 @@
  * sooner than TCP does.
  */
 import { io, type ManagerOptions, type Socket, type SocketOptions } from 'socket.io-client';
+import { jsonProblem } from '../input.js';
 
 /** The states an order can report (see the README, "Payment tracking"). */
 export type PaymentEventType = 'created' | 'paying' | 'succeeded' | 'failed' | 'closed' | 'refunded';
@@ -153,6 +154,28 @@ interface Entry {
   /** Connection generation it was last sent on (0: not sent). */
   sentOn: number;
   timer: ReturnType<typeof setTimeout> | undefined;
+  /** Transient error answers so far: the next retry waits longer. */
+  retries: number;
+}
+
+type ReportAnswer =
+  | ReportAck
+  | { ok: false; error?: { code?: unknown; message?: unknown; details?: unknown } };
+
+/**
+ * Why a value cannot travel as JSON over Socket.IO (a BigInt, a cycle, nesting deeper than 128 levels,
+ * a non-finite number), or undefined. socket.io-client throws on such a value only after it has
+ * registered the ack, so it is refused before it is sent.
+ */
+function encodeProblem(value: unknown): string | undefined {
+  const p = jsonProblem(value, false);
+  if (p) return `${p.path || 'the value'} ${p.message}`;
+  try {
+    JSON.stringify(value);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return undefined;
 }
 
 /** Server error codes after which the same report may succeed later: keep it and send it again. */
@@ -246,41 +269,51 @@ export function createMachineAgent(options: MachineAgentOptions): MachineAgent {
     entry.sentOn = gen;
     if (entry.timer) clearTimeout(entry.timer);
     entry.timer = undefined;
-    socket
-      .timeout(ackTimeoutMs)
-      .emit(
-        'payment:report',
-        entry.event,
-        (
-          err: Error | null,
-          ack: ReportAck | { ok: false; error: { code: string; message: string; details?: unknown } },
-        ) => {
+    try {
+      socket
+        .timeout(ackTimeoutMs)
+        .emit('payment:report', entry.event, (err: Error | null, ack?: ReportAnswer) => {
           if (!outbox.includes(entry)) return; // answered already (a resend's ack)
           if (err) {
             // No ack in time: send again on this connection if it is still the same, else on reconnect.
             if (gen === generation && socket.connected) send(entry);
             return;
           }
-          if (ack.ok) {
+          if (typeof ack === 'object' && ack !== null && ack.ok === true) {
             settle(entry);
             entry.resolve(ack);
             return;
           }
-          if (TRANSIENT.has(ack.error.code)) {
-            // The server cannot store it now (e.g. it is shutting down): try again a little later.
+          // A malformed answer (not an object, no error) counts as a transient server error.
+          const error =
+            typeof ack === 'object' && ack !== null && typeof ack.error === 'object' ? ack.error : null;
+          const code = typeof error?.code === 'string' ? error.code : 'internal_error';
+          if (TRANSIENT.has(code)) {
+            // The server cannot store it now (e.g. it is shutting down): try again later, backing off.
+            const base = Math.min(maxDelay, initialDelay * factor ** entry.retries);
+            entry.retries++;
             entry.timer = setTimeout(
               () => {
                 entry.timer = undefined;
                 if (gen === generation) send(entry);
               },
-              Math.min(maxDelay, initialDelay) * (1 - jitter * Math.random()),
+              base * (1 - jitter * Math.random()),
             );
             return;
           }
           settle(entry);
-          entry.reject(new ReportRejectedError(ack.error.code, ack.error.message, ack.error.details));
-        },
+          const message =
+            typeof error?.message === 'string' ? error.message : `The server refused the report (${code}).`;
+          entry.reject(new ReportRejectedError(code, message, error?.details));
+        });
+    } catch (err) {
+      // The event cannot be encoded (report() checks, so this is a last resort): settle it here rather
+      // than let the ack timeout resend it and throw from a timer.
+      settle(entry);
+      entry.reject(
+        new ReportRejectedError('invalid_event', `The event cannot be sent: ${(err as Error).message}`),
       );
+    }
   };
 
   socket.on('connect', () => {
@@ -308,6 +341,19 @@ export function createMachineAgent(options: MachineAgentOptions): MachineAgent {
     }
     try {
       const reply = await commandHandler(cmd);
+      const problem = encodeProblem(reply);
+      if (problem !== undefined) {
+        // socket.io-client marks the ack sent before it encodes: an unencodable reply would leave the
+        // HTTP caller waiting for the command timeout.
+        ack({
+          ok: false,
+          error: {
+            code: 'invalid_reply',
+            message: `The command handler's reply cannot be sent as JSON: ${problem}`,
+          },
+        });
+        return;
+      }
       ack(reply === undefined ? null : reply);
     } catch (err) {
       ack({ ok: false, error: { code: 'command_failed', message: (err as Error).message } });
@@ -352,8 +398,14 @@ export function createMachineAgent(options: MachineAgentOptions): MachineAgent {
         deviceId: options.deviceId,
         merchantId: options.merchantId,
       };
+      const problem = encodeProblem(full);
+      if (problem !== undefined) {
+        return Promise.reject(
+          new ReportRejectedError('invalid_event', `The event cannot be sent as JSON: ${problem}`),
+        );
+      }
       return new Promise<ReportAck>((resolve, reject) => {
-        const entry: Entry = { event: full, resolve, reject, sentOn: 0, timer: undefined };
+        const entry: Entry = { event: full, resolve, reject, sentOn: 0, timer: undefined, retries: 0 };
         outbox.push(entry);
         send(entry);
       });
