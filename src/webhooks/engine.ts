@@ -17,7 +17,7 @@ import {
   type MerchantUpdate,
   WebhookQueue,
 } from './queue.js';
-import { AbortedByShutdown, Cancel, Sender } from './sender.js';
+import { AbortedByShutdown, Cancel, Sender, storableText } from './sender.js';
 import { generateSecret, newMessageId, signatureHeaders } from './signing.js';
 import { literalHostBlocked } from './ssrf.js';
 import type { AttemptResult, ClaimedDelivery, MerchantNotifyInput } from './types.js';
@@ -99,6 +99,20 @@ interface Finished {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A results write the store refused (SQLSTATE class 22). */
+const REFUSED = Symbol('refused');
+
+/** A result with every text from outside made storable (see storableText). */
+function storableFinished(f: Finished): Finished {
+  const text = (s: string | null) => (s === null ? null : storableText(s));
+  const result = { ...f.result, responseBody: text(f.result.responseBody), error: text(f.result.error) };
+  return {
+    row: f.row,
+    result,
+    update: { ...f.update, responseBody: result.responseBody, error: result.error },
+  };
+}
 
 /**
  * The merchant webhook delivery engine: a durable queue in the SQL store, a dispatcher that claims due
@@ -1040,31 +1054,66 @@ export class WebhookEngine {
     while (this.results.length > 0) {
       const batch = this.results.splice(0, this.config.webhookFlushBatch);
       this.flushingBatch = batch;
-      const merchants = aggregate(batch);
-      let transitions: MerchantTransition[] | undefined;
-      for (let attempt = 1; ; attempt++) {
-        try {
-          this.sinceVacuum += batch.length;
-          transitions = await this.queue.complete(
-            batch.map((f) => f.update),
-            merchants,
-          );
-          break;
-        } catch (err) {
-          if (attempt >= 5) {
-            this.logger.error(
-              { err, count: batch.length },
-              'webhook results could not be written; these webhooks will be sent again after their lease',
+      let transitions = await this.writeResults(batch);
+      if (transitions === REFUSED) {
+        // SQLSTATE class 22: a value of one row (text the store cannot hold) fails the whole statement, and
+        // retrying or dropping the batch would resend every merchant's webhooks in it. Write the rows one by
+        // one, so that only the bad row is refused; it is written again with its texts made storable.
+        transitions = [];
+        for (const f of batch) {
+          let t = batch.length > 1 ? await this.writeResults([f]) : REFUSED;
+          if (t === REFUSED) {
+            this.logger.warn(
+              { webhookId: f.row.id, merchantKey: f.row.merchantKey },
+              'the store refused a value of a webhook result; writing it with its texts made storable',
             );
-            break;
+            t = await this.writeResults([storableFinished(f)]);
           }
-          this.logger.warn({ err, attempt }, 'writing webhook results failed; retrying');
-          await sleep(100 * 2 ** attempt);
+          if (t === REFUSED) {
+            this.logger.warn(
+              { webhookId: f.row.id, merchantKey: f.row.merchantKey },
+              'the store refused a webhook result; this webhook will be sent again after its lease',
+            );
+          } else if (t) transitions.push(...t);
         }
       }
       this.flushingBatch = [];
       this.wake();
       if (transitions) await this.onTransitions(transitions);
+    }
+  }
+
+  /**
+   * Writes one batch of results, retrying a failing store. Undefined when it could not be written (the
+   * webhooks are sent again after their lease), REFUSED when the store refused a value (SQLSTATE class 22:
+   * writing the same rows again cannot help).
+   */
+  private async writeResults(
+    batch: readonly Finished[],
+  ): Promise<MerchantTransition[] | undefined | typeof REFUSED> {
+    const merchants = aggregate(batch);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.sinceVacuum += batch.length;
+        return await this.queue.complete(
+          batch.map((f) => f.update),
+          merchants,
+        );
+      } catch (err) {
+        if (isDataException(err)) {
+          this.logger.warn({ err, count: batch.length }, 'the store refused a value of the webhook results');
+          return REFUSED;
+        }
+        if (attempt >= 5) {
+          this.logger.error(
+            { err, count: batch.length },
+            'webhook results could not be written; these webhooks will be sent again after their lease',
+          );
+          return undefined;
+        }
+        this.logger.warn({ err, attempt }, 'writing webhook results failed; retrying');
+        await sleep(100 * 2 ** attempt);
+      }
     }
   }
 

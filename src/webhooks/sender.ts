@@ -116,6 +116,17 @@ function exchange(
   });
 }
 
+/**
+ * Text a store can hold: NUL characters and unpaired UTF-16 surrogates replaced with U+FFFD. PostgreSQL
+ * (and PGlite) refuse both in text and JSON (SQLSTATE 22P05 and the like), and one such value in a
+ * results batch would fail the whole statement. Response bodies and error messages come from outside.
+ */
+export function storableText(s: string): string {
+  const w = s as string & { isWellFormed(): boolean; toWellFormed(): string };
+  const clean = w.isWellFormed() ? s : w.toWellFormed();
+  return clean.includes('\u0000') ? clean.replaceAll('\u0000', '\uFFFD') : clean;
+}
+
 /** Thrown (as the result's error) when a request was aborted by shutdown rather than by its deadline. */
 export class AbortedByShutdown extends Error {}
 
@@ -224,7 +235,8 @@ export class Sender {
         },
       );
       const { kept, total } = res;
-      const text = Buffer.concat(kept).toString('utf8');
+      // Invalid UTF-8 (a binary body) decodes to U+FFFD, but a NUL byte decodes to a NUL character.
+      const text = storableText(Buffer.concat(kept).toString('utf8'));
       const durationMs = elapsed();
       const status = res.status;
       const base = { statusCode: status, responseBody: text, durationMs };
@@ -250,7 +262,7 @@ export class Sender {
       const location = res.headers.location;
       const error =
         status >= 300 && status < 400
-          ? `redirect to ${String(location ?? '?').slice(0, 200)} not followed`
+          ? storableText(`redirect to ${String(location ?? '?').slice(0, 200)} not followed`)
           : `HTTP ${status}`;
       return {
         ...base,
@@ -289,5 +301,12 @@ export class Sender {
 }
 
 function fail(outcome: AttemptResult['outcome'], error: string, durationMs: number): AttemptResult {
-  return { outcome, statusCode: null, responseBody: null, durationMs, error, retryAfterMs: null };
+  return {
+    outcome,
+    statusCode: null,
+    responseBody: null,
+    durationMs,
+    error: storableText(error),
+    retryAfterMs: null,
+  };
 }
