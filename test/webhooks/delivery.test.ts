@@ -5,6 +5,7 @@ import type { TestHerald } from '../helpers.js';
 import {
   call,
   delayed,
+  deliveryFinished,
   deliveryOf,
   dropSchemas,
   FAST,
@@ -48,15 +49,7 @@ for (const store of STORES) {
       assert.equal(r.body.code, 200);
       return String(r.body.data.id);
     };
-    const finalState = (id: string) =>
-      waitFor(
-        async () => {
-          const d = await deliveryOf(herald, id);
-          return d && (d.status === 'delivered' || d.status === 'failed') ? d : undefined;
-        },
-        15_000,
-        `webhook ${id} to finish`,
-      );
+    const finalState = (id: string) => deliveryFinished(herald, id);
 
     it('POSTs the JSON payload once with Standard Webhooks headers that the standardwebhooks library verifies', async () => {
       const m = await Merchant.start();

@@ -199,6 +199,18 @@ export async function deliveryOf(
   return r.rows[0];
 }
 
+/** Waits until a delivery is finished (delivered or failed for good) and returns its row. */
+export function deliveryFinished(herald: TestHerald, id: string, ms = 15_000) {
+  return waitFor(
+    async () => {
+      const d = await deliveryOf(herald, id);
+      return d && (d.status === 'delivered' || d.status === 'failed') ? d : undefined;
+    },
+    ms,
+    `webhook ${id} to finish`,
+  );
+}
+
 let orderSeq = 0;
 /** A fresh order number. */
 export function orderNo(prefix = 'BY'): string {

@@ -7,6 +7,7 @@ import type { TestHerald } from '../helpers.js';
 import {
   call,
   delayed,
+  deliveryFinished,
   deliveryOf,
   dropSchemas,
   Merchant,
@@ -15,7 +16,6 @@ import {
   STORES,
   sleep,
   startNode,
-  waitFor,
 } from './helpers.js';
 
 after(dropSchemas);
@@ -56,15 +56,7 @@ for (const store of STORES) {
       assert.equal(r.status, 202, JSON.stringify(r.body));
       return String(r.body.data.id);
     };
-    const delivered = (id: string) =>
-      waitFor(
-        async () => {
-          const d = await deliveryOf(herald, id);
-          return d && (d.status === 'delivered' || d.status === 'failed') ? d : undefined;
-        },
-        10_000,
-        `webhook ${id} to finish`,
-      );
+    const delivered = (id: string) => deliveryFinished(herald, id, 10_000);
     const logBodies = async (id: string) => {
       const logs = await call(base, 'GET', `/admin/merchant-notify/logs?webhook_id=${id}`);
       return (logs.body.data.list as { response_body: string | null }[]).map((l) => l.response_body);
