@@ -113,7 +113,7 @@ export class RedisHistory implements History {
       if (size <= 0) return { recovered: false, offset: 0, epoch: '', entries: [] };
       // Never written (or lost): start the epoch now so the client can follow it from here.
       epoch = newEpoch();
-      const created = await this.redis.hsetnx(`${base}${key}|m`, 'e', epoch);
+      const created = await this.startEpoch(`${base}${key}|m`, epoch, ttlMs);
       if (!created) epoch = (await this.redis.hget(`${base}${key}|m`, 'e')) ?? epoch;
       offset = 0;
       return { recovered: from.offset === 0, offset, epoch, entries: [] };
@@ -145,11 +145,29 @@ export class RedisHistory implements History {
   }
 
   async position(appId: string, key: string): Promise<StreamPosition | undefined> {
-    if (this.policy.for(appId, key).size <= 0) return undefined;
+    const { size, ttlMs } = this.policy.for(appId, key);
+    if (size <= 0) return undefined;
     const metaKey = `${this.base(appId)}${key}|m`;
-    await this.redis.hsetnx(metaKey, 'e', newEpoch());
+    await this.startEpoch(metaKey, newEpoch(), ttlMs);
     const [o, e] = await this.redis.hmget(metaKey, 'o', 'e');
     return { offset: Number(o ?? 0), epoch: e ?? '' };
+  }
+
+  /**
+   * Starts a stream's epoch if it has none, and gives its meta key the lifetime an append gives it
+   * (APPEND_STREAMS_LUA): a stream only ever recovered or asked for its position (every connect and
+   * subscribe, any topic name a client sends) would otherwise keep a key in Redis for good.
+   * Resolves with whether the epoch was started here.
+   */
+  private async startEpoch(metaKey: string, epoch: string, ttlMs: number): Promise<boolean> {
+    const res = await this.redis
+      .multi()
+      .hsetnx(metaKey, 'e', epoch)
+      .pexpire(metaKey, Math.max(ttlMs * 12, 3_600_000))
+      .exec();
+    const [err, created] = res?.[0] ?? [new Error('the transaction was discarded'), 0];
+    if (err) throw err;
+    return Number(created) === 1;
   }
 
   async close(): Promise<void> {}

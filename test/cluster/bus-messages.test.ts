@@ -91,6 +91,24 @@ describe('cluster bus: malformed messages from Redis', () => {
     }
   });
 
+  it('gives the history meta key of a stream only ever recovered the lifetime an append gives it', async () => {
+    const s = await connect(herald, APP, { clientId: 'bus-msg-recover' });
+    try {
+      // recover() answers the position of every stream of the call; none of these was ever written.
+      const topic = `never-written-${Date.now()}`;
+      const res = (await call(s, 'recover', { topics: [topic] })) as { ok: boolean };
+      assert.equal(res.ok, true, JSON.stringify(res));
+      const key = `${prefix}h:${APP}|t:${topic}|m`;
+      assert.equal(await redis.exists(key), 1, 'the epoch was started');
+      const ttl = await redis.pttl(key);
+      assert.ok(ttl > 0, `the meta key expires (pttl ${ttl})`);
+      const own = await redis.pttl(`${prefix}h:${APP}|u:bus-msg-recover|m`);
+      assert.ok(own > 0, `the user stream's meta key expires too (pttl ${own})`);
+    } finally {
+      closeAll(s);
+    }
+  });
+
   it('lists a node whose heartbeat info is not an object, without its details', async () => {
     await redis.zadd(`${prefix}nodes`, Date.now() + 60_000, 'ghost-node');
     await redis.hset(`${prefix}nodeinfo`, 'ghost-node', 'null');
