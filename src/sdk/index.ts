@@ -226,7 +226,7 @@ export function connect(options: ConnectOptions): HeraldClient {
   const learn = (ack: Ack) => {
     if (!ack.ok || !ack.streams) return;
     for (const [stream, p] of Object.entries(ack.streams)) {
-      if (p.error) continue;
+      if (p.error || (stream.startsWith('t:') && !topics.has(stream.slice(2)))) continue;
       const known = positions.get(stream);
       if (!known || known.epoch !== p.epoch || known.offset < p.offset)
         positions.set(stream, { offset: p.offset, epoch: p.epoch });
@@ -299,8 +299,11 @@ export function connect(options: ConnectOptions): HeraldClient {
       typeof meta.offset === 'number' &&
       typeof meta.epoch === 'string'
     ) {
+      // A topic stream is followed only while subscribed: a notification still on its way when the app
+      // unsubscribed does not bring the position (and the recovery of that topic) back.
+      const followed = !meta.stream.startsWith('t:') || topics.has(meta.stream.slice(2));
       const known = positions.get(meta.stream);
-      if (!known || known.epoch !== meta.epoch || known.offset < meta.offset) {
+      if (followed && (!known || known.epoch !== meta.epoch || known.offset < meta.offset)) {
         positions.set(meta.stream, { offset: meta.offset, epoch: meta.epoch });
       }
     }
@@ -349,7 +352,12 @@ export function connect(options: ConnectOptions): HeraldClient {
     },
     async unsubscribe(t) {
       const list = toList(t);
-      for (const x of list) topics.delete(x);
+      for (const x of list) {
+        topics.delete(x);
+        // Positions of topics no longer followed are dropped: an app that goes through many topics
+        // (one per order, per chat) would otherwise keep one entry per topic it ever followed.
+        positions.delete(`t:${x}`);
+      }
       const acks = await request('unsubscribe', list);
       return acks.flatMap((a) => (a.ok ? a.topics : []));
     },
@@ -386,7 +394,11 @@ export function connect(options: ConnectOptions): HeraldClient {
         topicHandlers.set(a, set);
       }
       set.add(b);
-      return () => set.delete(b);
+      return () => {
+        const removed = set.delete(b);
+        if (set.size === 0 && topicHandlers.get(a) === set) topicHandlers.delete(a);
+        return removed;
+      };
     },
     onCount(handler, topic) {
       const h: DataHandler = (data) => {

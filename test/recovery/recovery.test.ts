@@ -92,6 +92,29 @@ describe('recovery after a reconnect (single node, memory history)', () => {
     assert.ok(got.some((g) => g.meta.replay === true));
   });
 
+  it('forgets the position of a topic the app unsubscribed from (an app going through many topics)', async () => {
+    const c = open('erin');
+    await c.subscribe(['order:1', 'order:2']);
+    await until(() => c.positions.has('t:order:1') && c.positions.has('t:order:2'), 3000, 'positions');
+    await post(herald, '/notify', { appId: 'rec', eventTopics: ['order:1'], data: { n: 1 } });
+    await c.unsubscribe('order:1');
+    assert.equal(c.positions.has('t:order:1'), false, 'dropped on unsubscribe');
+    // A notification already on its way, or a late position answer, does not bring it back.
+    await post(herald, '/notify', { appId: 'rec', eventTopics: ['order:2'], data: { n: 2 } });
+    await until(() => (c.positions.get('t:order:2')?.offset ?? 0) >= 1, 3000, 'order:2 moves on');
+    assert.equal(c.positions.has('t:order:1'), false);
+    assert.ok(c.positions.has('u:erin'), 'the user stream stays');
+    for (let i = 3; i < 53; i++) {
+      await c.subscribe(`order:${i}`);
+      await c.unsubscribe(`order:${i}`);
+    }
+    assert.deepEqual(
+      [...c.positions.keys()].filter((k) => k.startsWith('t:')),
+      ['t:order:2'],
+      'one position per followed topic, not per topic ever followed',
+    );
+  });
+
   it('reports recovered: false when the history no longer holds what was missed (size bound)', async () => {
     const small = await startTestHerald({ historySize: 2, historyTtl: 60_000 });
     try {
