@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { Script } from '../bus/script.js';
 import type { Notification } from '../router/types.js';
 
 export interface Receipt {
@@ -111,6 +112,20 @@ export class MemoryReceipts implements Receipts {
   }
 }
 
+/**
+ * Records a receipt only while the notification's head (`_`, JSON with its appId) is there, in one
+ * step: read-then-write as two commands let a key that expired in between be created again, without
+ * its head and without a TTL, and stay in Redis for good.
+ */
+const RECORD_SCRIPT = new Script(`
+local head = redis.call('HGET', KEYS[1], '_')
+if not head then return 0 end
+local ok, h = pcall(cjson.decode, head)
+if not ok or type(h) ~= 'table' or h.appId ~= ARGV[1] then return 0 end
+redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
+return 1
+`);
+
 /** Receipts in Redis: a client may acknowledge on any node and the report is read on any other. */
 export class RedisReceipts implements Receipts {
   constructor(
@@ -132,10 +147,8 @@ export class RedisReceipts implements Receipts {
   }
 
   async record(appId: string, id: string, r: Receipt): Promise<boolean> {
-    const head = await this.redis.hget(this.key(id), '_');
-    if (!head || (JSON.parse(head) as { appId: string }).appId !== appId) return false;
-    await this.redis.hsetnx(this.key(id), deviceKey(r), JSON.stringify(r));
-    return true;
+    const done = await RECORD_SCRIPT.run(this.redis, 1, this.key(id), appId, deviceKey(r), JSON.stringify(r));
+    return done === 1;
   }
 
   async get(id: string): Promise<ReceiptReport | undefined> {
