@@ -1,5 +1,5 @@
 import { Agent, type Dispatcher } from 'undici';
-import { assertPublicUrl, guardedLookup, SsrfError } from './ssrf.js';
+import { type LookupAllFunction, type SharedLookup, SsrfError, sharedLookupFor } from './ssrf.js';
 import type { AttemptResult } from './types.js';
 
 /** Response bytes kept for the attempt log (and the `success` body check). */
@@ -16,6 +16,11 @@ export interface SenderOptions {
   userAgent: string;
   /** Connections kept per merchant origin. */
   connectionsPerOrigin: number;
+  /**
+   * @internal Test seam: the `dns.lookup` of the SSRF guard (a DNS server that never answers). Given, the
+   * sender gets a shared lookup of its own; by default it uses the process-wide one over `dns.lookup`.
+   */
+  lookup?: LookupAllFunction;
 }
 
 export interface SendRequest {
@@ -172,8 +177,10 @@ function describe(err: unknown): { timeout: boolean; message: string } {
  */
 export class Sender {
   private readonly agent: Agent;
+  private readonly dns: SharedLookup;
 
   constructor(private readonly opts: SenderOptions) {
+    this.dns = sharedLookupFor(opts.lookup);
     this.agent = new Agent({
       connections: opts.connectionsPerOrigin,
       pipelining: 1,
@@ -183,7 +190,7 @@ export class Sender {
       bodyTimeout: opts.timeout,
       connect: {
         timeout: opts.timeout,
-        ...(opts.allowPrivateNetworks ? {} : { lookup: guardedLookup }),
+        ...(opts.allowPrivateNetworks ? {} : { lookup: this.dns.guardedLookup }),
       },
     });
   }
@@ -207,9 +214,35 @@ export class Sender {
       abort?.(new Error(`deadline of ${this.opts.timeout}ms`));
     }, this.opts.timeout);
     const cancel = req.cancel;
+    // Hands `fn` the deadline and the shutdown cancel: first for the DNS lookup of the SSRF check, then
+    // for the request.
+    const wire = (fn: (err: Error) => void) => {
+      abort = fn;
+      if (deadline.aborted) fn(new Error(`deadline of ${this.opts.timeout}ms`));
+      if (cancel) {
+        cancel.onAbort = fn;
+        if (cancel.aborted) fn(new AbortedByShutdown('aborted by shutdown'));
+      }
+    };
     try {
       if (cancel?.aborted) throw new AbortedByShutdown('aborted by shutdown');
-      if (!this.opts.allowPrivateNetworks) await assertPublicUrl(url);
+      if (!this.opts.allowPrivateNetworks) {
+        // getaddrinfo cannot be cancelled: at the deadline (or shutdown) the attempt stops waiting for it,
+        // and the shared lookup goes on for whoever else waits on that host.
+        await new Promise<void>((resolve, reject) => {
+          const stop = this.dns.checkUrl(url, (err) => (err ? reject(err) : resolve()));
+          wire((err) => {
+            stop();
+            reject(
+              err instanceof AbortedByShutdown
+                ? err
+                : new Error(
+                    `DNS lookup of ${url.hostname} unanswered at the deadline of ${this.opts.timeout}ms`,
+                  ),
+            );
+          });
+        });
+      }
       const res = await exchange(
         this.agent,
         {
@@ -225,14 +258,7 @@ export class Sender {
           headersTimeout: this.opts.timeout,
           bodyTimeout: this.opts.timeout,
         },
-        (fn) => {
-          abort = fn;
-          if (deadline.aborted) fn(new Error(`deadline of ${this.opts.timeout}ms`));
-          if (cancel) {
-            cancel.onAbort = fn;
-            if (cancel.aborted) fn(new AbortedByShutdown('aborted by shutdown'));
-          }
-        },
+        wire,
       );
       const { kept, total } = res;
       // Invalid UTF-8 (a binary body) decodes to U+FFFD, but a NUL byte decodes to a NUL character.
