@@ -22,4 +22,6 @@ USER node
 EXPOSE 3000
 # SIGTERM drains: readiness turns 503, clients are told to reconnect elsewhere, in-flight work finishes.
 STOPSIGNAL SIGTERM
+# libuv threads for DNS lookups (webhook SSRF checks) and file I/O: one hung lookup holds one.
+ENV UV_THREADPOOL_SIZE=16
 CMD ["node", "--max-semi-space-size=64", "--v8-pool-size=1", "dist/src/main.js"]

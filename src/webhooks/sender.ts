@@ -21,6 +21,8 @@ export interface SenderOptions {
    * sender gets a shared lookup of its own; by default it uses the process-wide one over `dns.lookup`.
    */
   lookup?: LookupAllFunction;
+  /** @internal With `lookup`: hostnames its shared lookup looks up at once (default MAX_HOST_LOOKUPS). */
+  maxHostLookups?: number;
 }
 
 export interface SendRequest {
@@ -180,7 +182,7 @@ export class Sender {
   private readonly dns: SharedLookup;
 
   constructor(private readonly opts: SenderOptions) {
-    this.dns = sharedLookupFor(opts.lookup);
+    this.dns = sharedLookupFor(opts.lookup, opts.maxHostLookups);
     this.agent = new Agent({
       connections: opts.connectionsPerOrigin,
       pipelining: 1,

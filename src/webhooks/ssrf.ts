@@ -79,12 +79,19 @@ export type LookupAllFunction = (
   callback: AddressesCallback,
 ) => void;
 
+/** libuv's threadpool size: `UV_THREADPOOL_SIZE` (npm start and the Dockerfile set 16), else 4. */
+const THREADPOOL_SIZE = Math.min(
+  1024,
+  Math.max(1, Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10) || 4),
+);
+
 /**
- * Hostnames looked up at once (each `dns.lookup` holds one of libuv's threadpool threads, 4 by default,
- * until getaddrinfo answers or gives up, which can take minutes). 2 leaves the rest of libuv's threadpool
- * for the node (fs, zlib, crypto).
+ * Hostnames looked up at once. Each `dns.lookup` holds one of libuv's threadpool threads until getaddrinfo
+ * answers or gives up, which can take minutes for a host whose DNS server never answers; 4 threads are
+ * left for the node (fs, zlib, crypto), at least 2 lookups run. With the default 16 threads, 12 hosts
+ * whose DNS hangs are needed before other merchants' lookups wait; with Node's 4, only 2.
  */
-export const MAX_HOST_LOOKUPS = 2;
+export const MAX_HOST_LOOKUPS = Math.max(2, THREADPOOL_SIZE - 4);
 
 interface HostLookup {
   host: string;
@@ -289,8 +296,8 @@ export function assertPublicUrl(url: URL, lookup: SharedLookup = sharedLookup): 
 export const guardedLookup: LookupFunction = sharedLookup.guardedLookup;
 
 /** The process-wide lookup, or one of its own for a test's lookup function. */
-export function sharedLookupFor(lookupAll?: LookupAllFunction): SharedLookup {
-  return lookupAll ? new SharedLookup(lookupAll) : sharedLookup;
+export function sharedLookupFor(lookupAll?: LookupAllFunction, max?: number): SharedLookup {
+  return lookupAll ? new SharedLookup(lookupAll, max) : sharedLookup;
 }
 
 /** Literal private hosts refused at intake (names are checked at delivery time). */

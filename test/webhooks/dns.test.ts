@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import type { LookupAddress } from 'node:dns';
 import { describe, it } from 'node:test';
 import { AbortedByShutdown, Cancel, Sender, type SenderOptions } from '../../src/webhooks/sender.js';
@@ -51,6 +52,7 @@ function sender(dns: FakeDns, timeout: number, more: Partial<SenderOptions> = {}
     userAgent: 'test',
     connectionsPerOrigin: 2,
     lookup: dns.lookup,
+    maxHostLookups: 2, // what a node runs with Node's default threadpool (UV_THREADPOOL_SIZE unset)
     ...more,
   });
 }
@@ -280,5 +282,23 @@ describe('SharedLookup', () => {
     const b = await guarded(shared, { all: true });
     assert.ok(b.err instanceof SsrfError, String(b.err));
     assert.equal(dns.calls.length, 2);
+  });
+
+  it('looks up as many hosts at once as UV_THREADPOOL_SIZE leaves beyond 4 threads, at least 2', () => {
+    const max = (size: string | undefined) =>
+      execFileSync(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--input-type=module',
+          '-e',
+          "const m = await import('./src/webhooks/ssrf.ts'); console.log(m.MAX_HOST_LOOKUPS)",
+        ],
+        { env: { ...process.env, UV_THREADPOOL_SIZE: size ?? '' }, encoding: 'utf8' },
+      ).trim();
+    assert.equal(max(undefined), '2', "Node's default threadpool");
+    assert.equal(max('16'), '12', 'what npm start and the Dockerfile set');
+    assert.equal(max('nonsense'), '2');
   });
 });
