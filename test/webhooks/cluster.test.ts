@@ -128,6 +128,8 @@ describe('system alert windows across two nodes on one PostgreSQL', () => {
         ...shared,
         webhookAlertInterval: 3_600_000,
         webhookRetryDelays: [60_000],
+        // Five failures in a row would open the merchant's breaker and hold the sixth attempt back.
+        webhookBreakerThreshold: 100,
       });
       nodes.push(sender);
       // The watcher delivers nothing (dispatcher off), so its own counts stay empty.
