@@ -152,6 +152,8 @@ export function webhookTail(db: Queryable): IdTail<WebhookFeedItem> {
  * clocks agree). Machine rows are few (one per terminal), so a scan is cheap.
  */
 const OVERLAP_MS = 2000;
+/** At most this many machine changes per read. */
+const MACHINE_BATCH = 500;
 
 export class MachineTail {
   private since: Date | undefined;
@@ -162,12 +164,16 @@ export class MachineTail {
 
   async poll(): Promise<MachineFeedItem[]> {
     const { rows } = await this.db.query<Record<string, unknown>>(
-      `SELECT now() AS now, app_id, device_id, merchant_id, online, connected_at, disconnected_at, changed
-       FROM (SELECT *, coalesce(changed_at, greatest(connected_at, disconnected_at)) AS changed
-             FROM payment_machines) m
-       WHERE $1::timestamptz IS NOT NULL AND changed > $1::timestamptz
-       UNION ALL SELECT now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL
-       LIMIT 500`,
+      // The limit is the changes' own: over the whole UNION it cut off the row carrying the store's
+      // clock when more than 500 machines changed at once, and the tail never moved on again. Under
+      // such a burst the newest changes are sent (a console shows the latest, it is not an export).
+      `(SELECT now() AS now, app_id, device_id, merchant_id, online, connected_at, disconnected_at, changed
+        FROM (SELECT *, coalesce(changed_at, greatest(connected_at, disconnected_at)) AS changed
+              FROM payment_machines) m
+        WHERE $1::timestamptz IS NOT NULL AND changed > $1::timestamptz
+        ORDER BY changed DESC
+        LIMIT ${MACHINE_BATCH})
+       UNION ALL SELECT now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL`,
       [this.since ?? null],
     );
     const out: MachineFeedItem[] = [];

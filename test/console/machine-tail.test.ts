@@ -57,3 +57,36 @@ describe('console machine feed', () => {
     });
   }
 });
+
+/**
+ * More than 500 machines changing between two reads (a node restart reconnecting its terminals, a reaper
+ * marking a dead node's machines offline in one statement) must not stop the feed: the read's row limit
+ * once also cut off the row that carries the store's clock, so the tail never moved on and later changes
+ * were never reported.
+ */
+describe('console machine feed under a burst of changes', () => {
+  const stores = testStores('t_mburst');
+  it('keeps reporting new changes after more than 500 machines changed at once', async () => {
+    const store = await stores.open('embedded', 'burst');
+    const tail = new MachineTail(store);
+    assert.deepEqual(await tail.poll(), [], 'the first read only sets the start');
+    await store.query(
+      `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, connected_at, last_seen_at, changed_at)
+       SELECT 'app', 'burst-' || i, 'm1', true, now(), now(), now() FROM generate_series(1, 600) AS i`,
+    );
+    const burst = await tail.poll();
+    assert.ok(burst.length > 0 && burst.length <= 500, `a capped batch, got ${burst.length}`);
+    // Past the overlap window of the burst, one more machine comes online.
+    await new Promise((r) => setTimeout(r, 2100));
+    await store.query(
+      `INSERT INTO payment_machines (app_id, device_id, merchant_id, online, connected_at, last_seen_at, changed_at)
+       VALUES ('app', 'late', 'm1', true, now(), now(), now())`,
+    );
+    const later = [...(await tail.poll()), ...(await tail.poll())];
+    assert.deepEqual(
+      later.filter((i) => i.deviceId === 'late').map((i) => [i.deviceId, i.online]),
+      [['late', true]],
+      'the change after the burst is reported',
+    );
+  });
+});
