@@ -144,11 +144,17 @@ export interface BatchPublisherOptions {
  * lookups and publishes of the whole batch cost one command on this node and one message per receiving
  * node and channel, instead of one each per notification. The batch leaves in the check phase
  * (`setImmediate`), after all the I/O callbacks of the turn, so a lone notification waits for nothing.
+ * While a call is in flight, notifications gather and leave together when it is answered (a full batch
+ * leaves at once): under load each call carries the notifications of several turns, which costs the
+ * node ~120 µs of CPU per call (command, write, wake-up, reply) and the receiving nodes one message
+ * per channel instead of one per turn; the wait is at most one Redis round trip.
  */
 export class BatchPublisher {
   private queue: Queued[] = [];
   private bytes = 0;
   private scheduled = false;
+  /** Script calls sent and not yet answered. */
+  private inFlight = 0;
   private readonly batchHead: string;
   /** Script calls made, and notifications they carried (for tests and metrics). */
   readonly stats = { calls: 0, notifications: 0 };
@@ -163,14 +169,26 @@ export class BatchPublisher {
       this.bytes += item.head.length + item.entry.length + 64;
       if (this.queue.length >= MAX_BATCH || this.bytes >= MAX_BATCH_BYTES) {
         this.flush();
-      } else if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => {
-          this.scheduled = false;
-          this.flush();
-        });
+      } else if (this.inFlight === 0) {
+        this.schedule();
       }
+      // Else the answer to the call in flight sends what gathered meanwhile.
     });
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.flush();
+    });
+  }
+
+  /** A call answered: what gathered while it was in flight leaves together (after this turn's I/O). */
+  private settled(): void {
+    this.inFlight--;
+    if (this.inFlight === 0 && this.queue.length > 0) this.schedule();
   }
 
   private flush(): void {
@@ -178,6 +196,7 @@ export class BatchPublisher {
     if (batch.length === 0) return;
     this.queue = [];
     this.bytes = 0;
+    this.inFlight++;
     const { opts } = this;
     const args: (string | number)[] = [
       opts.nodesKey,
@@ -209,6 +228,7 @@ export class BatchPublisher {
     this.stats.notifications += batch.length;
     PUBLISH_BATCH_SCRIPT.run(opts.redis, 0, ...args).then(
       (res) => {
+        this.settled();
         const flat = res as unknown[];
         let at = 0;
         for (const q of batch) {
@@ -219,6 +239,7 @@ export class BatchPublisher {
         }
       },
       (err: Error) => {
+        this.settled();
         for (const q of batch) q.reject(err);
       },
     );
