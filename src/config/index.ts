@@ -139,14 +139,34 @@ function describeType(t: OptionType): string {
     case 'json':
       return 'JSON';
     case 'string':
-      return t.pattern ? `a string matching ${t.pattern}` : 'a string';
+      return t.means ?? (t.pattern ? `a string matching ${t.pattern}` : 'a string');
   }
+}
+
+/**
+ * The bad value as an error shows it. Errors reach stderr and log collectors: a secret is never shown,
+ * and of a URL (which may carry a password, or a token in its path) only its scheme.
+ */
+function shown(spec: OptionSpec, raw: unknown): string {
+  if (spec.secret) return 'a value that is not shown (it is a secret)';
+  if (spec.type.kind === 'url' && typeof raw === 'string') {
+    let scheme: string | undefined;
+    try {
+      scheme = new URL(raw.trim()).protocol;
+    } catch {
+      scheme = undefined;
+    }
+    return scheme !== undefined && /^[a-z][a-z0-9+.-]{0,31}:$/i.test(scheme)
+      ? `a ${scheme} URL (the rest is not shown: it may hold credentials)`
+      : 'text that is not a URL (not shown: it may hold credentials)';
+  }
+  return JSON.stringify(raw);
 }
 
 function parseValue(spec: OptionSpec, raw: unknown, label: string): unknown {
   const t = spec.type;
   const bad = (): never => {
-    throw new ConfigError(label, `expected ${describeType(t)}, got ${JSON.stringify(raw)}`);
+    throw new ConfigError(label, `expected ${describeType(t)}, got ${shown(spec, raw)}`);
   };
   switch (t.kind) {
     case 'int': {

@@ -5,7 +5,13 @@
  */
 export type OptionType =
   | { kind: 'int'; min?: number; max?: number }
-  | { kind: 'string'; pattern?: RegExp; allowEmpty?: boolean }
+  | {
+      kind: 'string';
+      pattern?: RegExp;
+      allowEmpty?: boolean;
+      /** What the pattern asks, in words, for errors. */
+      means?: string;
+    }
   | { kind: 'bool' }
   | { kind: 'duration'; min?: number; max?: number }
   | { kind: 'durations'; min?: number; presets?: Readonly<Record<string, readonly number[]>> }
@@ -20,7 +26,19 @@ export interface OptionSpec {
   /** Default value, already in its parsed form. `undefined` means "not set". */
   default: unknown;
   doc: string;
+  /** A credential: a configuration error names the setting but never prints its value. */
+  secret?: true;
 }
+
+/**
+ * A bearer token as clients can send it: `Authorization: Bearer <token>` carries no whitespace, so a
+ * token with some (the trailing newline of a secret file) would never match and lock everyone out.
+ */
+const TOKEN = {
+  kind: 'string',
+  pattern: /^[^\s\p{Cc}]+$/u,
+  means: 'a token without whitespace or control characters',
+} as const;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -163,7 +181,8 @@ export const OPTIONS = {
   },
   adminToken: {
     env: 'ADMIN_TOKEN',
-    type: { kind: 'string' },
+    type: TOKEN,
+    secret: true,
     default: undefined,
     doc: 'Bearer token required by /admin and /console when set.',
   },
@@ -332,6 +351,7 @@ export const OPTIONS = {
   webhookDefaultSecret: {
     env: 'WEBHOOK_DEFAULT_SECRET',
     type: { kind: 'string', pattern: /^whsec_[A-Za-z0-9+/]{32,88}={0,2}$/ },
+    secret: true,
     default: undefined,
     doc: 'Signing secret (`whsec_` + base64 of 24-64 bytes) of merchants without their own. Unset: generated once and kept in the store.',
   },
@@ -404,7 +424,8 @@ export const OPTIONS = {
   },
   webhookIntakeToken: {
     env: 'WEBHOOK_INTAKE_TOKEN',
-    type: { kind: 'string' },
+    type: TOKEN,
+    secret: true,
     default: undefined,
     doc: 'Bearer token required by POST /merchant-notify when set.',
   },
@@ -459,6 +480,7 @@ export const OPTIONS = {
   telegramBotToken: {
     env: 'TELEGRAM_BOT_TOKEN',
     type: { kind: 'string' },
+    secret: true,
     default: undefined,
     doc: 'Telegram bot token for alerts (with TELEGRAM_CHAT_IDS).',
   },
