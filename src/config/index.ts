@@ -283,6 +283,48 @@ function parseApps(raw: unknown, label: string): AppConfig[] {
   });
 }
 
+const HISTORY_RULE_KEYS = ['appId', 'prefix', 'size', 'ttl'];
+
+/**
+ * What parseHistoryRules lets through but would apply other than as written: an unknown key (a typo of
+ * `prefix` or `appId` made the rule match every stream of every app), an appId or prefix that is not a
+ * string (ignored the same way), a ttl outside HISTORY_TTL's own range (0 turned the rule's history off).
+ */
+function checkHistoryRules(raw: unknown): void {
+  let list = raw;
+  if (typeof raw === 'string') {
+    try {
+      list = JSON.parse(raw);
+    } catch {
+      return; // parseHistoryRules reports it
+    }
+  }
+  if (!Array.isArray(list)) return;
+  const { min, max } = OPTIONS.historyTtl.type;
+  list.forEach((rule: unknown, i) => {
+    const at = `HISTORY_RULES[${i}]`;
+    if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) {
+      throw new ConfigError(at, 'expected an object { appId?, prefix?, size, ttl }');
+    }
+    const r = rule as Record<string, unknown>;
+    for (const k of Object.keys(r)) {
+      if (!HISTORY_RULE_KEYS.includes(k)) {
+        throw new ConfigError(`${at}.${k}`, `unknown key (expected ${HISTORY_RULE_KEYS.join(', ')})`);
+      }
+    }
+    for (const k of ['appId', 'prefix'] as const) {
+      if (k in r && typeof r[k] !== 'string') throw new ConfigError(`${at}.${k}`, 'expected a string');
+    }
+    const ttl = typeof r.ttl === 'string' || typeof r.ttl === 'number' ? parseDuration(r.ttl) : undefined;
+    if (ttl !== undefined && (ttl < min || ttl > max)) {
+      throw new ConfigError(
+        `${at}.ttl`,
+        `duration ${JSON.stringify(r.ttl)} is out of range [${min}ms, ${max}ms]`,
+      );
+    }
+  });
+}
+
 function readConfigFile(path: string): Record<string, unknown> {
   let text: string;
   try {
@@ -332,6 +374,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     apps = parseApps(parsed, 'HERALD_APPS');
   }
   out.apps = apps;
+  checkHistoryRules(out.historyRules);
   try {
     out.historyRules = parseHistoryRules(out.historyRules, (v) =>
       typeof v === 'string' || typeof v === 'number' ? parseDuration(v) : undefined,
