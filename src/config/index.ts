@@ -325,6 +325,28 @@ function checkHistoryRules(raw: unknown): void {
   });
 }
 
+/**
+ * Where and why a config file does not parse, without quoting it: the file holds secrets and this
+ * message goes to stderr and log collectors, but JSON.parse quotes short texts ("..." is not valid
+ * JSON) and YAML appends the offending line.
+ */
+function syntaxError(err: unknown, text: string, json: boolean): string {
+  const message = String((err as Error)?.message ?? err);
+  if (json) {
+    const at = /at position (\d+)/.exec(message);
+    if (!at) return 'not valid JSON';
+    const pos = Math.min(Number(at[1]), text.length);
+    const before = text.slice(0, pos).split('\n');
+    const why = message
+      .slice(0, at.index)
+      .trim()
+      .replace(/ in JSON$/, '');
+    return `${why} (not valid JSON) at line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
+  }
+  // YAML: "<why> at line L, column C:" and then the file's line; a few reasons end with text of the file.
+  return `${(message.split('\n')[0] ?? '').replace(/:\s*$/, '').replace(/\): .*$/, ')')} (not valid YAML)`;
+}
+
 function readConfigFile(path: string): Record<string, unknown> {
   let text: string;
   try {
@@ -332,11 +354,15 @@ function readConfigFile(path: string): Record<string, unknown> {
   } catch (err) {
     throw new ConfigError('HERALD_CONFIG', `cannot read ${path}: ${(err as Error).message}`);
   }
+  // A byte order mark (some Windows editors save JSON with one) is not part of the settings.
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  const json = extname(path) === '.json';
   let parsed: unknown;
   try {
-    parsed = extname(path) === '.json' ? JSON.parse(text) : YAML.parse(text);
+    // No YAML warnings either: they print the offending line of the file.
+    parsed = json ? JSON.parse(text) : YAML.parse(text, { logLevel: 'error' });
   } catch (err) {
-    throw new ConfigError('HERALD_CONFIG', `cannot parse ${path}: ${(err as Error).message}`);
+    throw new ConfigError('HERALD_CONFIG', `cannot parse ${path}: ${syntaxError(err, text, json)}`);
   }
   if (parsed === null || parsed === undefined) return {};
   if (typeof parsed !== 'object' || Array.isArray(parsed)) {
