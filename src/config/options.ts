@@ -135,7 +135,7 @@ export const OPTIONS = {
     env: 'HISTORY_RULES',
     type: { kind: 'json' },
     default: [],
-    doc: 'Per app / stream prefix history, JSON list of `{ appId?, prefix?, size, ttl }`; the first match wins (e.g. `[{"prefix":"t:chat:","size":1000,"ttl":"10m"}]`).',
+    doc: 'Per app / stream prefix history, JSON list of `{ appId?, prefix?, size, ttl }` (ttl 1s to 1d, as HISTORY_TTL); the first match wins (e.g. `[{"prefix":"t:chat:","size":1000,"ttl":"10m"}]`).',
   },
   receiptTtl: {
     env: 'RECEIPT_TTL',
@@ -184,7 +184,7 @@ export const OPTIONS = {
     type: TOKEN,
     secret: true,
     default: undefined,
-    doc: 'Bearer token required by /admin and /console when set.',
+    doc: 'Bearer token required by /admin and /console when set (no whitespace or control characters).',
   },
 
   // realtime gateway
@@ -427,7 +427,7 @@ export const OPTIONS = {
     type: TOKEN,
     secret: true,
     default: undefined,
-    doc: 'Bearer token required by POST /merchant-notify when set.',
+    doc: 'Bearer token required by POST /merchant-notify when set (no whitespace or control characters).',
   },
   webhookAlertWindow: {
     env: 'WEBHOOK_ALERT_WINDOW',
