@@ -214,9 +214,15 @@ export class Router {
     }
   }
 
-  /** Subscribes; returns the topics that were newly subscribed. */
+  /**
+   * Subscribes; returns the topics that were newly subscribed. A socket the router does not hold (it
+   * left) subscribes to nothing: Socket.IO runs an event's listeners on the tick after decoding it, so
+   * an event that came with its connection's close runs after the removal, and would otherwise leave a
+   * subscriber nobody removes (counted forever, and its app's index kept).
+   */
   subscribe(conn: Conn, topics: readonly string[]): string[] {
-    const a = this.app(conn.appId);
+    const a = this.apps.get(conn.appId);
+    if (!a?.conns.has(conn)) return [];
     const added: string[] = [];
     const changes: TopicChange[] = [];
     for (const topic of topics) {
@@ -284,8 +290,10 @@ export class Router {
     return removed;
   }
 
+  /** Watches counts; returns the topics newly watched. Nothing for a socket that left (see `subscribe`). */
   watch(conn: Conn, topics: readonly string[]): string[] {
-    const a = this.app(conn.appId);
+    const a = this.apps.get(conn.appId);
+    if (!a?.conns.has(conn)) return [];
     const added: string[] = [];
     for (const topic of topics) {
       if (conn.watches.has(topic)) continue;

@@ -287,6 +287,20 @@ describe('Router subscriptions and counts', () => {
     assert.equal(r.router.connectionCount(), 4);
   });
 
+  it('a socket that left (or never came) subscribes and watches nothing, and its app stays forgotten', () => {
+    const router = new Router();
+    const gone = new FakeConn('g1', 'gone-app', 'ghost');
+    router.add(gone);
+    router.remove(gone);
+    // An event of the socket that ran after its removal (Socket.IO runs listeners on the next tick).
+    assert.deepEqual(router.subscribe(gone, ['t']), []);
+    assert.deepEqual(router.watch(gone, ['t']), []);
+    assert.deepEqual(router.localCount('gone-app', 't'), { count: 0, connections: 0 });
+    assert.equal(router.watchersOf('gone-app', 't').size, 0);
+    assert.deepEqual(router.stats(), []);
+    assert.equal(router.follows('gone-app', 't:t'), false);
+  });
+
   it('watch / unwatch track watchers per app and topic', () => {
     const r = setup();
     assert.deepEqual(r.router.watch(r.bob, ['news', 'x', 'news']), ['news', 'x']);
