@@ -204,7 +204,12 @@ export class PaymentIntake {
           await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
           continue;
         }
-        if (batch.length > 1 && !(err instanceof SqlError && err.code === undefined)) {
+        // Not when the store is unreachable (no SQLSTATE, or the connection classes postgres.ts gives
+        // such failures, 08006): each event alone would wait for the store to fail again (up to the
+        // 5 s connect timeout), so a batch of 256 answered its reporters 20 minutes later, and every
+        // event queued behind it waited too.
+        const unreachable = storeError(err).code === 'store_unavailable';
+        if (batch.length > 1 && !unreachable) {
           // One event may be what the store refuses: store the others one by one.
           logger.warn({ err, events: batch.length }, 'payment batch failed; storing its events one by one');
           for (const p of batch) await this.process([p]);
