@@ -1366,7 +1366,7 @@ export async function paymentApps(q: Queryable): Promise<string[]> {
 
 /**
  * Deletes up to `limit` finished orders of an app (no longer `created` or `paying`) created and last
- * changed more than `retentionMs` ago, oldest first, with all their events, in one statement. Orders
+ * changed more than `retentionMs` ago, and with no merchant notification pending, oldest first, with all their events, in one statement. Orders
  * another node is deleting (or the intake is changing) are skipped. Returns the deleted order ids.
  */
 export async function deleteExpiredOrders(
@@ -1387,6 +1387,12 @@ export async function deleteExpiredOrders(
        SELECT o.app_id, o.order_id FROM payment_orders o, cutoff
        WHERE o.app_id = $1 AND o.created_at < cutoff.t AND o.updated_at < cutoff.t
          AND o.state <> ALL ($4::text[])
+         -- Not while a merchant notification of it is still to be handed to the webhook engine (the
+         -- sweep offers those again for a day, see pendingWebhooks): with a retention under a day, an
+         -- engine unavailable meanwhile lost them with the order.
+         AND NOT EXISTS (SELECT 1 FROM payment_events w
+           WHERE w.app_id = o.app_id AND w.order_id = o.order_id AND w.webhook = 'pending'
+             AND w.received_at > now() - interval '1 day')
        ORDER BY o.created_at LIMIT $3
        FOR UPDATE OF o SKIP LOCKED
      ), ev AS (

@@ -1,16 +1,27 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, describe, it } from 'node:test';
-import { isHeraldError } from '../../src/errors.js';
+import { HeraldError, isHeraldError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
 import { PaymentIntake } from '../../src/payments/intake.js';
+import type { Herald } from '../../src/server.js';
 import { SqlError, type Store } from '../../src/store/index.js';
-import { cleanupSpots, paymentEvent } from './helpers.js';
+import {
+  cleanupSpots,
+  ev,
+  fakeWebhooks,
+  newOrderId,
+  newSpot,
+  paymentEvent,
+  STORES,
+  startNode,
+} from './helpers.js';
 
 after(cleanupSpots);
 
 /**
- * The payment pipeline under failures: a store outage.
+ * The payment pipeline under failures: a store outage, retention while merchant notifications are
+ * still pending.
  */
 describe('payment intake during a store outage', () => {
   it('answers a batch that meets a store outage at once, without trying its events one by one', async () => {
@@ -49,3 +60,70 @@ describe('payment intake during a store outage', () => {
     assert.equal(statements, 1, `${statements} statements`);
   });
 });
+
+for (const kind of STORES) {
+  describe(`payment retention while merchant notifications are pending (${kind})`, () => {
+    it('keeps a finished order whose merchant notification was not handed over yet, and delivers it later', async () => {
+      const herald: Herald = await startNode(newSpot(kind), {
+        paymentRetention: 60_000,
+        paymentSweepInterval: 600_000,
+      });
+      try {
+        const fake = fakeWebhooks(herald);
+        const appId = 'pos-retention-wh';
+        const orderId = newOrderId();
+        const notifyUrl = 'https://merchant.example/pay/notify';
+        // The webhook engine cannot take notifications for a while (its store is down, say).
+        fake.fail = new HeraldError('store_unavailable');
+        for (const type of ['created', 'succeeded']) {
+          const res = await fetch(`${herald.url()}/payments/events`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify(ev({ appId, orderId, merchantId: 'm-1', type, amount: 4, notifyUrl })),
+          });
+          assert.equal(res.status, 200, await res.text());
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        // Two hours later: finished and unchanged for longer than PAYMENT_RETENTION (1 minute), and old
+        // enough for the sweep to offer its notifications again (5 sweep intervals).
+        await herald.store.query(
+          `UPDATE payment_orders SET created_at = now() - interval '2 hours', updated_at = now() - interval '2 hours'
+           WHERE app_id = $1 AND order_id = $2`,
+          [appId, orderId],
+        );
+        await herald.store.query(
+          `UPDATE payment_events SET received_at = now() - interval '2 hours' WHERE app_id = $1 AND order_id = $2`,
+          [appId, orderId],
+        );
+        await herald.payments.deleteExpired();
+        const left = await herald.store.query<{ webhook: string }>(
+          'SELECT webhook FROM payment_events WHERE app_id = $1 AND order_id = $2',
+          [appId, orderId],
+        );
+        assert.deepEqual(
+          left.rows.map((r) => r.webhook),
+          ['pending', 'pending'],
+          'kept while its notifications are pending',
+        );
+        // The engine is back: the sweep hands the pending notifications over (it retries them for a day).
+        fake.fail = undefined;
+        await herald.payments.sweep();
+        const keys = fake.calls.filter((c) => c.orderNo === orderId).map((c) => c.idempotencyKey);
+        assert.deepEqual(
+          keys.sort(),
+          [`${appId}:${orderId}:created`, `${appId}:${orderId}:succeeded`],
+          'the merchant server hears of the order',
+        );
+        // Once handed over, the order goes at the next retention pass (this sweep ran one too).
+        await herald.payments.deleteExpired();
+        const gone = await herald.store.query(
+          'SELECT 1 FROM payment_orders WHERE app_id = $1 AND order_id = $2',
+          [appId, orderId],
+        );
+        assert.equal(gone.rows.length, 0);
+      } finally {
+        await herald.stop();
+      }
+    });
+  });
+}
