@@ -91,8 +91,8 @@ export class StatsSampler {
     const { router, metrics } = this.deps;
     const now = Date.now();
     const [published, deliveries] = await Promise.all([
-      perApp(metrics.published),
-      perApp(metrics.deliveries),
+      perApp(metrics.published.counter),
+      perApp(metrics.deliveries.counter),
     ]);
     const prev = this.prev;
     const dt = prev ? Math.max(0.001, (now - prev.ts) / 1000) : 1;

@@ -13,6 +13,44 @@ export function loopDelayMs(nanos: number): number {
   return Math.max(0, nanos / 1e6 - LOOP_RESOLUTION_MS);
 }
 
+/**
+ * Most apps named in the per-app counters (`herald_notifications_published_total`,
+ * `herald_deliveries_total`); the others are counted under `app="_other"`. Open mode takes any app id
+ * from any caller, and a counter's series live as long as the process: without a bound, a caller
+ * posting to new app ids grows memory and /metrics for good.
+ */
+export const MAX_APP_SERIES = 1000;
+
+/** The `app` label of per-app counters: the app id for the first MAX_APP_SERIES apps, then `_other`. */
+export class AppLabels {
+  private readonly named = new Set<string>();
+
+  constructor(private readonly max = MAX_APP_SERIES) {}
+
+  of(app: string): string {
+    if (this.named.has(app)) return app;
+    if (this.named.size >= this.max) return '_other';
+    this.named.add(app);
+    return app;
+  }
+}
+
+/** A per-app counter whose `app` label goes through AppLabels. */
+export interface AppCounter {
+  inc(labels: { app: string }, value?: number): void;
+  /** The prom-client counter (to read its values). */
+  readonly counter: Counter<'app'>;
+}
+
+function boundedByApp(counter: Counter<'app'>, labels: AppLabels): AppCounter {
+  return {
+    counter,
+    inc(l, value = 1) {
+      counter.inc({ app: labels.of(l.app) }, value);
+    },
+  };
+}
+
 export interface GatewayStats {
   stats(): { appId: string; connections: number; subscriptions: number; topics: number }[];
 }
@@ -26,8 +64,8 @@ export class Metrics {
   readonly eventLoop: IntervalHistogram;
   readonly connections: Gauge<'app'>;
   readonly subscriptions: Gauge<'app'>;
-  readonly published: Counter<'app'>;
-  readonly deliveries: Counter<'app'>;
+  readonly published: AppCounter;
+  readonly deliveries: AppCounter;
   readonly notifyToEmit: Histogram;
   readonly clientErrors: Counter<'code'>;
   readonly httpErrors: Counter<'code'>;
@@ -62,18 +100,25 @@ export class Metrics {
         for (const s of gateway.stats()) this.set({ app: s.appId }, s.subscriptions);
       },
     });
-    this.published = new Counter({
-      name: 'herald_notifications_published_total',
-      help: 'Notifications accepted by the HTTP API of this node.',
-      labelNames: ['app'],
-      registers,
-    });
-    this.deliveries = new Counter({
-      name: 'herald_deliveries_total',
-      help: 'Notifications written to sockets on this node.',
-      labelNames: ['app'],
-      registers,
-    });
+    const appLabels = new AppLabels();
+    this.published = boundedByApp(
+      new Counter({
+        name: 'herald_notifications_published_total',
+        help: `Notifications accepted by the HTTP API of this node (past ${MAX_APP_SERIES} apps, under app="_other").`,
+        labelNames: ['app'],
+        registers,
+      }),
+      appLabels,
+    );
+    this.deliveries = boundedByApp(
+      new Counter({
+        name: 'herald_deliveries_total',
+        help: `Notifications written to sockets on this node (past ${MAX_APP_SERIES} apps, under app="_other").`,
+        labelNames: ['app'],
+        registers,
+      }),
+      appLabels,
+    );
     this.notifyToEmit = new Histogram({
       name: 'herald_notify_to_emit_seconds',
       help: 'Time from accepting a notification to writing it to the last local socket.',
