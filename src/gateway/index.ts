@@ -378,25 +378,31 @@ export class SocketConn implements Conn {
     return this.socket.id;
   }
 
-  /** Frames written while a recovery replays history; sent after the replay, in order. */
-  private held: Frame[] | undefined;
+  /**
+   * Frames written while a recovery replays history; sent after the replay, in order. `depth` counts the
+   * recoveries under way: two can overlap on one connection (the SDK's resync and an app's `subscribe`,
+   * both `recover`), and the first to end must not let new frames overtake what the other replays.
+   */
+  private held: { frames: Frame[]; depth: number } | undefined;
 
   /** Holds live frames back (recovery: replayed history must come before anything new). */
   hold(): void {
-    this.held ??= [];
+    if (this.held) this.held.depth++;
+    else this.held = { frames: [], depth: 1 };
   }
 
-  /** Sends the held frames and resumes normal writes. */
+  /** Ends one `hold`; the last one sends the held frames and resumes normal writes. */
   release(): void {
     const held = this.held;
+    if (!held || --held.depth > 0) return;
     this.held = undefined;
-    if (held) for (const f of held) this.sendNow(f);
+    for (const f of held.frames) this.sendNow(f);
   }
 
   write(frame: Frame): boolean {
     if (this.dropped) return false;
     if (this.held) {
-      this.held.push(frame);
+      this.held.frames.push(frame);
       return true;
     }
     return this.sendNow(frame);

@@ -1,0 +1,99 @@
+/**
+ * Recovery calls that overlap on one connection (the SDK's resync after a reconnect and an app's own
+ * `subscribe`, which the SDK sends as `recover` too): what each replays still comes before anything new.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { registerRecovery } from '../../src/gateway/recovery.js';
+import type { History, RecoveryResult, StreamPosition } from '../../src/history/index.js';
+import { MemoryReceipts } from '../../src/history/receipts.js';
+import { type Notification, newPositions } from '../../src/router/types.js';
+import {
+  call,
+  closeAll,
+  collect,
+  connect,
+  fence,
+  post,
+  startTestHerald,
+  type TestHerald,
+  until,
+} from '../helpers.js';
+
+/** A history whose `since` answers only when the test lets it (Redis taking its time). */
+class SlowHistory implements History {
+  readonly asked: string[] = [];
+  private open: (() => void) | undefined;
+  private readonly gate = new Promise<void>((r) => {
+    this.open = r;
+  });
+  constructor(private readonly missed: Notification[]) {}
+  release(): void {
+    this.open?.();
+  }
+  async append(): Promise<void> {}
+  async since(_appId: string, stream: string, _from: StreamPosition): Promise<RecoveryResult> {
+    this.asked.push(stream);
+    await this.gate;
+    return { recovered: true, offset: this.missed.length, epoch: 'e1', entries: this.missed };
+  }
+  async position(): Promise<StreamPosition | undefined> {
+    return { offset: 0, epoch: 'e1' };
+  }
+  async close(): Promise<void> {}
+}
+
+function missed(appId: string, stream: string, n: number): Notification[] {
+  return Array.from({ length: n }, (_, i) => {
+    const pos = newPositions();
+    pos[stream] = [i + 1, 'e1'];
+    return { v: 1, id: `old-${i + 1}`, appId, ts: Date.now(), data: JSON.stringify({ old: i + 1 }), pos };
+  });
+}
+
+describe('recovery: overlapping recover calls on one connection', () => {
+  let herald: TestHerald;
+  let receipts: MemoryReceipts;
+  before(async () => {
+    herald = await startTestHerald();
+    receipts = new MemoryReceipts(60_000);
+  });
+  after(async () => {
+    receipts.close();
+    await herald.cleanup();
+  });
+
+  it('a recover that ends while another still replays does not let new notifications overtake the replay', async () => {
+    const APP = 'rc-app';
+    const history = new SlowHistory(missed(APP, 'u:rc', 2));
+    registerRecovery({
+      gateway: herald.gateway,
+      history,
+      receipts,
+      maxTopicsPerCall: herald.config.maxTopicsPerCall,
+      maxTopicsPerConnection: herald.config.maxTopicsPerConnection,
+      subscribe: (conn, topics) => herald.gateway.subscribe(conn, topics),
+    });
+    const s = await connect(herald, APP, { clientId: 'rc' });
+    const got = collect(s);
+    // The resync after a reconnect: replays the user stream (history slow to answer).
+    const first = call<{ ok: boolean }>(s, 'recover', { streams: { 'u:rc': { offset: 0, epoch: 'e1' } } });
+    await until(() => history.asked.length === 1, 3000, 'the replay to start');
+    // Meanwhile the app subscribes to a topic: a second recover, which ends first.
+    const second = await call<{ ok: boolean }>(s, 'recover', { topics: ['news'] });
+    assert.equal(second.ok, true);
+    // A new notification for the user, published while the first recover still replays.
+    const res = await post(herald, '/notify', { appId: APP, users: ['rc'], data: { live: 1 } });
+    assert.equal(res.status, 202);
+    await new Promise((r) => setTimeout(r, 100));
+    history.release();
+    assert.equal((await first).ok, true);
+    await fence(herald, APP, s);
+    assert.deepEqual(
+      got.map((g) => g.data),
+      [{ old: 1 }, { old: 2 }, { live: 1 }],
+      'the replay, then what is new',
+    );
+    closeAll(s);
+  });
+});
