@@ -107,8 +107,12 @@ export class MachinePresence {
     if (!m || m.merchantId !== merchantId) {
       m = { appId, deviceId, merchantId, sockets: new Set(m?.sockets ?? []) };
       this.local.set(k, m);
-      this.dirty.set(k, { appId, deviceId, merchantId, online: true });
     }
+    // Written (and published) online even when this node already holds an older socket of the machine:
+    // that one may be a dead socket not noticed yet, while the machine went through another node, whose
+    // row it now is. When that node then saw its socket go, it turned the machine offline while it was
+    // connected here. A machine with one socket per node costs nothing more.
+    if (!m.sockets.has(socketId)) this.dirty.set(k, { appId, deviceId, merchantId, online: true });
     m.sockets.add(socketId);
     this.schedule();
   }
