@@ -323,6 +323,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   const webhooks = new WebhookEngine({ config, store, logger, registry: metrics.registry, version: VERSION });
   await webhookRoutes(http, {
     config,
+    accessMode: access.mode,
     engine: webhooks,
     logger,
     assertAccepting: () => {

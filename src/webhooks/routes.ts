@@ -13,6 +13,12 @@ import { generateSecret, isValidSecret } from './signing.js';
 
 export interface WebhookRouteDeps {
   config: Pick<Config, 'adminToken' | 'webhookIntakeToken' | 'bodyLimit'>;
+  /**
+   * Without ADMIN_TOKEN the admin API is open in open mode (anyone may use any app there anyway, as in
+   * the seed's examples) and closed in apps mode, like the console: it reads every merchant's payloads
+   * and URLs and can resend, reset and reconfigure them. Default `open`.
+   */
+  accessMode?: 'open' | 'apps';
   engine: WebhookEngine;
   logger: Logger;
   /** Throws `shutting_down` while the node drains. */
@@ -293,6 +299,12 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
     await scope.register(
       async (admin) => {
         admin.addHook('onRequest', async (request: FastifyRequest) => {
+          if (!config.adminToken && deps.accessMode === 'apps') {
+            throw new HeraldError(
+              'forbidden',
+              'This node runs in apps mode: set ADMIN_TOKEN to use the webhook admin API (without it, anyone could read and resend every merchant’s webhooks).',
+            );
+          }
           if (config.adminToken && !tokenMatches(request.headers.authorization, config.adminToken)) {
             throw new HeraldError('unauthorized', 'Send Authorization: Bearer <ADMIN_TOKEN>.');
           }
