@@ -436,6 +436,31 @@ export class SocketConn implements Conn {
     queueFrame(engine, frame, buffered);
     return true;
   }
+
+  /**
+   * Whether `frame` can be sent with what is pending for this connection at most half its limit (true
+   * when the connection is gone: nothing to wait for). See `roomFor`.
+   */
+  hasRoomFor(frame: Frame): boolean {
+    const engine = this.socket.conn as unknown as EngineSocket;
+    if (this.dropped || engine.readyState !== 'open') return true;
+    const pending =
+      engine[OUT] !== undefined
+        ? engine[OUT_BYTES]
+        : (engine.transport.socket?.bufferedAmount ?? 0) + engine.writeBuffer.length * frame.packet.length;
+    return pending === 0 || pending + frame.ws[0].length <= this.maxBuffer / 2;
+  }
+
+  /**
+   * Resolves when `hasRoomFor(frame)`, or at once from `deadline` (ms since the epoch) on. A recovery
+   * replays a stream's missed notifications in one go, faster than any socket takes them: without a
+   * pause, a replay larger than MAX_SOCKET_BUFFER dropped a client reading at full speed as "slow" (and
+   * its `recover` never got an answer). A client that reads nothing is still dropped by the limit once
+   * the deadline has passed.
+   */
+  async roomFor(frame: Frame, deadline: number): Promise<void> {
+    while (!this.hasRoomFor(frame) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 /**

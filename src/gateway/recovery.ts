@@ -15,6 +15,9 @@ export interface RecoveryDeps {
   subscribe: (conn: SocketConn, topics: string[]) => void;
 }
 
+/** A replay waits at most this long in all for a socket to take it; then the send-buffer limit applies. */
+const REPLAY_PACE_MS = 10_000;
+
 interface StreamResult {
   recovered: boolean;
   offset: number;
@@ -96,6 +99,8 @@ export function registerRecovery(deps: RecoveryDeps): void {
       throw new HeraldError('invalid_arguments', 'Pass { topics?, streams? }.');
     const topics = arg.topics === undefined ? [] : parseTopics(arg.topics, deps.maxTopicsPerConnection);
     const positions = parsePositions(arg.streams, deps.maxTopicsPerConnection + 3);
+    // How long the replay may wait for the socket to take it (see SocketConn.roomFor).
+    const paceUntil = Date.now() + REPLAY_PACE_MS;
     conn.hold();
     try {
       if (topics.length) deps.subscribe(conn, topics);
@@ -121,9 +126,13 @@ export function registerRecovery(deps: RecoveryDeps): void {
         }
         const topic = stream.startsWith('t:') ? stream.slice(2) : undefined;
         for (const n of r.entries) {
-          conn.sendNow(
-            encodeEvent(conn.appId, 'dataUpdate', [n.data, JSON.stringify(metaFor(n, stream, topic, true))]),
-          );
+          const frame = encodeEvent(conn.appId, 'dataUpdate', [
+            n.data,
+            JSON.stringify(metaFor(n, stream, topic, true)),
+          ]);
+          // Paced by what the socket takes (see roomFor): a large replay is not a slow client.
+          if (!conn.hasRoomFor(frame)) await conn.roomFor(frame, paceUntil);
+          conn.sendNow(frame);
         }
         results[stream] = {
           recovered: r.recovered,

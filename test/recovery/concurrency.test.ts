@@ -97,3 +97,48 @@ describe('recovery: overlapping recover calls on one connection', () => {
     closeAll(s);
   });
 });
+
+describe('recovery: a replay larger than the send-buffer limit', () => {
+  let herald: TestHerald;
+  before(async () => {
+    herald = await startTestHerald({ historySize: 300, historyTtl: 60_000, maxSocketBuffer: 64 * 1024 });
+  });
+  after(async () => {
+    await herald.cleanup();
+  });
+
+  it('reaches a client that reads it, in order, and the recover is answered (not dropped as a slow client)', async () => {
+    const APP = 'big-replay';
+    const s1 = await connect(herald, APP, { clientId: 'big' });
+    const first = await call<{ streams: Record<string, { epoch: string }> }>(s1, 'recover', {});
+    const epoch = first.streams['u:big']?.epoch as string;
+    closeAll(s1);
+    await until(() => herald.router.connectionCount() === 0, 3000, 'the first socket to leave');
+    // 300 KB missed: almost five times MAX_SOCKET_BUFFER.
+    const pad = 'x'.repeat(3000);
+    for (let i = 1; i <= 100; i++) {
+      const res = await post(herald, '/notify', { appId: APP, users: ['big'], data: { i, pad } });
+      assert.equal(res.status, 202);
+    }
+    const s2 = await connect(herald, APP, { clientId: 'big' });
+    const got = collect(s2);
+    let disconnected = '';
+    s2.on('disconnect', (reason) => {
+      disconnected = reason;
+    });
+    const ack = await call<{
+      ok: boolean;
+      streams: Record<string, { replayed: number; recovered: boolean }>;
+    }>(s2, 'recover', { streams: { 'u:big': { offset: 0, epoch } } });
+    assert.equal(ack.ok, true);
+    assert.deepEqual(ack.streams['u:big'], { ...ack.streams['u:big'], recovered: true, replayed: 100 });
+    assert.deepEqual(
+      got.map((g) => (g.data as { i: number }).i),
+      Array.from({ length: 100 }, (_, i) => i + 1),
+    );
+    await fence(herald, APP, s2);
+    assert.equal(disconnected, '');
+    assert.equal(s2.connected, true);
+    closeAll(s2);
+  });
+});
