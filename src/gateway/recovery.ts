@@ -1,7 +1,7 @@
 import { HeraldError } from '../errors.js';
 import type { History, StreamPosition } from '../history/index.js';
 import type { Receipts } from '../history/receipts.js';
-import { encodeEvent, metaFor } from '../router/index.js';
+import { encodeEvent, metaFor, type Notification } from '../router/index.js';
 import type { Gateway, SocketConn } from './index.js';
 import { isId, isTopic, parseTopics } from './validate.js';
 
@@ -105,6 +105,7 @@ export function registerRecovery(deps: RecoveryDeps): void {
     try {
       if (topics.length) deps.subscribe(conn, topics);
       const results: Record<string, StreamResult> = {};
+      const replays: { stream: string; entries: Notification[] }[] = [];
       for (const [stream, from] of positions) {
         if (!member(conn, stream)) {
           results[stream] = { recovered: false, offset: 0, epoch: '', replayed: 0, error: 'not_subscribed' };
@@ -124,8 +125,20 @@ export function registerRecovery(deps: RecoveryDeps): void {
           };
           continue;
         }
+        if (r.entries.length) replays.push({ stream, entries: r.entries });
+        results[stream] = {
+          recovered: r.recovered,
+          offset: r.offset,
+          epoch: r.epoch,
+          replayed: r.entries.length,
+        };
+      }
+      // Every stream is read before anything is replayed: the replay may wait for the socket (below),
+      // and a notification delivered meanwhile is held, so a stream read after it would hold it too and
+      // the connection would get it twice.
+      for (const { stream, entries } of replays) {
         const topic = stream.startsWith('t:') ? stream.slice(2) : undefined;
-        for (const n of r.entries) {
+        for (const n of entries) {
           const frame = encodeEvent(conn.appId, 'dataUpdate', [
             n.data,
             JSON.stringify(metaFor(n, stream, topic, true)),
@@ -134,12 +147,6 @@ export function registerRecovery(deps: RecoveryDeps): void {
           if (!conn.hasRoomFor(frame)) await conn.roomFor(frame, paceUntil);
           conn.sendNow(frame);
         }
-        results[stream] = {
-          recovered: r.recovered,
-          offset: r.offset,
-          epoch: r.epoch,
-          replayed: r.entries.length,
-        };
       }
       const others = [...ownStreams(conn), ...topics.map((t) => `t:${t}`)].filter((s) => !positions.has(s));
       for (const stream of others) {

@@ -3,9 +3,17 @@
  * `subscribe`, which the SDK sends as `recover` too): what each replays still comes before anything new.
  */
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import type { SocketConn } from '../../src/gateway/index.js';
 import { registerRecovery } from '../../src/gateway/recovery.js';
-import type { History, RecoveryResult, StreamPosition } from '../../src/history/index.js';
+import {
+  type History,
+  HistoryPolicy,
+  MemoryHistory,
+  type RecoveryResult,
+  type StreamPosition,
+} from '../../src/history/index.js';
 import { MemoryReceipts } from '../../src/history/receipts.js';
 import { type Notification, newPositions } from '../../src/router/types.js';
 import {
@@ -140,5 +148,72 @@ describe('recovery: a replay larger than the send-buffer limit', () => {
     assert.equal(disconnected, '');
     assert.equal(s2.connected, true);
     closeAll(s2);
+  });
+});
+
+describe('recovery: notifications published while a replay waits for the socket', () => {
+  let herald: TestHerald;
+  let receipts: MemoryReceipts;
+  let history: MemoryHistory;
+  before(async () => {
+    herald = await startTestHerald({ maxSocketBuffer: 64 * 1024 });
+    receipts = new MemoryReceipts(60_000);
+    history = new MemoryHistory(new HistoryPolicy([], 300, 60_000));
+  });
+  after(async () => {
+    receipts.close();
+    await history.close();
+    await herald.cleanup();
+  });
+
+  it('a notification published during a paced replay arrives once, after the replay', async () => {
+    const APP = 'paced';
+    registerRecovery({
+      gateway: herald.gateway,
+      history,
+      receipts,
+      maxTopicsPerCall: herald.config.maxTopicsPerCall,
+      maxTopicsPerConnection: herald.config.maxTopicsPerConnection,
+      subscribe: (conn, topics) => herald.gateway.subscribe(conn, topics),
+    });
+    const note = (target: Partial<Notification>, data: unknown): Notification => ({
+      v: 1,
+      id: randomUUID(),
+      appId: APP,
+      ts: Date.now(),
+      data: JSON.stringify(data),
+      ...target,
+    });
+    // What the client missed: 300 KB on its user stream (the replay must wait for the socket), one on a topic.
+    const pad = 'x'.repeat(3000);
+    for (let i = 1; i <= 100; i++) await history.append(note({ users: ['pc'] }, { i, pad }));
+    await history.append(note({ topics: ['room'] }, { room: 1 }));
+    const s = await connect(herald, APP, { clientId: 'pc' });
+    const got = collect(s);
+    const conn = [...herald.router.allConns()].find((c) => c.clientId === 'pc') as SocketConn;
+    // The moment the replay first waits for the socket, a notification to the topic is published: kept in
+    // the topic's history and delivered live (held until the replay is done).
+    const roomFor = conn.roomFor.bind(conn);
+    let published = false;
+    conn.roomFor = async (frame, deadline) => {
+      if (!published) {
+        published = true;
+        const live = note({ topics: ['room'] }, { room: 2 });
+        await history.append(live);
+        herald.router.deliver(live);
+      }
+      return roomFor(frame, deadline);
+    };
+    const ack = await call<{ ok: boolean }>(s, 'recover', {
+      topics: ['room'],
+      streams: { 'u:pc': { offset: 0, epoch: '' }, 't:room': { offset: 0, epoch: '' } },
+    });
+    assert.equal(ack.ok, true);
+    assert.equal(published, true, 'the replay waited for the socket');
+    await fence(herald, APP, s);
+    const rooms = got.map((g) => (g.data as { room?: number }).room).filter((r) => r !== undefined);
+    assert.deepEqual(rooms, [1, 2], 'the missed one replayed, the new one once');
+    assert.equal(got.length, 102);
+    closeAll(s);
   });
 });
