@@ -25,6 +25,10 @@ export const ErrorCodes = {
   },
   shutting_down: { status: 503, message: 'The node is shutting down; retry on another node.' },
   store_unavailable: { status: 503, message: 'The durable store is unavailable; retry later.' },
+  overloaded: {
+    status: 503,
+    message: 'More payment events wait for the store on this node than PAYMENT_QUEUE_MAX; retry later.',
+  },
 
   // identity and access
   unauthorized: { status: 401, message: 'Missing or invalid credentials.' },

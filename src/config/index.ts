@@ -95,6 +95,7 @@ export interface Config {
   paymentSweepInterval: number;
   paymentRetention: number;
   paymentBatchMax: number;
+  paymentQueueMax: number;
   paymentOrderCache: number;
   paymentCurrency: string;
   commandTimeout: number;

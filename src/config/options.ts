@@ -538,6 +538,12 @@ export const OPTIONS = {
     default: 256,
     doc: 'Payment events stored in one transaction when many arrive at once (group commit).',
   },
+  paymentQueueMax: {
+    env: 'PAYMENT_QUEUE_MAX',
+    type: { kind: 'int', min: 1, max: 10_000_000 },
+    default: 50_000,
+    doc: 'Payment events a node lets wait for the store (a slow or stalled store); past it new events are refused with 503 `overloaded` (machines retry them), so memory stays bounded.',
+  },
   paymentOrderCache: {
     env: 'PAYMENT_ORDER_CACHE',
     type: { kind: 'int', min: 0, max: 10_000_000 },

@@ -232,7 +232,7 @@ export class Payments {
     const registers = [metrics.registry];
     this.eventsTotal = new Counter({
       name: 'herald_payment_events_total',
-      help: 'Payment events answered, by outcome (transition, stale, duplicate, invalid).',
+      help: 'Payment events answered, by outcome (transition, stale, duplicate, invalid, overloaded).',
       labelNames: ['outcome'],
       registers,
     });
@@ -273,6 +273,7 @@ export class Payments {
       logger: this.log,
       defaultCurrency: config.paymentCurrency,
       batchMax: config.paymentBatchMax,
+      queueMax: config.paymentQueueMax,
       // Two transactions at a time on PostgreSQL: in `npm run bench -- payments` at 3,000 events/s, 2 lanes
       // gave p50 17-21 ms and 0.61-0.64 cores of PostgreSQL, 4 lanes 29-31 ms and 0.77, 8 lanes 53 ms and
       // 0.83 (smaller batches cost more statements; the p99 was 107-171 ms in every case).

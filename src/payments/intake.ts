@@ -20,6 +20,11 @@ export interface IntakeOptions {
   /** Most events stored in one transaction. */
   batchMax: number;
   /**
+   * Most events waiting for the store on this node (all lanes); past it `submit` refuses with
+   * `overloaded`, so a slow store cannot grow the queue, and the memory, without bound.
+   */
+  queueMax?: number;
+  /**
    * Batches in flight at once. Events of one order always go to the same lane, so one node applies
    * them in arrival order; several lanes only help a store with several connections (PostgreSQL).
    */
@@ -37,7 +42,7 @@ export interface IntakeOptions {
    */
   published?: { take: () => string[]; giveBack: (ids: string[]) => void };
   /** Called once per stored event with its outcome, for metrics. */
-  onOutcome?: (outcome: 'transition' | 'stale' | 'duplicate' | 'invalid') => void;
+  onOutcome?: (outcome: 'transition' | 'stale' | 'duplicate' | 'invalid' | 'overloaded') => void;
   /** Called after each transaction with the number of events and its duration in seconds. */
   onBatch?: (events: number, seconds: number) => void;
   /** Open orders this node stored last (see OrderCache); without it every batch reads its orders. */
@@ -98,8 +103,24 @@ export class PaymentIntake {
   /** Stores one validated event; resolves with its result or rejects with a HeraldError. */
   submit(event: PaymentEvent, source: EventSource): Promise<ReportResult> {
     if (this.closed) return Promise.reject(new HeraldError('shutting_down'));
+    if (this.opts.queueMax !== undefined && this.waiting() >= this.opts.queueMax) {
+      this.opts.onOutcome?.('overloaded');
+      return Promise.reject(
+        new HeraldError(
+          'overloaded',
+          `${this.waiting()} payment events already wait for the store on this node (PAYMENT_QUEUE_MAX ${this.opts.queueMax}); retry later.`,
+        ),
+      );
+    }
     const lane = this.lanes[hash(orderKey(event.appId, event.orderId)) % this.lanes.length] as Lane;
     return new Promise((resolve, reject) => lane.push({ event, source, resolve, reject }));
+  }
+
+  /** Events waiting for a transaction, over all lanes (not those of the transactions running). */
+  waiting(): number {
+    let n = 0;
+    for (const l of this.lanes) n += l.size;
+    return n;
   }
 
   /** Refuses new events and resolves when every queued one has been answered. */
@@ -255,6 +276,10 @@ class Lane {
   private running: Promise<void> | undefined;
 
   constructor(private readonly intake: PaymentIntake) {}
+
+  get size(): number {
+    return this.queue.length;
+  }
 
   push(p: Pending): void {
     this.queue.push(p);

@@ -185,6 +185,7 @@ const TRANSIENT = new Set([
   'not_ready',
   'internal_error',
   'rate_limited',
+  'overloaded',
 ]);
 
 function uuid(): string {

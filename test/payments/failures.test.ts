@@ -59,6 +59,57 @@ describe('payment intake during a store outage', () => {
     // the store to time out again, while every reporter (and every event queued behind them) waited.
     assert.equal(statements, 1, `${statements} statements`);
   });
+
+  it('refuses events past PAYMENT_QUEUE_MAX with overloaded while the store is stalled, and takes them again after', async () => {
+    // A store that does not answer until the test lets it: the first event's batch is in flight, the
+    // next ones wait in the lane.
+    let release: () => void = () => {};
+    const stalled = new Promise<void>((r) => {
+      release = r;
+    });
+    const store: Store = {
+      kind: 'postgres',
+      async query() {
+        await stalled;
+        throw new SqlError('timeout exceeded when trying to connect', '08006');
+      },
+      transaction: async () => {
+        await stalled;
+        throw new SqlError('timeout exceeded when trying to connect', '08006');
+      },
+      ping: () => Promise.resolve(),
+      close: async () => {},
+    };
+    const outcomes: string[] = [];
+    const intake = new PaymentIntake({
+      store,
+      logger: createLogger('silent'),
+      defaultCurrency: 'CNY',
+      batchMax: 1,
+      queueMax: 3,
+      lanes: 1,
+      onCommitted: () => {},
+      onOutcome: (o) => outcomes.push(o),
+    });
+    const submit = () => intake.submit(paymentEvent('queue-app', randomUUID(), 'created'), 'socket');
+    const first = submit();
+    await new Promise((r) => setImmediate(r)); // the first batch leaves the lane
+    const waiting = [submit(), submit(), submit()];
+    assert.equal(intake.waiting(), 3);
+    await assert.rejects(submit(), (err: unknown) => {
+      assert.ok(isHeraldError(err) && err.code === 'overloaded', String(err));
+      assert.equal((err as HeraldError).status, 503);
+      assert.match((err as HeraldError).message, /PAYMENT_QUEUE_MAX 3/);
+      return true;
+    });
+    assert.deepEqual(outcomes, ['overloaded']);
+    release();
+    await Promise.allSettled([first, ...waiting]);
+    assert.equal(intake.waiting(), 0);
+    // Room again: the next event is taken (and answered by the store, unavailable here).
+    await assert.rejects(submit(), (err: unknown) => isHeraldError(err) && err.code === 'store_unavailable');
+    await intake.close();
+  });
 });
 
 for (const kind of STORES) {
