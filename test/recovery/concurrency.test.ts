@@ -28,6 +28,18 @@ import {
   until,
 } from '../helpers.js';
 
+/** Serves `recover` on the node's gateway from `history` (in place of the node's own). */
+function recoverWith(herald: TestHerald, history: History, receipts: MemoryReceipts): void {
+  registerRecovery({
+    gateway: herald.gateway,
+    history,
+    receipts,
+    maxTopicsPerCall: herald.config.maxTopicsPerCall,
+    maxTopicsPerConnection: herald.config.maxTopicsPerConnection,
+    subscribe: (conn, topics) => herald.gateway.subscribe(conn, topics),
+  });
+}
+
 /** A history whose `since` answers only when the test lets it (Redis taking its time). */
 class SlowHistory implements History {
   readonly asked: string[] = [];
@@ -74,14 +86,7 @@ describe('recovery: overlapping recover calls on one connection', () => {
   it('a recover that ends while another still replays does not let new notifications overtake the replay', async () => {
     const APP = 'rc-app';
     const history = new SlowHistory(missed(APP, 'u:rc', 2));
-    registerRecovery({
-      gateway: herald.gateway,
-      history,
-      receipts,
-      maxTopicsPerCall: herald.config.maxTopicsPerCall,
-      maxTopicsPerConnection: herald.config.maxTopicsPerConnection,
-      subscribe: (conn, topics) => herald.gateway.subscribe(conn, topics),
-    });
+    recoverWith(herald, history, receipts);
     const s = await connect(herald, APP, { clientId: 'rc' });
     const got = collect(s);
     // The resync after a reconnect: replays the user stream (history slow to answer).
@@ -168,14 +173,7 @@ describe('recovery: notifications published while a replay waits for the socket'
 
   it('a notification published during a paced replay arrives once, after the replay', async () => {
     const APP = 'paced';
-    registerRecovery({
-      gateway: herald.gateway,
-      history,
-      receipts,
-      maxTopicsPerCall: herald.config.maxTopicsPerCall,
-      maxTopicsPerConnection: herald.config.maxTopicsPerConnection,
-      subscribe: (conn, topics) => herald.gateway.subscribe(conn, topics),
-    });
+    recoverWith(herald, history, receipts);
     const note = (target: Partial<Notification>, data: unknown): Notification => ({
       v: 1,
       id: randomUUID(),

@@ -38,17 +38,13 @@ const item = (i: number): OutgoingNotification => ({
 const heads = (c: Call | undefined) =>
   (c?.args ?? []).filter((a) => String(a).startsWith('{"v":1,"t":"notify"'));
 const turn = () => new Promise((r) => setImmediate(r));
+const publisherOn = (redis: Redis) =>
+  new BatchPublisher({ redis, nodesKey: 'p:nodes', nodePrefix: 'p:node:', nodeId: 'n1', presenceTtlMs: 1 });
 
 describe('BatchPublisher', () => {
   it('gathers what is published while a call is in flight into the next call, in order', async () => {
     const { redis, calls } = fakeRedis();
-    const pub = new BatchPublisher({
-      redis,
-      nodesKey: 'p:nodes',
-      nodePrefix: 'p:node:',
-      nodeId: 'n1',
-      presenceTtlMs: 1,
-    });
+    const pub = publisherOn(redis);
     const results: Promise<PublishOutcome>[] = [];
     results.push(pub.publish(item(0)), pub.publish(item(1)));
     await turn();
@@ -78,13 +74,7 @@ describe('BatchPublisher', () => {
 
   it('a lone notification leaves at once, and a failed call does not hold back the next', async () => {
     const { redis, calls } = fakeRedis();
-    const pub = new BatchPublisher({
-      redis,
-      nodesKey: 'p:nodes',
-      nodePrefix: 'p:node:',
-      nodeId: 'n1',
-      presenceTtlMs: 1,
-    });
+    const pub = publisherOn(redis);
     const first = pub.publish(item(0));
     await turn();
     assert.equal(calls.length, 1);
@@ -100,13 +90,7 @@ describe('BatchPublisher', () => {
 
   it('a full batch leaves at once even while a call is in flight', async () => {
     const { redis, calls } = fakeRedis();
-    const pub = new BatchPublisher({
-      redis,
-      nodesKey: 'p:nodes',
-      nodePrefix: 'p:node:',
-      nodeId: 'n1',
-      presenceTtlMs: 1,
-    });
+    const pub = publisherOn(redis);
     void pub.publish(item(-1)).catch(() => undefined);
     await turn();
     assert.equal(calls.length, 1);
