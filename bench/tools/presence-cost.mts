@@ -1,8 +1,8 @@
 /**
  * What the machine-presence tick costs the store (payments/presence.ts `tick`, every
  * MACHINE_PRESENCE_INTERVAL), without sockets: fills `payment_machines` with N online machines of one
- * node, then times the node's tick (its heartbeat row, the look for silent nodes' machines and for nodes
- * of an earlier version) and, for comparison, the stamp of every machine row that nodes did before the
+ * node, held by the node, then times the node's tick (its heartbeat row, the reclaim of its machines the
+ * store shows offline, the look for silent nodes' machines and for nodes of an earlier version) and, for comparison, the stamp of every machine row that nodes did before the
  * heartbeat (and still do while an older node holds machines). `longestStatementMs` is how long the
  * embedded store's intake would wait behind the tick at most.
  * Usage: npx tsx bench/tools/presence-cost.mts [machines, "2000,20000"] [runs, 3]
@@ -50,6 +50,9 @@ try {
        SELECT 'pos', 'dev-' || i, 'm-' || (i % 200), true, $2, now(), now() FROM generate_series(1, $1::int) i`,
       [n, presence.nodeId],
     );
+    // The node holds them (the tick's reclaim looks for any of its machines the store shows offline).
+    for (let i = 1; i <= n; i++) presence.connected('pos', `dev-${i}`, `m-${i % 200}`, `s-${i}`);
+    await presence.flush();
     for (let r = 0; r < runs; r++) {
       timings.length = 0;
       let t = performance.now();

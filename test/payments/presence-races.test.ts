@@ -61,4 +61,34 @@ describe('machine presence: a machine moving between two nodes', () => {
     }
     assert.deepEqual(await holder(a, deviceId), { online: true, node: a.payments.presence.nodeId });
   });
+
+  it('is online again at the next heartbeat when it held connections on both nodes and one closed', async () => {
+    const { a, b } = nodes;
+    const deviceId = 'pos-twice';
+    const open = async (herald: Herald) => {
+      const s = await machine(herald, APP, deviceId, 'm-2');
+      sockets.push(s);
+      await until(() => herald.payments.presence.isMachineSocket(APP, deviceId, s.id as string));
+      await herald.payments.presence.flush();
+      return s;
+    };
+    // Live connections on A and then on B at once (a reconnect before the first one was seen to close).
+    await open(a);
+    const onB = await open(b);
+    assert.deepEqual(await holder(a, deviceId), { online: true, node: b.payments.presence.nodeId });
+    // The one on B closes: B, which the row names, turns the machine offline, though A still holds it.
+    onB.close();
+    await until(() => b.payments.presence.localCount() === 0, 3000, 'B to see its socket go');
+    await b.payments.presence.flush();
+    assert.equal((await holder(a, deviceId))?.online, false);
+    // A's next heartbeat puts it back online, held by A.
+    await a.payments.presence.tick();
+    assert.deepEqual(await holder(a, deviceId), { online: true, node: a.payments.presence.nodeId });
+    const listed = await get(b, `/devices?appId=${APP}`);
+    const devices = listed.body.devices as { deviceId: string; online: boolean }[];
+    assert.deepEqual(
+      devices.filter((d) => d.deviceId === deviceId).map((d) => d.online),
+      [true],
+    );
+  });
 });
