@@ -6,6 +6,13 @@ import { isId, isMerchantId } from '../gateway/validate.js';
 
 export type AccessMode = 'open' | 'apps';
 
+/**
+ * Seconds a client token's `exp` and `nbf` may be off from this server's clock: a back-end whose clock
+ * runs a little ahead signs a token with `nbf` (or `iat`-based `nbf`) this server would take as not valid
+ * yet for a few seconds (the usual allowance of JWT libraries).
+ */
+export const JWT_CLOCK_TOLERANCE_S = 30;
+
 export interface ClientIdentity {
   clientId: string;
   deviceId: string | undefined;
@@ -96,7 +103,10 @@ export class AccessControl {
     if (!app) throw new HeraldError('unknown_app', `No app ${JSON.stringify(appId)} is configured.`);
     if (!token) throw new HeraldError('invalid_token', 'This app needs a token: auth: { token } or ?token=.');
     try {
-      const { payload } = await jwtVerify(token, app.secret, { algorithms: ['HS256'] });
+      const { payload } = await jwtVerify(token, app.secret, {
+        algorithms: ['HS256'],
+        clockTolerance: JWT_CLOCK_TOLERANCE_S,
+      });
       if (typeof payload.sub !== 'string' || payload.sub.length === 0) {
         throw new HeraldError('invalid_token', 'The token has no sub (client id).');
       }
@@ -129,11 +139,15 @@ export class AccessControl {
       const reason =
         err instanceof joseErrors.JWTExpired
           ? 'the token has expired'
-          : err instanceof joseErrors.JWSSignatureVerificationFailed
-            ? 'the signature does not match the app secret'
-            : err instanceof joseErrors.JOSEAlgNotAllowed
-              ? 'only HS256 tokens are accepted'
-              : 'the token is malformed or invalid';
+          : err instanceof joseErrors.JWTClaimValidationFailed && err.claim === 'nbf'
+            ? `the token is not valid yet (nbf more than ${JWT_CLOCK_TOLERANCE_S} s ahead of this server's clock)`
+            : err instanceof joseErrors.JWTClaimValidationFailed
+              ? `its ${err.claim} claim is not valid (${err.reason})`
+              : err instanceof joseErrors.JWSSignatureVerificationFailed
+                ? 'the signature does not match the app secret'
+                : err instanceof joseErrors.JOSEAlgNotAllowed
+                  ? 'only HS256 tokens are accepted'
+                  : 'the token is malformed or invalid';
       throw new HeraldError('invalid_token', `Invalid token: ${reason}.`);
     }
   }

@@ -115,4 +115,25 @@ describe('AccessControl: apps mode', () => {
     const good = await sign(SHOP.secret, {}, 'a');
     assert.equal(await codeOf(() => ac.verifyClient('nope', good)), 'unknown_app');
   });
+
+  it('verifyClient: allows 30 s of clock difference on exp and nbf, and says why a token is not valid yet', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const nbf = (at: number) =>
+      new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject('alice')
+        .setNotBefore(at)
+        .sign(new TextEncoder().encode(SHOP.secret));
+    // A back-end whose clock runs 10 s ahead; a token that expired 10 s ago by this server's clock.
+    assert.equal((await ac.verifyClient('shop', await nbf(now + 10)))?.clientId, 'alice');
+    assert.equal(
+      (await ac.verifyClient('shop', await sign(SHOP.secret, {}, 'alice', now - 10)))?.clientId,
+      'alice',
+    );
+    await assert.rejects(ac.verifyClient('shop', await nbf(now + 120)), (err: unknown) => {
+      assert.ok(err instanceof HeraldError && err.code === 'invalid_token');
+      assert.match(err.message, /not valid yet/);
+      return true;
+    });
+  });
 });
