@@ -324,6 +324,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   await webhookRoutes(http, {
     config,
     accessMode: access.mode,
+    appOfKey: (authorization) => access.appOfKey(authorization),
     engine: webhooks,
     logger,
     assertAccepting: () => {

@@ -19,6 +19,12 @@ export interface WebhookRouteDeps {
    * and URLs and can resend, reset and reconfigure them. Default `open`.
    */
   accessMode?: 'open' | 'apps';
+  /**
+   * Apps mode: the app whose API key `Authorization` carries. Without WEBHOOK_INTAKE_TOKEN the intake
+   * then takes any app's API key, and nothing else: open to anyone, it would sign and send any payload
+   * to any merchant's URL with that merchant's secret (a forged "paid").
+   */
+  appOfKey?: (authorization: string | undefined) => string | undefined;
   engine: WebhookEngine;
   logger: Logger;
   /** Throws `shutting_down` while the node drains. */
@@ -280,6 +286,16 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
           !tokenMatches(request.headers.authorization, config.webhookIntakeToken)
         ) {
           throw new HeraldError('unauthorized', 'Send Authorization: Bearer <WEBHOOK_INTAKE_TOKEN>.');
+        }
+        if (
+          !config.webhookIntakeToken &&
+          deps.accessMode === 'apps' &&
+          deps.appOfKey?.(request.headers.authorization) === undefined
+        ) {
+          throw new HeraldError(
+            'unauthorized',
+            'This node runs in apps mode: send Authorization: Bearer <apiKey> of an app (or set WEBHOOK_INTAKE_TOKEN and send it).',
+          );
         }
         const body = request.body as {
           orderNo: string;

@@ -2,6 +2,7 @@
  * Who may use the webhook admin API without ADMIN_TOKEN: anyone in open mode (the seed's examples call
  * it without credentials), nobody in apps mode, where it would let anyone read every merchant's
  * payloads and URLs and resend or reconfigure them (the console is closed there for the same reason).
+ * And the intake without WEBHOOK_INTAKE_TOKEN: anyone in open mode, an app's API key in apps mode.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -34,6 +35,26 @@ describe('webhook admin API without ADMIN_TOKEN', () => {
       assert.equal(r.body.error?.code, 'forbidden', path);
       assert.match(String(r.body.error?.message ?? r.body.msg), /ADMIN_TOKEN/);
     }
+  });
+
+  it('the intake takes an app API key in apps mode (or WEBHOOK_INTAKE_TOKEN), never nobody', async () => {
+    const base = (nodes[0] as TestHerald).url();
+    const webhook = {
+      orderNo: 'ACC-1',
+      notifyUrl: 'https://merchant.example/pay/notify',
+      payload: { order_no: 'ACC-1', status: 'paid' },
+    };
+    // Open to anyone, it would sign a forged "paid" with the merchant's secret and send it.
+    const none = await call(base, 'POST', '/merchant-notify', webhook);
+    assert.equal(none.status, 401);
+    assert.equal(none.body.error?.code, 'unauthorized');
+    assert.match(String(none.body.error?.message), /apiKey/);
+    const wrong = await call(base, 'POST', '/merchant-notify', webhook, { authorization: 'Bearer nope' });
+    assert.equal(wrong.status, 401);
+    const ok = await call(base, 'POST', '/merchant-notify', webhook, {
+      authorization: 'Bearer key-for-the-shop-backend-0001',
+    });
+    assert.equal(ok.status, 202, JSON.stringify(ok.body));
   });
 
   it('stays open in open mode, as the seed examples use it', async () => {
