@@ -5,7 +5,9 @@ import { APP_ID_RE, type Config } from '../config/index.js';
 import { HeraldError } from '../errors.js';
 import { toHeraldError } from '../http/index.js';
 import { ErrorSchema, errorResponses } from '../http/schemas.js';
+import { isStorableText } from '../input.js';
 import type { Payments } from './index.js';
+import type { OrderCursor } from './ledger.js';
 import {
   BatchReport,
   CommandBody,
@@ -62,6 +64,37 @@ function scopeApp(
   const own = access.appOfKey(authorization);
   if (!own) throw new HeraldError('unauthorized', 'Send Authorization: Bearer <apiKey> of the app.');
   return own;
+}
+
+/** A timestamptz as PostgreSQL prints it (the cursor's creation time). */
+const PG_TIME_RE = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}(:\d{2})?$/;
+
+/** The opaque `cursor` of GET /payments/orders: base64url of the JSON [createdAt, appId, orderId]. */
+export function encodeCursor(c: OrderCursor): string {
+  return Buffer.from(JSON.stringify([c.createdAt, c.appId, c.orderId])).toString('base64url');
+}
+
+export function decodeCursor(text: string): OrderCursor {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(text, 'base64url').toString('utf8'));
+  } catch {
+    v = undefined;
+  }
+  if (
+    Array.isArray(v) &&
+    v.length === 3 &&
+    v.every((x) => typeof x === 'string' && x.length > 0 && x.length <= 256 && isStorableText(x)) &&
+    PG_TIME_RE.test(v[0] as string) &&
+    !Number.isNaN(Date.parse((v[0] as string).replace(' ', 'T').replace(/([+-]\d{2})$/, '$1:00')))
+  ) {
+    return { createdAt: v[0] as string, appId: v[1] as string, orderId: v[2] as string };
+  }
+  throw new HeraldError(
+    'validation_failed',
+    'cursor is not one this API gave (pass nextCursor as it came).',
+    [{ path: '/cursor', message: 'Not a cursor of GET /payments/orders' }],
+  );
 }
 
 function orderJson(o: Order) {
@@ -181,11 +214,18 @@ export function paymentRoutes(app: FastifyInstance, deps: PaymentRouteDeps): voi
         to?: string;
         page?: string;
         limit?: string;
+        cursor?: string;
       };
       const appId = scopeApp(access, q.appId, request.headers.authorization);
       const page = intParam(q.page, 'page', 1, 1_000_000);
       const limit = intParam(q.limit, 'limit', 50, 500);
-      const { orders, total } = await payments.orders(
+      if (q.cursor !== undefined && q.page !== undefined) {
+        throw new HeraldError('validation_failed', 'Give page or cursor, not both.', [
+          { path: '/page', message: 'Not with cursor' },
+        ]);
+      }
+      const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
+      const { orders, total, next } = await payments.orders(
         {
           appId,
           merchantId: q.merchantId,
@@ -195,8 +235,15 @@ export function paymentRoutes(app: FastifyInstance, deps: PaymentRouteDeps): voi
         },
         page,
         limit,
+        after,
       );
-      return { orders: orders.map(orderJson), page, limit, total };
+      return {
+        orders: orders.map(orderJson),
+        page,
+        limit,
+        total,
+        nextCursor: next ? encodeCursor(next) : null,
+      };
     },
   );
 

@@ -34,6 +34,7 @@ import {
   type HistoryEntry,
   listOrders,
   markWebhooks,
+  type OrderCursor,
   type OrderFilter,
   type OutboxNotification,
   orderHistory,
@@ -973,8 +974,13 @@ export class Payments {
     return { ...order, events: await orderHistory(this.deps.store, order.appId, orderId) };
   }
 
-  orders(f: OrderFilter, page: number, limit: number): Promise<{ orders: Order[]; total: number }> {
-    return listOrders(this.deps.store, f, page, limit);
+  orders(
+    f: OrderFilter,
+    page: number,
+    limit: number,
+    after?: OrderCursor,
+  ): Promise<{ orders: Order[]; total: number; next: OrderCursor | null }> {
+    return listOrders(this.deps.store, f, page, limit, after);
   }
 
   stats(f: Omit<OrderFilter, 'state'>, minutes: number): Promise<Stats> {

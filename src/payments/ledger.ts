@@ -1184,22 +1184,52 @@ function where(f: OrderFilter, params: unknown[]): string {
   return parts.length > 0 ? `WHERE ${parts.join(' AND ')}` : '';
 }
 
-/** A page of orders, newest first. */
+/**
+ * Where a page of orders ended: the last order's creation time (the store's text, to the microsecond:
+ * a JavaScript Date keeps only milliseconds), app and order id. The next page starts after it.
+ */
+export interface OrderCursor {
+  createdAt: string;
+  appId: string;
+  orderId: string;
+}
+
+/**
+ * A page of orders, newest first (creation time, then app and order id: a total order that never
+ * changes, since an order keeps its creation time). With `after`, the page starts after that order
+ * (keyset paging: no order is skipped or repeated when orders are created between pages, as offsets
+ * do); else page `page`. `next` is where this page ended, when it is full.
+ */
 export async function listOrders(
   q: Queryable,
   f: OrderFilter,
   page: number,
   limit: number,
-): Promise<{ orders: Order[]; total: number }> {
+  after?: OrderCursor,
+): Promise<{ orders: Order[]; total: number; next: OrderCursor | null }> {
   const params: unknown[] = [];
   const w = where(f, params);
   const total = await q.query<{ n: number }>(`SELECT count(*)::int AS n FROM payment_orders ${w}`, params);
-  const { rows } = await q.query<OrderRow>(
-    `SELECT ${ORDER_COLUMNS} FROM payment_orders ${w}
-     ORDER BY created_at DESC, app_id, order_id LIMIT ${limit} OFFSET ${(page - 1) * limit}`,
+  let range = w;
+  let offset = (page - 1) * limit;
+  if (after) {
+    params.push(after.createdAt, after.appId, after.orderId);
+    const [t, a, o] = [params.length - 2, params.length - 1, params.length];
+    const keyset = `(created_at < $${t}::timestamptz OR (created_at = $${t}::timestamptz AND (app_id, order_id) > ($${a}, $${o})))`;
+    range = w ? `${w} AND ${keyset}` : `WHERE ${keyset}`;
+    offset = 0;
+  }
+  const { rows } = await q.query<OrderRow & { created_text: string }>(
+    `SELECT ${ORDER_COLUMNS}, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' AS created_text FROM payment_orders ${range}
+     ORDER BY created_at DESC, app_id, order_id LIMIT ${limit} OFFSET ${offset}`,
     params,
   );
-  return { orders: rows.map(toOrder), total: Number(total.rows[0]?.n ?? 0) };
+  const last = rows.length === limit ? rows.at(-1) : undefined;
+  return {
+    orders: rows.map(toOrder),
+    total: Number(total.rows[0]?.n ?? 0),
+    next: last ? { createdAt: last.created_text, appId: last.app_id, orderId: last.order_id } : null,
+  };
 }
 
 export interface Stats {

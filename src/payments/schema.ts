@@ -249,6 +249,13 @@ export const OrdersQuery = Type.Object(
     to: Type.Optional(TimeQuery),
     page: Type.Optional(IntQuery('Page, from 1 (default 1).')),
     limit: Type.Optional(IntQuery('Orders per page, 1-500 (default 50).')),
+    cursor: Type.Optional(
+      Type.String({
+        maxLength: 1024,
+        description:
+          'The nextCursor of the previous page: the page starts after it, so orders created meanwhile are neither skipped nor repeated (not with page).',
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -258,6 +265,9 @@ export const OrdersPage = Type.Object({
   page: Type.Integer(),
   limit: Type.Integer(),
   total: Type.Integer(),
+  nextCursor: Type.Union([Type.String(), Type.Null()], {
+    description: 'Where this page ended, for ?cursor=; null when the page is not full (the last one).',
+  }),
 });
 
 export const StatsQuery = Type.Object(

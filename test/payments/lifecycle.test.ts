@@ -401,6 +401,45 @@ for (const kind of STORES) {
         14,
       );
     });
+
+    it('pages orders with a cursor: none skipped or repeated while new orders arrive', async () => {
+      const merchantId = `m-c-${randomUUID().slice(0, 8)}`;
+      const make = async () => {
+        const orderId = newOrderId();
+        const r = await post(
+          herald,
+          '/payments/events',
+          ev({ appId: APP, merchantId, orderId, type: 'created' }),
+        );
+        assert.equal(r.status, 200);
+        return orderId;
+      };
+      const first: string[] = [];
+      for (let i = 0; i < 5; i++) first.push(await make());
+      const seen: string[] = [];
+      let cursor: string | null = null;
+      let pages = 0;
+      do {
+        const r = await get(
+          herald,
+          `/payments/orders?merchantId=${merchantId}&limit=2${cursor ? `&cursor=${cursor}` : ''}`,
+        );
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+        seen.push(...(r.body.orders as { orderId: string }[]).map((o) => o.orderId));
+        cursor = r.body.nextCursor as string | null;
+        // Orders created between pages are newer than the cursor: they do not shift the next pages
+        // (with ?page=, each would push an order already shown onto the next page).
+        if (pages++ === 0) for (let i = 0; i < 2; i++) await make();
+      } while (cursor !== null && pages < 10);
+      assert.deepEqual(seen, [...first].reverse(), 'newest first, each once');
+      const bad = await get(herald, `/payments/orders?merchantId=${merchantId}&cursor=not-a-cursor`);
+      assert.equal(bad.status, 400);
+      assert.equal((bad.body.error as { code: string }).code, 'validation_failed');
+      const forged = Buffer.from(JSON.stringify(['2026-99-99 00:00:00+00', APP, 'o'])).toString('base64url');
+      assert.equal((await get(herald, `/payments/orders?cursor=${forged}`)).status, 400);
+      const both = await get(herald, `/payments/orders?merchantId=${merchantId}&page=2&cursor=${forged}`);
+      assert.equal(both.status, 400);
+    });
   });
 }
 
