@@ -178,6 +178,10 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
     },
     async (request) => {
       const { id } = request.params as { id: string };
+      // Credentials first (apps mode): without them, 404 against 401 would tell anyone which ids exist.
+      if (access.mode === 'apps' && access.appOfKey(request.headers.authorization) === undefined) {
+        throw new HeraldError('unauthorized', 'Send Authorization: Bearer <apiKey> of the app.');
+      }
       const report = await deps.receipts.get(id);
       if (!report)
         throw new HeraldError(

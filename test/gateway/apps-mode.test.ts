@@ -122,6 +122,33 @@ describe('apps mode: API keys and client JWTs', () => {
     });
   });
 
+  describe('GET /notify/:id (receipts)', () => {
+    const get = async (path: string, headers: Record<string, string> = {}) => {
+      const res = await fetch(`${herald.url()}${path}`, { headers });
+      return { status: res.status, body: (await res.json()) as { error?: { code: string } } };
+    };
+
+    it('asks for a key before saying whether an id exists, and keeps apps apart', async () => {
+      const sent = await post(
+        herald,
+        '/notify',
+        { appId: 'shop', broadcast: true, data: 1, ack: true },
+        SHOP_KEY,
+      );
+      assert.equal(sent.status, 202);
+      const id = sent.body.id as string;
+      // Without a key, a known and an unknown id answer alike.
+      for (const path of [`/notify/${id}`, '/notify/no-such-id']) {
+        const r = await get(path);
+        assert.equal(r.status, 401, path);
+        assert.equal(r.body.error?.code, 'unauthorized');
+      }
+      assert.equal((await get('/notify/no-such-id', SHOP_KEY)).status, 404);
+      assert.equal((await get(`/notify/${id}`, BLOG_KEY)).status, 403);
+      assert.equal((await get(`/notify/${id}`, SHOP_KEY)).status, 200);
+    });
+  });
+
   describe('socket handshake', () => {
     it('refuses a missing token with invalid_token', async () => {
       const e = await refused(connect(herald, 'shop', { clientId: 'alice' }));
