@@ -254,6 +254,10 @@ function parseApps(raw: unknown, label: string): AppConfig[] {
   if (raw === undefined || raw === null) return [];
   if (!Array.isArray(raw)) throw new ConfigError(label, 'expected a list of { id, secret, apiKeys }');
   const seen = new Set<string>();
+  // Each app's own: a client token signed with a shared secret would open every app that has it, and
+  // a shared API key would act for the first app declared with it.
+  const secrets = new Map<string, string>();
+  const apiKeys = new Map<string, string>();
   return raw.map((entry: unknown, i: number): AppConfig => {
     const at = `${label}[${i}]`;
     if (typeof entry !== 'object' || entry === null) throw new ConfigError(at, 'expected an object');
@@ -279,6 +283,24 @@ function parseApps(raw: unknown, label: string): AppConfig[] {
         `${at}.apiKeys`,
         'expected a non-empty list of strings of at least 16 characters',
       );
+    }
+    const sameSecret = secrets.get(e.secret);
+    if (sameSecret !== undefined) {
+      throw new ConfigError(
+        `${at}.secret`,
+        `the same as app ${sameSecret}'s: each app needs its own (tokens of one would open the other)`,
+      );
+    }
+    secrets.set(e.secret, e.id);
+    for (const [j, k] of (keys as string[]).entries()) {
+      const owner = apiKeys.get(k);
+      if (owner !== undefined) {
+        throw new ConfigError(
+          `${at}.apiKeys[${j}]`,
+          owner === e.id ? 'listed twice' : `also an API key of app ${owner}: each app needs its own`,
+        );
+      }
+      apiKeys.set(k, e.id);
     }
     return { id: e.id, secret: e.secret, apiKeys: keys as string[] };
   });

@@ -201,6 +201,30 @@ describe('loadConfig', () => {
     );
   });
 
+  it('refuses a secret or an API key shared by two apps, without showing it', () => {
+    const blog = {
+      id: 'blog',
+      secret: 'another-long-secret-for-jwt',
+      apiKeys: ['key-for-the-blog-backend-001'],
+    };
+    const shared = configError(() =>
+      loadConfig({ HERALD_APPS: JSON.stringify([GOOD_APP, { ...blog, secret: GOOD_APP.secret }]) }),
+    );
+    assert.equal(shared.key, 'HERALD_APPS[1].secret');
+    assert.match(shared.message, /app shop/);
+    assert.ok(!shared.message.includes(GOOD_APP.secret), 'the secret is not shown');
+    const key = configError(() =>
+      loadConfig({ HERALD_APPS: JSON.stringify([GOOD_APP, { ...blog, apiKeys: GOOD_APP.apiKeys }]) }),
+    );
+    assert.equal(key.key, 'HERALD_APPS[1].apiKeys[0]');
+    assert.ok(!key.message.includes(GOOD_APP.apiKeys[0] as string));
+    const twice = configError(() =>
+      loadConfig({ HERALD_APPS: JSON.stringify([{ ...blog, apiKeys: [blog.apiKeys[0], blog.apiKeys[0]] }]) }),
+    );
+    assert.equal(twice.key, 'HERALD_APPS[0].apiKeys[1]');
+    assert.equal(loadConfig({ HERALD_APPS: JSON.stringify([GOOD_APP, blog]) }).apps.length, 2);
+  });
+
   it('overrides win over everything and their apps are validated too', () => {
     const c = loadConfig({ PORT: '4000' }, { port: 0, countInterval: 5 });
     assert.equal(c.port, 0);
