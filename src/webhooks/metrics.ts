@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { dnsLookupCounts, MAX_HOST_LOOKUPS } from './ssrf.js';
 
 /** Live figures the gauges read at scrape time (from the store, cached briefly by the engine). */
 export interface WebhookGaugeSource {
@@ -64,6 +65,17 @@ export class WebhookMetrics {
       registers,
       collect() {
         this.set(source.inFlight());
+      },
+    });
+    new Gauge({
+      name: 'herald_webhook_dns_lookups',
+      help: `Notify-URL hostnames being looked up (at most ${MAX_HOST_LOOKUPS} at once, UV_THREADPOOL_SIZE - 4) and waiting for a slot: a lasting "running" at the cap means hosts whose DNS does not answer.`,
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const c = dnsLookupCounts();
+        this.set({ state: 'running' }, c.running);
+        this.set({ state: 'queued' }, c.queued);
       },
     });
     new Gauge({

@@ -113,6 +113,11 @@ export class SharedLookup {
   private readonly queue = new Set<HostLookup>();
   private running = 0;
 
+  /** Hostnames being looked up, and waiting for a slot (herald_webhook_dns_lookups). */
+  get counts(): { running: number; queued: number } {
+    return { running: this.running, queued: this.queue.size };
+  }
+
   constructor(
     private readonly lookupAll: LookupAllFunction = dnsLookup as unknown as LookupAllFunction,
     private readonly max = MAX_HOST_LOOKUPS,
@@ -279,6 +284,11 @@ function forOptions(addresses: LookupAddress[], options: LookupOptions): LookupA
 
 /** The lookup of every sender that is not given its own (one per process, so the cap holds node-wide). */
 const sharedLookup = new SharedLookup();
+
+/** The process-wide lookup's hostnames being looked up and waiting (for metrics). */
+export function dnsLookupCounts(): { running: number; queued: number } {
+  return sharedLookup.counts;
+}
 
 /**
  * Resolves the host of `url` (every address) and rejects with SsrfError when any of them is blocked.

@@ -372,6 +372,8 @@ for (const store of STORES) {
       assert.match(text, /herald_webhook_deliveries_total\{result="http_error"\} \d+/);
       assert.match(text, /herald_webhook_response_seconds_bucket/);
       assert.match(text, /herald_webhook_breakers_open\{state="open"\} 0/);
+      assert.match(text, /herald_webhook_dns_lookups\{state="running"\} \d+/);
+      assert.match(text, /herald_webhook_dns_lookups\{state="queued"\} \d+/);
       assert.match(text, /herald_webhook_slow_merchants 0/);
       assert.match(text, /herald_webhooks_enqueued_total\{result="new"\} \d+/);
     });

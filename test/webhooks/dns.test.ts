@@ -301,4 +301,15 @@ describe('SharedLookup', () => {
     assert.equal(max('16'), '12', 'what npm start and the Dockerfile set');
     assert.equal(max('nonsense'), '2');
   });
+
+  it('counts the hostnames being looked up and those waiting for a slot', async () => {
+    const dns = new FakeDns();
+    const shared = new SharedLookup(dns.lookup, 2);
+    const stops = ['a', 'b', 'c'].map((h) => shared.lookup(`${h}.example.test`, () => undefined));
+    assert.deepEqual(shared.counts, { running: 2, queued: 1 });
+    dns.calls[0]?.answer(null, [{ address: '203.0.113.7', family: 4 }]);
+    await waitFor(() => dns.calls.length === 3, 2000, 'the third lookup');
+    assert.deepEqual(shared.counts, { running: 2, queued: 0 });
+    for (const stop of stops) stop();
+  });
 });
