@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { ConfigError, loadConfig } from './config/index.js';
+import { EXIT, Lifecycle } from './lifecycle.js';
 import { createLogger } from './logger.js';
 import { startHerald } from './server.js';
 
@@ -10,55 +11,31 @@ async function main(): Promise<void> {
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`herald: ${err.message}\n`);
-      process.exit(78); // EX_CONFIG
+      process.exit(EXIT.config);
     }
     throw err;
   }
   const logger = createLogger(config.logLevel);
-  let herald: Awaited<ReturnType<typeof startHerald>> | undefined;
-  let signalled = false;
-  const shutdown = (h: NonNullable<typeof herald>) => {
-    h.stop().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        logger.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
+  const lifecycle = new Lifecycle({
+    logger,
+    shutdownTimeout: config.shutdownTimeout,
+    exit: (code) => process.exit(code),
+  });
   // Installed before start-up: the node answers /healthz before startHerald resolves, and a SIGTERM in
-  // that window (a fast rollout, a test) must still drain and exit 0, not kill the process outright.
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (signalled) {
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    signalled = true;
-    logger.info(
-      { signal },
-      herald ? 'signal received' : 'signal received during start-up; stopping once started',
-    );
-    const timer = setTimeout(() => {
-      logger.warn({ timeoutMs: config.shutdownTimeout }, 'shutdown took too long; exiting');
-      process.exit(0);
-    }, config.shutdownTimeout);
-    timer.unref();
-    if (herald) shutdown(herald);
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  // that window (a fast rollout, a test) must still drain and exit 0, not kill the process outright. A
+  // failure during start-up is logged as JSON and follows the same policy as later ones.
+  process.on('SIGTERM', (signal) => lifecycle.signal(signal));
+  process.on('SIGINT', (signal) => lifecycle.signal(signal));
+  process.on('unhandledRejection', (reason) => lifecycle.unhandledRejection(reason));
+  process.on('uncaughtException', (err) => lifecycle.uncaughtException(err));
+  let herald: Awaited<ReturnType<typeof startHerald>>;
   try {
     herald = await startHerald({ config, logger, compactHeapAfterStart: true });
   } catch (err) {
     logger.fatal({ err }, 'herald failed to start');
-    process.exit(1);
+    process.exit(EXIT.failed);
   }
-  if (signalled) shutdown(herald);
-  process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'));
-  process.on('uncaughtException', (err) => {
-    logger.fatal({ err }, 'uncaught exception');
-    process.exit(1);
-  });
+  lifecycle.started(herald);
 }
 
 void main();

@@ -72,6 +72,36 @@ export interface Herald {
   url(): string;
   /** Graceful shutdown: stop accepting, hand clients over, drain, close. Idempotent. */
   stop(): Promise<void>;
+  /** While stop() runs: the step it waits for and what is still open. Undefined otherwise. */
+  shutdownPending(): ShutdownPending | undefined;
+}
+
+/**
+ * The steps of a graceful stop, in order: `clients` (tell every socket to reconnect elsewhere and close
+ * it), `http` (in-flight HTTP requests), `socket.io`, `payments` (queued payment events), `webhooks`
+ * (in-flight webhook requests, up to WEBHOOK_TIMEOUT), `history`, `bus` (Redis), `store`.
+ */
+export type StopStep =
+  | 'clients'
+  | 'http'
+  | 'socket.io'
+  | 'payments'
+  | 'webhooks'
+  | 'history'
+  | 'bus'
+  | 'store';
+
+/** What a graceful stop still waits for (logged when SHUTDOWN_TIMEOUT expires first). */
+export interface ShutdownPending {
+  /** The step running, and for how long it has run. */
+  step: StopStep;
+  stepMs: number;
+  /** The steps after it, not started. */
+  next: StopStep[];
+  /** Client sockets still open on this node. */
+  connections: number;
+  /** Webhook requests to merchants still in flight. */
+  webhooksInFlight: number;
 }
 
 /**
@@ -419,27 +449,59 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   webhooks.start();
   await payments.start();
 
+  // The graceful stop, in order. Each step waits for what the one before let go of: the clients are
+  // handed over before HTTP closes, payment events reach the webhook engine before it stops, and the
+  // engine's in-flight webhooks finish (or give their lease back) before the store closes.
+  const stopSteps: [StopStep, () => Promise<unknown>][] = [
+    ['clients', () => gateway.drain()],
+    [
+      'http',
+      async () => {
+        counts?.close();
+        await http.close().catch((err: unknown) => logger.warn({ err }, 'http close'));
+      },
+    ],
+    ['socket.io', () => gateway.close().catch(() => undefined)],
+    ['payments', () => payments.stop().catch((err: unknown) => logger.warn({ err }, 'payments stop'))],
+    ['webhooks', () => webhooks.stop().catch((err: unknown) => logger.warn({ err }, 'webhooks stop'))],
+    [
+      'history',
+      async () => {
+        await history.close().catch(() => undefined);
+        if (receipts instanceof MemoryReceipts) receipts.close();
+      },
+    ],
+    ['bus', () => bus.close().catch((err: unknown) => logger.warn({ err }, 'bus close'))],
+    ['store', () => store.close().catch((err: unknown) => logger.warn({ err }, 'store close'))],
+  ];
+  let stepAt = -1;
+  let stepSince = 0;
   const stop = (): Promise<void> => {
     if (stopping) return stopping;
     stopping = (async () => {
       draining = true;
       logger.info('shutting down: draining clients');
-      await gateway.drain();
-      counts?.close();
-      await http.close().catch((err: unknown) => logger.warn({ err }, 'http close'));
-      await gateway.close().catch(() => undefined);
-      // Queued payment events are answered and handed to the webhook engine before it stops.
-      await payments.stop().catch((err: unknown) => logger.warn({ err }, 'payments stop'));
-      // In-flight webhooks finish (or give their lease back) before the store closes.
-      await webhooks.stop().catch((err: unknown) => logger.warn({ err }, 'webhooks stop'));
-      await history.close().catch(() => undefined);
-      if (receipts instanceof MemoryReceipts) receipts.close();
-      await bus.close().catch((err: unknown) => logger.warn({ err }, 'bus close'));
-      await store.close().catch((err: unknown) => logger.warn({ err }, 'store close'));
+      for (const [i, [, run]] of stopSteps.entries()) {
+        stepAt = i;
+        stepSince = Date.now();
+        await run();
+      }
+      stepAt = stopSteps.length;
       metrics.close();
       logger.info('shut down');
     })();
     return stopping;
+  };
+  const shutdownPending = (): ShutdownPending | undefined => {
+    const step = stopSteps[stepAt];
+    if (!stopping || !step) return undefined;
+    return {
+      step: step[0],
+      stepMs: Date.now() - stepSince,
+      next: stopSteps.slice(stepAt + 1).map(([name]) => name),
+      connections: router.connectionCount(),
+      webhooksInFlight: webhooks.inFlightCount,
+    };
   };
 
   return {
@@ -457,5 +519,6 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     url: () =>
       `http://${address.address.includes(':') ? `[${address.address}]` : address.address}:${address.port}`,
     stop,
+    shutdownPending,
   };
 }

@@ -171,7 +171,9 @@ export const OPTIONS = {
     env: 'SHUTDOWN_TIMEOUT',
     type: { kind: 'duration', min: 0, max: 600_000 },
     default: 10_000,
-    doc: 'How long SIGTERM may take to drain before the process exits anyway.',
+    doc:
+      'How long a graceful stop (SIGTERM, SIGINT) may take; past it the process logs the step still pending and ' +
+      "exits with code 124. Keep it below the orchestrator's grace period (terminationGracePeriodSeconds, docker stop -t).",
   },
   corsOrigins: {
     env: 'CORS_ORIGINS',

@@ -230,6 +230,71 @@ describe('graceful shutdown: SIGTERM to the real process', () => {
     }
   });
 
+  it('a drain still running when SHUTDOWN_TIMEOUT expires exits 124 and logs what was pending', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'herald-sigterm-timeout-'));
+    const port = await freePort();
+    const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      env: {
+        ...process.env,
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        DATA_DIR: dir,
+        LOG_LEVEL: 'info',
+        SHUTDOWN_TIMEOUT: '1s',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    const keep = (d: Buffer) => {
+      output += d.toString();
+    };
+    proc.stdout?.on('data', keep);
+    proc.stderr?.on('data', keep);
+    const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+      proc.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    let held: NetSocket | undefined;
+    try {
+      await until(
+        () => {
+          if (proc.exitCode !== null) throw new Error(`herald exited early: ${output}`);
+          return output.includes('herald listening');
+        },
+        30_000,
+        'the child to listen',
+      );
+      // A request whose body never finishes arriving: the HTTP server cannot close while it is in flight.
+      held = netConnect(port, '127.0.0.1');
+      await new Promise<void>((resolve, reject) => {
+        held?.once('connect', resolve).once('error', reject);
+      });
+      held.write(
+        'POST /notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"appId":',
+      );
+      await new Promise((r) => setTimeout(r, 200));
+      const t0 = Date.now();
+      proc.kill('SIGTERM');
+      const { code, signal } = await exited;
+      const elapsed = Date.now() - t0;
+      assert.equal(signal, null, output);
+      assert.equal(code, 124, output);
+      assert.ok(elapsed >= 900 && elapsed < 10_000, `exit after ${elapsed} ms`);
+      const line = output
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { level: number; msg: string; pending?: Record<string, unknown> })
+        .find((l) => /SHUTDOWN_TIMEOUT/.test(l.msg));
+      assert.ok(line, output);
+      assert.equal(line.level, 50);
+      assert.equal(line.pending?.step, 'http', output);
+      assert.deepEqual(line.pending?.next, ['socket.io', 'payments', 'webhooks', 'history', 'bus', 'store']);
+    } finally {
+      held?.destroy();
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('exits 0 within 10 s after telling connected clients to reconnect', async () => {
     const port = await freePort();
     let output = '';
