@@ -338,7 +338,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       return out;
     },
   };
-  opsRoutes(http, { metrics, readiness, startedAt });
+  opsRoutes(http, { metrics, readiness, startedAt, metricsToken: config.metricsToken });
   notifyRoutes(http, {
     config,
     access,

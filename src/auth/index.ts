@@ -37,6 +37,15 @@ export function bearer(header: string | undefined): string | undefined {
 }
 
 /**
+ * Whether `Authorization` carries `Bearer <token>`, compared in constant time: the check of every
+ * operator token (ADMIN_TOKEN, METRICS_TOKEN).
+ */
+export function bearerMatches(authorization: string | undefined, token: string): boolean {
+  const given = bearer(authorization);
+  return given !== undefined && safeEqual(given, token);
+}
+
+/**
  * Access control. `open` mode (no apps configured): any appId, no credentials. `apps` mode: only the
  * configured apps; the HTTP API needs one of the app's API keys and clients need a JWT (HS256) signed
  * with the app's secret whose `sub` is the client id.

@@ -38,6 +38,8 @@ export interface Config {
   shutdownTimeout: number;
   corsOrigins: string[];
   adminToken: string | undefined;
+  /** GET /metrics needs `Authorization: Bearer <metricsToken>` when set. */
+  metricsToken: string | undefined;
   maxTopicsPerCall: number;
   maxTopicsPerConnection: number;
   countInterval: number;

@@ -188,6 +188,13 @@ export const OPTIONS = {
     default: undefined,
     doc: 'Bearer token required by /admin and /console when set (no whitespace or control characters).',
   },
+  metricsToken: {
+    env: 'METRICS_TOKEN',
+    type: TOKEN,
+    secret: true,
+    default: undefined,
+    doc: 'Bearer token required by GET /metrics when set (no whitespace or control characters); unset: /metrics is open.',
+  },
 
   // realtime gateway
   maxTopicsPerCall: {

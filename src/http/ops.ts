@@ -1,6 +1,9 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { bearerMatches } from '../auth/index.js';
+import { HeraldError } from '../errors.js';
 import type { Metrics } from '../metrics/index.js';
+import { errorResponses } from './schemas.js';
 
 export interface Readiness {
   /** Name -> healthy. `critical` checks make the node not ready; others only mark it degraded. */
@@ -23,10 +26,13 @@ const Ready = Type.Object({
   checks: Type.Record(Type.String(), Check),
 });
 
-/** GET /healthz, GET /readyz, GET /metrics. */
+/**
+ * GET /healthz, GET /readyz, GET /metrics. Probes stay open (load balancers and kubelets call them
+ * without credentials); /metrics needs `Authorization: Bearer <METRICS_TOKEN>` when that is set.
+ */
 export function opsRoutes(
   app: FastifyInstance,
-  deps: { metrics: Metrics; readiness: Readiness; startedAt: number },
+  deps: { metrics: Metrics; readiness: Readiness; startedAt: number; metricsToken?: string | undefined },
 ): void {
   app.get(
     '/healthz',
@@ -62,8 +68,20 @@ export function opsRoutes(
 
   app.get(
     '/metrics',
-    { schema: { summary: 'Prometheus metrics (text format)' } },
-    async (_request, reply) => {
+    {
+      schema: {
+        summary: 'Prometheus metrics (text format)',
+        description:
+          'With METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>` (401 `unauthorized` otherwise).',
+        response: errorResponses(401),
+      },
+    },
+    async (request, reply) => {
+      const token = deps.metricsToken;
+      if (token !== undefined && !bearerMatches(request.headers.authorization, token)) {
+        reply.header('www-authenticate', 'Bearer realm="metrics"');
+        throw new HeraldError('unauthorized', 'Send Authorization: Bearer <METRICS_TOKEN>.');
+      }
       const text = await deps.metrics.registry.metrics();
       return reply.type(deps.metrics.registry.contentType).send(text);
     },

@@ -127,3 +127,76 @@ describe('HTTP: operations endpoints', () => {
     assert.match(body.error.message, /\/nope/);
   });
 });
+
+describe('HTTP: GET /metrics behind METRICS_TOKEN', () => {
+  const TOKEN = 'metrics-token-0123456789';
+  let herald: TestHerald;
+  before(async () => {
+    herald = await startTestHerald({}, { METRICS_TOKEN: TOKEN });
+  });
+  after(async () => {
+    await herald.cleanup();
+  });
+
+  const scrape = (authorization?: string) =>
+    fetch(`${herald.url()}/metrics`, authorization === undefined ? {} : { headers: { authorization } });
+
+  it('without the token, with another one or another scheme: 401 unauthorized in the error format', async () => {
+    for (const authorization of [
+      undefined,
+      'Bearer wrong-token',
+      `Bearer ${TOKEN}x`,
+      `Bearer ${TOKEN.slice(0, -1)}`,
+      `Basic ${Buffer.from(`user:${TOKEN}`).toString('base64')}`,
+      TOKEN,
+      'Bearer',
+    ]) {
+      const res = await scrape(authorization);
+      assert.equal(res.status, 401, String(authorization));
+      assert.match(res.headers.get('content-type') ?? '', /^application\/json/);
+      assert.equal(res.headers.get('www-authenticate'), 'Bearer realm="metrics"');
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      assert.equal(body.error.code, 'unauthorized');
+      assert.match(body.error.message, /METRICS_TOKEN/);
+      assert.ok(!body.error.message.includes(TOKEN), 'the token is not echoed');
+    }
+  });
+
+  it('with Authorization: Bearer <METRICS_TOKEN> (any case of the scheme): the Prometheus text', async () => {
+    for (const authorization of [`Bearer ${TOKEN}`, `bearer ${TOKEN}`, `Bearer  ${TOKEN} `]) {
+      const res = await scrape(authorization);
+      assert.equal(res.status, 200, authorization);
+      assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
+      assert.match(await res.text(), /^# TYPE herald_connections gauge$/m);
+    }
+    // The refused scrapes are counted like other errors.
+    const text = await (await scrape(`Bearer ${TOKEN}`)).text();
+    assert.ok((sample(text, 'herald_http_errors_total', '{code="unauthorized"}') ?? 0) >= 1);
+  });
+
+  it('probes and the OpenAPI document stay open', async () => {
+    for (const path of ['/healthz', '/readyz', '/openapi.json']) {
+      const res = await fetch(`${herald.url()}${path}`);
+      assert.equal(res.status, 200, path);
+    }
+    const doc = (await (await fetch(`${herald.url()}/openapi.json`)).json()) as {
+      paths: Record<string, { get?: { responses?: Record<string, unknown> } }>;
+    };
+    assert.ok(doc.paths['/metrics']?.get?.responses?.['401'], 'the 401 of /metrics is documented');
+  });
+});
+
+describe('HTTP: GET /metrics without METRICS_TOKEN', () => {
+  it('is open, whatever Authorization says', async () => {
+    const herald = await startTestHerald();
+    try {
+      for (const headers of [{}, { authorization: 'Bearer anything' }] as Record<string, string>[]) {
+        const res = await fetch(`${herald.url()}/metrics`, { headers });
+        assert.equal(res.status, 200);
+        await res.text();
+      }
+    } finally {
+      await herald.cleanup();
+    }
+  });
+});

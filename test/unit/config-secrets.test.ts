@@ -51,7 +51,12 @@ describe('config: errors never print secrets', () => {
 });
 
 describe('config: tokens that could never be presented', () => {
-  for (const key of ['ADMIN_TOKEN', 'WEBHOOK_INTAKE_TOKEN'] as const) {
+  const field = {
+    ADMIN_TOKEN: 'adminToken',
+    WEBHOOK_INTAKE_TOKEN: 'webhookIntakeToken',
+    METRICS_TOKEN: 'metricsToken',
+  } as const;
+  for (const key of ['ADMIN_TOKEN', 'WEBHOOK_INTAKE_TOKEN', 'METRICS_TOKEN'] as const) {
     it(`${key} with whitespace or a control character is refused, without echoing it`, () => {
       for (const v of ['hunter2\n', 'hunter2 ', ' hunter2', 'hun ter2', 'hunter2\t', 'hunter2\u0000']) {
         const e = configError({ [key]: v });
@@ -60,9 +65,7 @@ describe('config: tokens that could never be presented', () => {
         assert.doesNotMatch(e.message, /hunter2/);
       }
       assert.equal(
-        loadConfig({ [key]: 'a-good-token_0123456789.~+/=' })[
-          key === 'ADMIN_TOKEN' ? 'adminToken' : 'webhookIntakeToken'
-        ],
+        loadConfig({ [key]: 'a-good-token_0123456789.~+/=' })[field[key]],
         'a-good-token_0123456789.~+/=',
       );
     });
