@@ -90,6 +90,29 @@ return out
 `);
 
 /**
+ * Removes a dead node's presence in one step, only if its heartbeat (KEYS[1] score of ARGV[1]) is still
+ * at or below the cutoff ARGV[2]: a node that was only frozen and heartbeats again in between keeps its
+ * entries, and a reaper that dies half-way leaves nothing behind (its ZREM done, the entries not yet
+ * deleted, nobody would ever delete them). ARGV[3] is the key prefix. Answers the node's `<app>|<topic>`
+ * entries, or nil when there was nothing to reap.
+ */
+const REAP_SCRIPT = new Script(`
+local node, pre = ARGV[1], ARGV[3]
+local seen = redis.call('ZSCORE', KEYS[1], node)
+if not seen or tonumber(seen) > tonumber(ARGV[2]) then return false end
+redis.call('ZREM', KEYS[1], node)
+local nk = pre .. 'nk:' .. node
+local entries = redis.call('SMEMBERS', nk)
+for _, at in ipairs(entries) do
+  redis.call('DEL', pre .. 'pm:' .. at .. '|' .. node)
+  redis.call('HDEL', pre .. 'pc:' .. at, node)
+end
+redis.call('DEL', nk)
+redis.call('HDEL', pre .. 'nodeinfo', node)
+return entries
+`);
+
+/**
  * Whether a notification from another node has the fields delivery reads: ids and `data` (JSON text,
  * written into frames as is) as strings, a finite `ts`, target lists of strings.
  */
@@ -154,6 +177,8 @@ export class RedisCluster {
   private pending = new Map<string, PendingTopic>();
   private flushScheduled = false;
   private resyncNeeded = false;
+  /** Whether a heartbeat of this node has reached Redis (a later one that adds the node anew was reaped). */
+  private beaten = false;
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
   private tmpCounter = 0;
@@ -721,13 +746,21 @@ export class RedisCluster {
     if (this.closed || this.pub.status !== 'ready') return;
     const now = Date.now();
     try {
-      await this.pub.zadd(this.key('nodes'), now, this.nodeId);
+      const added = await this.pub.zadd(this.key('nodes'), now, this.nodeId);
+      if (added === 1 && this.beaten && !this.resyncNeeded) {
+        // Another node took this one for dead (frozen, or cut off from Redis longer than the presence
+        // TTL) and removed its entries: its subscribers and online users must be published again.
+        this.opts.logger.warn('this node was taken for dead by the cluster: publishing its presence again');
+        this.resyncNeeded = true;
+      }
+      this.beaten = true;
       if (this.opts.nodeInfo) {
         await this.pub.hset(this.key('nodeinfo'), this.nodeId, JSON.stringify(this.opts.nodeInfo()));
       }
       if (this.resyncNeeded) await this.resync();
-      const dead = await this.pub.zrangebyscore(this.key('nodes'), '-inf', now - this.opts.presenceTtlMs);
-      for (const node of dead) await this.reap(node);
+      const cutoff = now - this.opts.presenceTtlMs;
+      const dead = await this.pub.zrangebyscore(this.key('nodes'), '-inf', cutoff);
+      for (const node of dead) await this.reap(node, cutoff);
     } catch (err) {
       this.opts.logger.debug({ err: (err as Error).message }, 'redis heartbeat failed');
     }
@@ -779,23 +812,22 @@ export class RedisCluster {
     for (const t of touched) this.opts.onCountChange(t.appId, t.topic);
   }
 
-  /** Removes a dead node's presence; only the node that wins the ZREM does the work. */
-  private async reap(node: string): Promise<void> {
+  /** Removes a dead node's presence (atomically, and only if it is still dead; see REAP_SCRIPT). */
+  private async reap(node: string, cutoff: number): Promise<void> {
     if (node === this.nodeId) return;
-    const won = await this.pub.zrem(this.key('nodes'), node);
-    if (won !== 1) return;
-    const entries = await this.pub.smembers(this.key(`nk:${node}`));
-    const m = this.pub.multi();
-    const touched: { appId: string; topic: string }[] = [];
-    for (const at of entries) {
-      m.del(this.key(`pm:${at}|${node}`));
-      m.hdel(this.key(`pc:${at}`), node);
+    const entries = (await REAP_SCRIPT.run(
+      this.pub,
+      1,
+      this.key('nodes'),
+      node,
+      String(cutoff),
+      this.opts.prefix,
+    )) as string[] | null;
+    if (!entries) return;
+    const touched = entries.map((at) => {
       const bar = at.indexOf('|');
-      touched.push({ appId: at.slice(0, bar), topic: at.slice(bar + 1) });
-    }
-    m.del(this.key(`nk:${node}`));
-    m.hdel(this.key('nodeinfo'), node);
-    await m.exec();
+      return { appId: at.slice(0, bar), topic: at.slice(bar + 1) };
+    });
     this.opts.logger.warn(
       { node, topics: entries.length },
       'removed the presence of a node that stopped heartbeating',

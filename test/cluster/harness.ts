@@ -113,7 +113,7 @@ export async function dropSchema(schema: string): Promise<void> {
 /** A private redis-server on its own port, so a test may stop and restart it. */
 export async function startRedis(
   port?: number,
-): Promise<{ port: number; url: string; stop(): Promise<void> }> {
+): Promise<{ port: number; url: string; stop(): Promise<void>; pause(): void; resume(): void }> {
   const p = port ?? (await freePort());
   const child = spawn(
     'redis-server',
@@ -143,6 +143,13 @@ export async function startRedis(
       const done = new Promise((r) => child.once('exit', r));
       child.kill('SIGKILL');
       await done;
+    },
+    /** Freezes the server (SIGSTOP): connections stay open and nothing answers, as on a stalled host. */
+    pause() {
+      child.kill('SIGSTOP');
+    },
+    resume() {
+      child.kill('SIGCONT');
     },
   };
 }
