@@ -159,8 +159,13 @@ export class WebhookEngine {
   private readonly lagging = new Set<string>();
   /** The last pump stopped for want of free slots with rows still buffered (see pumpAfter). */
   private globalBound = false;
-  /** Claimed rows waiting for a slot, per merchant, oldest first. */
+  /**
+   * Claimed rows waiting for a slot, per merchant, oldest first; `at` is when the claim that leased the row
+   * was sent (its lease started no earlier).
+   */
   private readonly buffered = new Map<string, { row: ClaimedDelivery; at: number }[]>();
+  /** Buffered rows whose lease ran too short to start them (see startable); released by the loop. */
+  private expired: string[] = [];
   private bufferedCount = 0;
   private readonly merchantInFlight = new Map<string, number>();
   /** Merchants this node took in a claim and has not given up yet (see WebhookQueue.claim). */
@@ -397,7 +402,7 @@ export class WebhookEngine {
       this.wake();
       if (wasRunning) {
         await this.loopDone;
-        this.toRelease.push(...this.unbuffer());
+        this.toRelease.push(...this.unbuffer(), ...this.expired.splice(0));
         const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([
@@ -625,9 +630,16 @@ export class WebhookEngine {
             for (const t of used)
               this.logger.info({ merchantKey: t }, 'breaker half-open: sending one trial webhook');
           }
-          const now = Date.now();
           const giveBack: string[] = [];
+          // A row this node still holds (buffered, in flight, or its result not yet written) comes back in
+          // a claim once its lease ran out meanwhile: the claim renewed the lease, and the row must not be
+          // buffered a second time (it would be sent twice).
+          const mine = rows.length > 0 ? this.heldIds() : undefined;
           for (const row of rows) {
+            if (mine?.has(row.id)) {
+              this.renewBuffered(row, claimedAt);
+              continue;
+            }
             // A claimed row proves the merchant's breaker was closed (or this is its trial) when the claim
             // started, and says whether it is slow. A claim that started before this node learned that the
             // breaker opened is older news: its rows of that merchant go back at once.
@@ -645,7 +657,7 @@ export class WebhookEngine {
               q = [];
               this.buffered.set(row.merchantKey, q);
             }
-            q.push({ row, at: now });
+            q.push({ row, at: claimedAt });
             this.bufferedCount++;
           }
           this.pump();
@@ -761,8 +773,12 @@ export class WebhookEngine {
         this.freeSlots() > 0 &&
         n < this.capOf(key, (q[0] as { row: ClaimedDelivery }).row)
       ) {
-        const b = q.shift() as { row: ClaimedDelivery };
+        const b = q.shift() as { row: ClaimedDelivery; at: number };
         this.bufferedCount--;
+        if (!this.startable(b.at)) {
+          this.expire(b.row.id);
+          continue;
+        }
         this.launch(b.row);
         n++;
       }
@@ -791,14 +807,50 @@ export class WebhookEngine {
         this.freeSlots() > 0 &&
         n < this.capOf(key, (q[0] as { row: ClaimedDelivery }).row)
       ) {
-        const b = q.shift() as { row: ClaimedDelivery };
+        const b = q.shift() as { row: ClaimedDelivery; at: number };
         this.bufferedCount--;
+        if (!this.startable(b.at)) {
+          this.expire(b.row.id);
+          continue;
+        }
         this.launch(b.row);
         n++;
       }
       if (q.length === 0) this.buffered.delete(key);
     }
     this.globalBound = this.bufferedCount > 0 && this.freeSlots() <= 0;
+  }
+
+  /**
+   * Whether a row leased by a claim sent at `claimedAt` may still be sent: its request (up to
+   * WEBHOOK_TIMEOUT) must end well before its lease does, or another node (or this one) may claim it
+   * again and send it a second time while it is still running. The buffer gives rows back after half the
+   * spare time (releaseStale, run by the loop); this also holds when the loop is held up by a slow store
+   * statement or a claim answered late, when rows would otherwise start from the buffer as slots free up.
+   */
+  private startable(claimedAt: number): boolean {
+    const spare = this.config.webhookLease - this.config.webhookTimeout;
+    return Date.now() - claimedAt <= (spare * 3) / 4;
+  }
+
+  private expire(id: string): void {
+    this.expired.push(id);
+    this.wake();
+  }
+
+  /** Ids of the rows this node holds: buffered, in flight, or finished with the result not yet written. */
+  private heldIds(): Set<string> {
+    const ids = new Set<string>(this.inFlight.keys());
+    for (const q of this.buffered.values()) for (const b of q) ids.add(b.row.id);
+    for (const f of this.results) ids.add(f.row.id);
+    for (const f of this.flushingBatch) ids.add(f.row.id);
+    return ids;
+  }
+
+  /** A buffered row claimed again (its lease had run out): it keeps its place with the new lease. */
+  private renewBuffered(row: ClaimedDelivery, claimedAt: number): void {
+    const b = this.buffered.get(row.merchantKey)?.find((x) => x.row.id === row.id);
+    if (b) b.at = claimedAt;
   }
 
   /**
@@ -875,10 +927,10 @@ export class WebhookEngine {
    * or filled its share) go back to the queue, so a row is never sent after its lease ran out.
    */
   private async releaseStale(): Promise<void> {
-    if (this.bufferedCount === 0) return;
+    if (this.bufferedCount === 0 && this.expired.length === 0) return;
     const limit = Date.now() - (this.config.webhookLease - this.config.webhookTimeout) / 2;
     const share = Math.min(this.config.webhookSlowConcurrency, this.config.webhookMerchantConcurrency);
-    const ids: string[] = [];
+    const ids: string[] = this.expired.splice(0);
     for (const [k, q] of this.buffered) {
       while (q.length > 0 && (q[0] as { at: number }).at < limit) {
         ids.push((q.shift() as { row: ClaimedDelivery }).row.id);
@@ -1084,9 +1136,11 @@ export class WebhookEngine {
   }
 
   /**
-   * Writes one batch of results, retrying a failing store. Undefined when it could not be written (the
-   * webhooks are sent again after their lease), REFUSED when the store refused a value (SQLSTATE class 22:
-   * writing the same rows again cannot help).
+   * Writes one batch of results, retrying a failing store: for as long as the dispatcher runs (a result
+   * given up would have its webhook sent again after its lease although the merchant has answered; this
+   * node claims none of these rows meanwhile, see heldIds), a few times while it stops. Undefined when it
+   * could not be written (the webhooks are sent again after their lease), REFUSED when the store refused a
+   * value (SQLSTATE class 22: writing the same rows again cannot help).
    */
   private async writeResults(
     batch: readonly Finished[],
@@ -1104,15 +1158,17 @@ export class WebhookEngine {
           this.logger.warn({ err, count: batch.length }, 'the store refused a value of the webhook results');
           return REFUSED;
         }
-        if (attempt >= 5) {
+        if (attempt >= 5 && this.state !== 'running') {
           this.logger.error(
             { err, count: batch.length },
             'webhook results could not be written; these webhooks will be sent again after their lease',
           );
           return undefined;
         }
-        this.logger.warn({ err, attempt }, 'writing webhook results failed; retrying');
-        await sleep(100 * 2 ** attempt);
+        if (attempt <= 5 || attempt % 20 === 0) {
+          this.logger.warn({ err, attempt, count: batch.length }, 'writing webhook results failed; retrying');
+        }
+        await sleep(Math.min(2000, 100 * 2 ** attempt));
       }
     }
   }

@@ -1,0 +1,180 @@
+import assert from 'node:assert/strict';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { SqlError } from '../../src/store/index.js';
+import type { ClaimedDelivery } from '../../src/webhooks/types.js';
+import type { TestHerald } from '../helpers.js';
+import {
+  call,
+  delayed,
+  deliveryFinished,
+  dropSchemas,
+  Merchant,
+  newSchema,
+  ok,
+  orderNo,
+  STORES,
+  sleep,
+  startNode,
+} from './helpers.js';
+
+after(dropSchemas);
+
+/**
+ * Failure semantics of the dispatcher: what happens to an attempt when the store is slow or down around
+ * it. A webhook answered by its merchant must not be sent again because the node was slow to start it or
+ * slow to write its result.
+ */
+for (const store of STORES) {
+  describe(`webhook failure semantics (${store} store)`, () => {
+    let herald: TestHerald;
+    let base: string;
+    const restore: (() => void)[] = [];
+    before(async () => {
+      herald = await startNode(store, {
+        webhookTimeout: 2000,
+        webhookLease: 3000,
+        webhookRetryDelays: [50, 50, 50],
+        webhookBreakerThreshold: 100,
+        webhookSlowStart: 0,
+      });
+      base = herald.url();
+    });
+    after(async () => {
+      await herald.cleanup();
+    });
+    afterEach(() => {
+      for (const r of restore.splice(0)) r();
+    });
+
+    const enqueue = async (notifyUrl: string) => {
+      const r = await call(base, 'POST', '/merchant-notify', {
+        orderNo: orderNo(),
+        notifyUrl,
+        payload: { a: 1 },
+      });
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      return String(r.body.data.id);
+    };
+
+    it('a row whose lease is nearly over when the claim returns is not sent (it would be sent twice)', async () => {
+      // The claim statement answers late (a store under load): the lease started in the store when the
+      // claim ran, so the row has less than the request timeout of its lease left when it arrives.
+      const queue = herald.webhooks.queue;
+      const claim = queue.claim.bind(queue);
+      let slowed = 0;
+      queue.claim = async (...args: Parameters<typeof claim>): Promise<ClaimedDelivery[]> => {
+        const rows = await claim(...args);
+        if (rows.length > 0 && slowed++ === 0) await sleep(2200);
+        return rows;
+      };
+      restore.push(() => {
+        queue.claim = claim;
+      });
+      const m = await Merchant.start(delayed(1500, ok));
+      try {
+        const id = await enqueue(m.url());
+        const d = await deliveryFinished(herald, id, 15_000);
+        assert.equal(d.status, 'delivered');
+        await sleep(2000);
+        assert.equal(
+          m.received.length,
+          1,
+          `the merchant got webhook ${id} ${m.received.length} times; it answered 200 the first time`,
+        );
+      } finally {
+        await m.close();
+      }
+    });
+
+    it('results survive a store outage longer than a few seconds: nothing answered is sent again', async () => {
+      const m = await Merchant.start(delayed(300, ok));
+      // Every statement fails for 4.5 s from the moment the merchant has the requests (the store is down
+      // while the answers come in).
+      let downUntil = 0;
+      const s = herald.store as { query: typeof herald.store.query };
+      const query = s.query.bind(herald.store);
+      s.query = (async (...args: Parameters<typeof query>) => {
+        if (Date.now() < downUntil) throw new SqlError('connection terminated (simulated outage)', '08006');
+        return query(...args);
+      }) as typeof query;
+      restore.push(() => {
+        s.query = query;
+      });
+      try {
+        const ids = await Promise.all(Array.from({ length: 5 }, () => enqueue(m.url())));
+        const start = Date.now();
+        while (m.received.length < ids.length && Date.now() - start < 5000) await sleep(5);
+        assert.equal(m.received.length, ids.length, 'every webhook reached the merchant');
+        downUntil = Date.now() + 4500;
+        await sleep(4600);
+        for (const id of ids) {
+          const d = await deliveryFinished(herald, id, 20_000);
+          assert.equal(d.status, 'delivered', id);
+          assert.equal(d.attempts, 1, id);
+        }
+        await sleep(3500);
+        assert.equal(
+          m.received.length,
+          ids.length,
+          'a webhook the merchant answered 200 to was sent again after the store came back',
+        );
+      } finally {
+        await m.close();
+      }
+    });
+  });
+}
+
+describe('webhook leases across two nodes on one PostgreSQL', () => {
+  const nodes: TestHerald[] = [];
+  after(async () => {
+    for (const n of nodes) await n.cleanup();
+  });
+
+  it('a node never starts a row whose lease would run out during the request (the other node sends it too)', async () => {
+    const schema = newSchema();
+    const settings = {
+      databaseSchema: schema,
+      webhookTimeout: 2000,
+      webhookLease: 3000,
+      webhookBreakerThreshold: 100,
+      webhookSlowStart: 0,
+    };
+    const a = await startNode('postgres', settings);
+    nodes.push(a);
+    // Node A's first claim with rows is answered late (a store under load); after it, A claims nothing
+    // more, so that only node B can take the row once A's lease has run out.
+    const queue = a.webhooks.queue;
+    const claim = queue.claim.bind(queue);
+    let claimed = false;
+    queue.claim = async (...args: Parameters<typeof claim>): Promise<ClaimedDelivery[]> => {
+      if (claimed) return [];
+      const rows = await claim(...args);
+      if (rows.length > 0) {
+        claimed = true;
+        await sleep(2200);
+      }
+      return rows;
+    };
+    const m = await Merchant.start(delayed(1500, ok));
+    try {
+      const { id } = await a.webhooks.enqueue({ orderNo: orderNo(), notifyUrl: m.url(), payload: { a: 1 } });
+      const start = Date.now();
+      while (!claimed && Date.now() - start < 5000) await sleep(5);
+      assert.ok(claimed, 'node A claimed the webhook');
+      const b = await startNode('postgres', settings);
+      nodes.push(b);
+      const d = await deliveryFinished(b, id, 15_000);
+      assert.equal(d.status, 'delivered');
+      await sleep(2500);
+      assert.equal(
+        m.received.length,
+        1,
+        `the merchant got webhook ${id} ${m.received.length} times; it answered 200 the first time`,
+      );
+    } finally {
+      queue.claim = claim;
+      await m.close();
+    }
+  });
+});
