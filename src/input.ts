@@ -12,8 +12,37 @@ declare global {
   }
 }
 
-/** Deepest nesting of objects and arrays accepted in client JSON (notification data, meta, args). */
-export const MAX_JSON_DEPTH = 128;
+/** Default of MAX_JSON_DEPTH: the deepest nesting of objects and arrays accepted in client JSON. */
+export const DEFAULT_MAX_JSON_DEPTH = 128;
+/**
+ * Bounds of MAX_JSON_DEPTH. Above: `JSON.stringify`, the Socket.IO parser and PostgreSQL's jsonb each
+ * took 4,000 levels from the top of a stack here and failed at 8,000 (a stack overflow, "invalid input
+ * syntax for type json"), and a request's own frames take part of that stack. Below: a service that
+ * forwards a notification (OFFLINE_WEBHOOK_URL) wraps its data in an object of its own.
+ */
+export const MIN_JSON_DEPTH = 8;
+export const MAX_JSON_DEPTH_LIMIT = 1000;
+
+/**
+ * The depth in force (MAX_JSON_DEPTH): one per process, set by startHerald from its config, read by every
+ * check below that is not given its own. Several nodes in one process (tests, embedding code) share it.
+ */
+let maxJsonDepth = DEFAULT_MAX_JSON_DEPTH;
+
+/** Sets MAX_JSON_DEPTH for this process; throws a RangeError outside its bounds. */
+export function setMaxJsonDepth(depth: number): void {
+  if (!Number.isInteger(depth) || depth < MIN_JSON_DEPTH || depth > MAX_JSON_DEPTH_LIMIT) {
+    throw new RangeError(
+      `MAX_JSON_DEPTH must be an integer from ${MIN_JSON_DEPTH} to ${MAX_JSON_DEPTH_LIMIT}`,
+    );
+  }
+  maxJsonDepth = depth;
+}
+
+/** The MAX_JSON_DEPTH in force. */
+export function currentMaxJsonDepth(): number {
+  return maxJsonDepth;
+}
 
 /** Whether a store can hold this text: no NUL character, no unpaired surrogate. */
 export function isStorableText(s: string): boolean {
@@ -34,11 +63,20 @@ export interface JsonProblem {
 }
 
 /**
- * Walks a parsed JSON value: finds nesting deeper than `MAX_JSON_DEPTH`, numbers JSON cannot carry
- * (a literal such as 1e309 parses to Infinity, which `JSON.stringify` turns into null), and, with
- * `storable`, strings (values and keys) a store cannot hold. Undefined when the value is fine.
+ * Walks a parsed JSON value: finds nesting deeper than `maxDepth` (MAX_JSON_DEPTH by default), numbers
+ * JSON cannot carry (a literal such as 1e309 parses to Infinity, which `JSON.stringify` turns into
+ * null), and, with `storable`, strings (values and keys) a store cannot hold. Undefined when the value
+ * is fine.
  */
-export function jsonProblem(value: unknown, storable: boolean, depth = 0): JsonProblem | undefined {
+export function jsonProblem(
+  value: unknown,
+  storable: boolean,
+  maxDepth: number = maxJsonDepth,
+): JsonProblem | undefined {
+  return walk(value, storable, 0, maxDepth);
+}
+
+function walk(value: unknown, storable: boolean, depth: number, maxDepth: number): JsonProblem | undefined {
   if (typeof value === 'number') {
     return Number.isFinite(value) ? undefined : { path: '', message: 'is not a finite number' };
   }
@@ -47,12 +85,12 @@ export function jsonProblem(value: unknown, storable: boolean, depth = 0): JsonP
     return p ? { path: '', message: p } : undefined;
   }
   if (typeof value !== 'object' || value === null) return undefined;
-  if (depth >= MAX_JSON_DEPTH) {
-    return { path: '', message: `nests objects and arrays deeper than ${MAX_JSON_DEPTH} levels` };
+  if (depth >= maxDepth) {
+    return { path: '', message: `nests objects and arrays deeper than ${maxDepth} levels` };
   }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const p = jsonProblem(value[i], storable, depth + 1);
+      const p = walk(value[i], storable, depth + 1, maxDepth);
       if (p) return { path: `/${i}${p.path}`, message: p.message };
     }
     return undefined;
@@ -62,7 +100,7 @@ export function jsonProblem(value: unknown, storable: boolean, depth = 0): JsonP
       const k = textProblem(key);
       if (k) return { path: pointer(key), message: `has a key that ${k}` };
     }
-    const p = jsonProblem((value as Record<string, unknown>)[key], storable, depth + 1);
+    const p = walk((value as Record<string, unknown>)[key], storable, depth + 1, maxDepth);
     if (p) return { path: `${pointer(key)}${p.path}`, message: p.message };
   }
   return undefined;

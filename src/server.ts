@@ -17,6 +17,7 @@ import { RedisHistory } from './history/redis.js';
 import { createHttp } from './http/index.js';
 import { notifyRoutes } from './http/notify.js';
 import { opsRoutes } from './http/ops.js';
+import { setMaxJsonDepth } from './input.js';
 import { OPEN_FILES_RESERVED, OPEN_FILES_WARN_BELOW, openFilesLimit } from './limits.js';
 import { createLogger, type Logger } from './logger.js';
 import { Metrics } from './metrics/index.js';
@@ -127,6 +128,8 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   const { config } = options;
   const logger = options.logger ?? createLogger(config.logLevel);
   const startedAt = Date.now();
+  // Every check of client JSON (notify, payments, webhooks, admin bodies) reads it from there.
+  setMaxJsonDepth(config.maxJsonDepth);
   const access = new AccessControl(config.apps);
   if (access.mode === 'open') {
     logger.warn(

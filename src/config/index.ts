@@ -54,6 +54,8 @@ export interface Config {
   maxBatch: number;
   maxTargets: number;
   maxPayloadBytes: number;
+  /** MAX_JSON_DEPTH: deepest nesting of client JSON (see input.ts; one per process). */
+  maxJsonDepth: number;
   // webhooks (see OPTIONS for the meaning and defaults)
   webhookTimeout: number;
   webhookRetryDelays: readonly number[];

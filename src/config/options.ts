@@ -1,3 +1,5 @@
+import { DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, MIN_JSON_DEPTH } from '../input.js';
+
 /**
  * The one table of Herald's settings. Each option has a config-file key, an environment variable,
  * a type, a default and a line of documentation. `scripts/config-table.ts` renders it into the README.
@@ -276,6 +278,14 @@ export const OPTIONS = {
     type: { kind: 'int', min: 16, max: 64 * 1024 * 1024 },
     default: 64 * 1024,
     doc: 'Largest `data` of one notification, as JSON.',
+  },
+  maxJsonDepth: {
+    env: 'MAX_JSON_DEPTH',
+    type: { kind: 'int', min: MIN_JSON_DEPTH, max: MAX_JSON_DEPTH_LIMIT },
+    default: DEFAULT_MAX_JSON_DEPTH,
+    doc:
+      'Deepest nesting of objects and arrays accepted in client JSON: notification `data`, payment event `meta`, ' +
+      'command args and replies, webhook payloads and admin bodies (400 `validation_failed` deeper). Nodes started in one process share the last one set.',
   },
 
   // webhooks

@@ -155,6 +155,22 @@ describe('loadConfig', () => {
     assert.match(configError(() => loadConfig({ LOG_LEVEL: 'verbose' })).message, /info/);
   });
 
+  it('MAX_JSON_DEPTH: 128 by default, 8 to 1000 from the environment or the file', () => {
+    assert.equal(loadConfig({}).maxJsonDepth, 128);
+    assert.equal(loadConfig({ MAX_JSON_DEPTH: '8' }).maxJsonDepth, 8);
+    assert.equal(loadConfig({ MAX_JSON_DEPTH: '1000' }).maxJsonDepth, 1000);
+    assert.equal(loadConfig({ HERALD_CONFIG: file('depth.json', '{"maxJsonDepth":300}') }).maxJsonDepth, 300);
+    for (const v of ['7', '1001', '0', '-1', '12.5', 'deep']) {
+      const e = configError(() => loadConfig({ MAX_JSON_DEPTH: v }));
+      assert.equal(e.key, 'MAX_JSON_DEPTH', v);
+      assert.match(e.message, />= 8 and <= 1000/);
+    }
+    assert.equal(
+      configError(() => loadConfig({ HERALD_CONFIG: file('deep.yaml', 'maxJsonDepth: 5000\n') })).key,
+      'maxJsonDepth',
+    );
+  });
+
   it('an unknown key or a bad value in the file names the key', () => {
     const unknown = configError(() => loadConfig({ HERALD_CONFIG: file('u.yaml', 'port: 1\nprot: 2\n') }));
     assert.equal(unknown.key, 'prot');

@@ -1,12 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
+  currentMaxJsonDepth,
+  DEFAULT_MAX_JSON_DEPTH,
   isStorableText,
   isStorableTime,
   jsonProblem,
-  MAX_JSON_DEPTH,
+  MAX_JSON_DEPTH_LIMIT,
   MAX_TIME_MS,
+  MIN_JSON_DEPTH,
   MIN_TIME_MS,
+  setMaxJsonDepth,
   textProblem,
 } from '../../src/input.js';
 
@@ -31,10 +35,12 @@ describe('input checks (src/input.ts)', () => {
 
   it('JSON values: depth, finite numbers, and (storable) strings and keys, with a JSON pointer', () => {
     assert.equal(jsonProblem({ a: [1, 'x', null, true, { b: -0 }] }, true), undefined);
-    assert.equal(jsonProblem(nested(MAX_JSON_DEPTH), false), undefined);
-    const deep = jsonProblem(nested(MAX_JSON_DEPTH + 1), false);
-    assert.match(deep?.message ?? '', new RegExp(`deeper than ${MAX_JSON_DEPTH} levels`));
-    assert.equal(deep?.path, '/0'.repeat(MAX_JSON_DEPTH));
+    assert.equal(currentMaxJsonDepth(), DEFAULT_MAX_JSON_DEPTH);
+    assert.equal(DEFAULT_MAX_JSON_DEPTH, 128);
+    assert.equal(jsonProblem(nested(DEFAULT_MAX_JSON_DEPTH), false), undefined);
+    const deep = jsonProblem(nested(DEFAULT_MAX_JSON_DEPTH + 1), false);
+    assert.match(deep?.message ?? '', new RegExp(`deeper than ${DEFAULT_MAX_JSON_DEPTH} levels`));
+    assert.equal(deep?.path, '/0'.repeat(DEFAULT_MAX_JSON_DEPTH));
     // 10,000 levels: found without a stack overflow (the walk stops at the limit).
     assert.ok(jsonProblem(nested(10_000), false));
     assert.deepEqual(jsonProblem({ a: { 'b/c~': [1, Number.POSITIVE_INFINITY] } }, false), {
@@ -55,6 +61,29 @@ describe('input checks (src/input.ts)', () => {
       path: '/k\ud800',
       message: 'has a key that contains an unpaired UTF-16 surrogate',
     });
+  });
+
+  it('MAX_JSON_DEPTH: set per process within its bounds, or given per check', () => {
+    try {
+      setMaxJsonDepth(10);
+      assert.equal(jsonProblem(nested(10), true), undefined);
+      assert.match(jsonProblem(nested(11), true)?.message ?? '', /deeper than 10 levels/);
+      setMaxJsonDepth(MAX_JSON_DEPTH_LIMIT);
+      assert.equal(jsonProblem(nested(MAX_JSON_DEPTH_LIMIT), false), undefined);
+      assert.equal(
+        jsonProblem(nested(MAX_JSON_DEPTH_LIMIT + 1), false)?.path.length,
+        2 * MAX_JSON_DEPTH_LIMIT,
+      );
+      // A check may pass its own.
+      assert.ok(jsonProblem(nested(3), false, 2));
+      assert.equal(jsonProblem(nested(2), false, 2), undefined);
+      for (const bad of [MIN_JSON_DEPTH - 1, MAX_JSON_DEPTH_LIMIT + 1, 0, -1, 12.5, Number.NaN]) {
+        assert.throws(() => setMaxJsonDepth(bad), RangeError, String(bad));
+      }
+      assert.equal(currentMaxJsonDepth(), MAX_JSON_DEPTH_LIMIT, 'a refused value changes nothing');
+    } finally {
+      setMaxJsonDepth(DEFAULT_MAX_JSON_DEPTH);
+    }
   });
 
   it('times the stores hold: years 1 to 9999', () => {
