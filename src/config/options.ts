@@ -175,7 +175,8 @@ export const OPTIONS = {
     default: 10_000,
     doc:
       'How long a graceful stop (SIGTERM, SIGINT) may take; past it the process logs the step still pending and ' +
-      "exits with code 124. Keep it below the orchestrator's grace period (terminationGracePeriodSeconds, docker stop -t).",
+      "exits with code 124 (0: at once, without draining). Keep it below the orchestrator's grace period " +
+      '(terminationGracePeriodSeconds, docker stop -t).',
   },
   corsOrigins: {
     env: 'CORS_ORIGINS',

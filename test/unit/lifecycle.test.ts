@@ -82,6 +82,13 @@ describe('process lifecycle: signals, shutdown timeout, failures', () => {
     assert.deepEqual(exits, [124]);
   });
 
+  it('SHUTDOWN_TIMEOUT=0 exits at once, and says so with 124: the drain did not run', async () => {
+    const { lifecycle, exit } = setup(0);
+    lifecycle.started(node(never));
+    lifecycle.signal('SIGTERM');
+    assert.equal(await exit, EXIT.shutdownTimeout);
+  });
+
   it('a stop that fails exits 1 with the error', async () => {
     const { lifecycle, exit, lines } = setup(1000);
     lifecycle.started(node(() => Promise.reject(new Error('store close hung up'))));
