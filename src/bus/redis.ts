@@ -138,6 +138,13 @@ export function heartbeatPeriod(presenceTtlMs: number): number {
   return Math.max(500, Math.floor(presenceTtlMs / 4));
 }
 
+/**
+ * How long the command connection may owe Redis's reply before Redis counts as unreachable. Every command
+ * Herald sends is short (the longest, a batch of 256 notifications, takes Redis ~1.5 ms), so this is
+ * only reached when Redis or the path to it is stalled.
+ */
+const STALL_MS = 2000;
+
 /** Users per routed notification above which it goes to the app channel instead (one Lua call stays short). */
 const ROUTE_MAX_USERS = 1000;
 
@@ -203,13 +210,19 @@ export class RedisCluster {
       connectTimeout: 3000,
     };
     // Commands fail fast while Redis is away (no offline queue): a late notification is worse than
-    // a missed one for the other nodes, and local sockets are served either way.
+    // a missed one for the other nodes, and local sockets are served either way. For the same reason
+    // the commands in flight when the connection drops fail at once (maxRetriesPerRequest 0) rather
+    // than being sent again after a reconnect, possibly twice. A Redis that stops answering without
+    // closing the connection (a stalled host, a dead network path, CLIENT PAUSE) counts as away once
+    // it has owed a reply for STALL_MS: the connection is dropped, so that notifications are delivered
+    // locally at once instead of waiting (and piling up) for minutes, and /readyz shows it.
     // Auto-pipelining sends the commands of one event-loop turn in one write (history appends, routes
     // and publishes of concurrent requests), which is most of what a busy node sends.
     this.pub = new Redis(opts.url, {
       ...common,
       enableOfflineQueue: false,
-      maxRetriesPerRequest: 1,
+      maxRetriesPerRequest: 0,
+      socketTimeout: STALL_MS,
       enableAutoPipelining: true,
     });
     this.sub = new Redis(opts.url, { ...common, autoResubscribe: true });
