@@ -202,7 +202,16 @@ describe('graceful shutdown: SIGTERM to the real process', () => {
     const dir = mkdtempSync(join(tmpdir(), 'herald-sigterm-early-'));
     const port = await freePort();
     const early = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-      env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dir, LOG_LEVEL: 'warn' },
+      // SHUTDOWN_TIMEOUT counts from the signal, start-up included: a start-up slower than the default 10 s
+      // (a loaded machine) would end in exit 124 instead of the graceful stop this test is about.
+      env: {
+        ...process.env,
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        DATA_DIR: dir,
+        LOG_LEVEL: 'warn',
+        SHUTDOWN_TIMEOUT: '60s',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
