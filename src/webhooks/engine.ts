@@ -11,6 +11,7 @@ import { WebhookMetrics } from './metrics.js';
 import {
   type DeliveryRow,
   type DeliveryUpdate,
+  IntakeTimeout,
   isDataException,
   type MerchantRow,
   type MerchantTransition,
@@ -323,6 +324,16 @@ export class WebhookEngine {
       return r;
     } catch (err) {
       if (isHeraldError(err)) throw err;
+      if (err instanceof IntakeTimeout) {
+        this.logger.error({ orderNo, ms: err.ms }, 'webhook intake: the store did not answer in time');
+        throw new HeraldError(
+          'store_unavailable',
+          err.stored === false
+            ? `The store did not take the webhook within ${err.ms} ms; it was not stored. Retry later.`
+            : `The store did not confirm the webhook within ${err.ms} ms. Retry later with the same ` +
+                'idempotency key: if it was stored meanwhile, the answer is duplicate with its id.',
+        );
+      }
       if (isDataException(err)) {
         // SQLSTATE class 22: the store refused a value of this request; sending it again cannot help.
         this.logger.warn({ err, orderNo }, 'webhook intake: the store refused a value');

@@ -38,6 +38,29 @@ export interface QueueSettings {
   breakerThreshold: number;
   breakerOpen: number;
   breakerDelay: number;
+  /** How long an intake waits for the store at most (default INTAKE_DEADLINE_MS). */
+  intakeDeadline?: number;
+}
+
+/**
+ * How long a notification waits for the store to take it at most. A store that does not answer (a
+ * PostgreSQL connection cut without a reset, the embedded store held by a long statement) would otherwise
+ * hold every intake request open for as long as that lasts, and queue them in memory without a bound.
+ */
+export const INTAKE_DEADLINE_MS = 15_000;
+
+/**
+ * The store did not take a notification within the intake deadline. `stored` is false when the write had
+ * not started (the notification is surely not stored), undefined when it may still commit.
+ */
+export class IntakeTimeout extends Error {
+  constructor(
+    readonly ms: number,
+    readonly stored: false | undefined,
+  ) {
+    super(`the store did not take the notification within ${ms}ms`);
+    this.name = 'IntakeTimeout';
+  }
 }
 
 /** What happens to a delivery after one attempt (computed by the engine). */
@@ -185,7 +208,28 @@ export class WebhookQueue {
    */
   enqueue(row: EnqueueRow): Promise<{ id: string; duplicate: boolean }> {
     return new Promise((resolve, reject) => {
-      this.intake.push({ row, resolve, reject });
+      const ms = this.s.intakeDeadline ?? INTAKE_DEADLINE_MS;
+      // A request the store does not take in time is answered (503) and, when its write has not started,
+      // taken out of the queue: it is not stored, and the waiting requests stay bounded by the rate of one
+      // deadline. One that is being written may still commit: a retry with its key answers `duplicate`.
+      const timer = setTimeout(() => {
+        const i = this.intake.indexOf(p);
+        if (i >= 0) this.intake.splice(i, 1);
+        reject(new IntakeTimeout(ms, i >= 0 ? false : undefined));
+      }, ms);
+      timer.unref();
+      const p: PendingEnqueue = {
+        row,
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      this.intake.push(p);
       if (this.intakeRunning < this.intakeParallel) void this.drainIntake();
     });
   }

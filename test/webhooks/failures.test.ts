@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { SqlError } from '../../src/store/index.js';
+import type { QueueSettings } from '../../src/webhooks/queue.js';
 import type { ClaimedDelivery } from '../../src/webhooks/types.js';
 import type { TestHerald } from '../helpers.js';
 import {
@@ -121,6 +122,55 @@ for (const store of STORES) {
       } finally {
         await m.close();
       }
+    });
+
+    it('a store that does not answer: intake answers 503 store_unavailable at its deadline, never hangs', async () => {
+      const settings = (herald.webhooks.queue as unknown as { s: QueueSettings }).s;
+      settings.intakeDeadline = 400;
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const s = herald.store as { query: typeof herald.store.query };
+      const query = s.query.bind(herald.store);
+      s.query = (async (...args: Parameters<typeof query>) => {
+        if (String(args[0]).includes('INSERT INTO webhook_deliveries (id, idempotency_key')) await gate;
+        return query(...args);
+      }) as typeof query;
+      restore.push(() => {
+        s.query = query;
+        settings.intakeDeadline = undefined;
+        open();
+      });
+      const orders = Array.from({ length: 6 }, () => orderNo());
+      const notifyUrl = 'http://127.0.0.1:9/notify';
+      const post = (o: string) =>
+        call(base, 'POST', '/merchant-notify', { orderNo: o, notifyUrl, payload: { o } });
+      const started = Date.now();
+      const hung = setTimeout(open, 3000); // without a deadline the requests wait for the store
+      const answers = await Promise.all(orders.map(post));
+      const ms = Date.now() - started;
+      clearTimeout(hung);
+      open();
+      assert.ok(ms < 2000, `intake answered after ${ms} ms with the store not answering`);
+      for (const a of answers) {
+        assert.equal(a.status, 503, JSON.stringify(a.body));
+        assert.equal(a.body.error?.code, 'store_unavailable');
+        assert.match(a.body.error?.message ?? '', /within 400 ms/);
+      }
+      // Sent again once the store answers, each is stored once: requests whose write had not started were
+      // not stored; the others answer duplicate with their id.
+      const again = await Promise.all(orders.map(post));
+      for (const [i, a] of again.entries()) {
+        assert.equal(a.status, 202, JSON.stringify(a.body));
+        if (/was not stored/.test(answers[i]?.body.error?.message ?? ''))
+          assert.equal(a.body.data.duplicate, false);
+      }
+      const n = await herald.store.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM webhook_deliveries WHERE order_no IN (SELECT jsonb_array_elements_text($1::jsonb))',
+        [JSON.stringify(orders)],
+      );
+      assert.equal(n.rows[0]?.n, orders.length);
     });
   });
 }
