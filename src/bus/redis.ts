@@ -145,6 +145,9 @@ export function heartbeatPeriod(presenceTtlMs: number): number {
  */
 const STALL_MS = 2000;
 
+/** Most topics remembered for a refresh of the counts after an outage (see RedisCluster.countRead). */
+const COUNT_READ_MAX = 50_000;
+
 /** Users per routed notification above which it goes to the app channel instead (one Lua call stays short). */
 const ROUTE_MAX_USERS = 1000;
 
@@ -182,6 +185,13 @@ export class RedisCluster {
   /** Until then, user-targeted notifications go to the app channel (presence may be incomplete). */
   private routeAfter = 0;
   private pending = new Map<string, PendingTopic>();
+  /**
+   * Topics whose cluster-wide count was read since the last resync (the ones watchers here watch), so
+   * that they are read again once Redis is back: a change another node made while Redis was away (or
+   * announced before this node listened again) reaches nobody otherwise. At most COUNT_READ_MAX, the
+   * least recently read go first.
+   */
+  private countRead = new Map<string, { appId: string; topic: string }>();
   private flushScheduled = false;
   private resyncNeeded = false;
   /** Whether a heartbeat of this node has reached Redis (a later one that adds the node anew was reaped). */
@@ -815,7 +825,8 @@ export class RedisCluster {
     }
     try {
       await m.exec();
-      // Re-subscribe app channels too, in case the subscriber connection came back first.
+      // Re-subscribe app channels too, in case the subscriber connection came back first. Resolved
+      // when Redis confirmed them, so every count change announced from now on reaches this node.
       for (const appId of this.apps.keys()) await this.sub.subscribe(this.channel(appId));
       await this.announce(touched);
     } catch (err) {
@@ -823,6 +834,13 @@ export class RedisCluster {
       throw err;
     }
     for (const t of touched) this.opts.onCountChange(t.appId, t.topic);
+    // What the local watchers were shown may be stale: other nodes' subscribers may have left while
+    // Redis was away (a node re-publishing after a restart does not know what it held before), or their
+    // announcements came while this node was not listening. Read every watched count again; those still
+    // watched are read (and remembered) again, the others are forgotten.
+    const read = [...this.countRead.values()];
+    this.countRead.clear();
+    for (const t of read) this.opts.onCountChange(t.appId, t.topic);
   }
 
   /** Removes a dead node's presence (atomically, and only if it is still dead; see REAP_SCRIPT). */
@@ -852,6 +870,11 @@ export class RedisCluster {
   /** The cluster-wide count, or this node's own when Redis is away. */
   private async count(appId: string, topic: string): Promise<TopicCount> {
     const at = `${appId}|${topic}`;
+    this.countRead.delete(at);
+    this.countRead.set(at, { appId, topic });
+    if (this.countRead.size > COUNT_READ_MAX) {
+      this.countRead.delete(this.countRead.keys().next().value as string);
+    }
     if (!this.healthy()) return this.localOnly(appId, topic);
     try {
       const tmp = this.key(`tmp:${this.nodeId}:${this.tmpCounter++}`);

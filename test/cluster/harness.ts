@@ -139,7 +139,8 @@ export async function startRedis(
     port: p,
     url: `redis://127.0.0.1:${p}`,
     async stop() {
-      if (child.exitCode !== null) return;
+      // A killed server has a signalCode and no exitCode: stopping it again must not wait for an exit.
+      if (child.exitCode !== null || child.signalCode !== null) return;
       const done = new Promise((r) => child.once('exit', r));
       child.kill('SIGKILL');
       await done;

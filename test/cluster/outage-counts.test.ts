@@ -1,0 +1,52 @@
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { sleep, until } from '../helpers.js';
+import { closeSockets, connectTo } from './failure-helpers.js';
+import { type NodeProcess, spawnReadyNodes, startRedis, uniqueName } from './harness.js';
+
+after(closeSockets);
+
+/**
+ * Counts after Redis restarted empty: what changed on another node during the outage must reach the
+ * watchers, although no node remembers the counts from before and Redis kept nothing.
+ */
+describe('cluster: counts after a Redis restart', () => {
+  it('converge to the exact value when a subscriber left another node during the outage', async () => {
+    const redis = await startRedis();
+    const prefix = `${uniqueName('hoc')}:`;
+    const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s', COUNT_INTERVAL: '20ms' };
+    const [a, b] = (await spawnReadyNodes(env, 2)) as [NodeProcess, NodeProcess];
+    let again: Awaited<ReturnType<typeof startRedis>> | undefined;
+    try {
+      const watcher = await connectTo(a.url, 'oc', 'dash');
+      const latest = new Map<string, number>();
+      watcher.on('dataUpdate', (d: { type?: string; topic: string; count: number }) => {
+        if (d?.type === 'count') latest.set(d.topic, d.count);
+      });
+      await watcher.emitWithAck('subscribeCount', ['x', 'y']);
+      const leaving = await connectTo(b.url, 'oc', 'leaving');
+      const staying = await connectTo(b.url, 'oc', 'staying');
+      await leaving.emitWithAck('subscribe', 'x');
+      await staying.emitWithAck('subscribe', 'y');
+      await until(() => latest.get('x') === 1 && latest.get('y') === 1, 5000, 'counts before');
+      await sleep(200);
+      await redis.stop();
+      await sleep(300);
+      // During the outage: one subscriber leaves x on node b (b only knows it locally).
+      await leaving.emitWithAck('unsubscribe', 'x');
+      await sleep(300);
+      again = await startRedis(redis.port);
+
+      // The watcher on node a must end with x = 0 (and y still 1), without any further change.
+      await until(() => latest.get('x') === 0, 15_000, 'x back to 0 after Redis returned');
+      await sleep(1500);
+      assert.equal(latest.get('x'), 0);
+      const y = await watcher.emitWithAck('subscribeCount', ['y']);
+      assert.equal((y as { counts?: Record<string, { count: number }> }).counts?.y?.count ?? -1, 1);
+    } finally {
+      await Promise.all([a.kill(), b.kill()]);
+      await again?.stop();
+      await redis.stop();
+    }
+  });
+});
