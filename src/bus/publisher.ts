@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { newEpoch } from '../history/index.js';
 import { APPEND_STREAMS_LUA } from '../history/redis.js';
-import { Script } from './script.js';
+import { NOW_MS_LUA, Script } from './script.js';
 
 /**
  * One notification for the batch script: where it goes (`app`: the app channel; `route`: the nodes whose
@@ -32,7 +32,7 @@ export interface PublishOutcome {
 
 /**
  * Appends a batch of notifications to their history streams and publishes them, in one call, in order.
- * ARGV: nodes zset, min heartbeat, caller node, node-channel prefix, epoch candidate, now, the head of a
+ * ARGV: nodes zset, presence TTL in ms (a node is live when its heartbeat, in Redis time, is that recent), caller node, node-channel prefix, epoch candidate, now, the head of a
  * batch message (`{"v":1,"t":"batch","node":…,"ms":[`), the number of notifications, then per
  * notification: mode, app channel, online-set prefix, message head, history base, history entry, stream
  * count, the (stream, size, ttlMs) triples, user count, the users.
@@ -45,8 +45,8 @@ export interface PublishOutcome {
  * Returns, per notification, the flat (offset, epoch) list of its streams then the number of nodes it was
  * routed to.
  */
-const PUBLISH_BATCH_SCRIPT = new Script(`${APPEND_STREAMS_LUA}
-local nodes = redis.call('ZRANGEBYSCORE', ARGV[1], ARGV[2], '+inf')
+const PUBLISH_BATCH_SCRIPT = new Script(`${APPEND_STREAMS_LUA}${NOW_MS_LUA}
+local nodes = redis.call('ZRANGEBYSCORE', ARGV[1], now_ms() - tonumber(ARGV[2]), '+inf')
 local self, node_prefix, epoch, now, batch_head = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local lists, order = {}, {}
 local node_lists, app_lists = {}, {}
@@ -200,7 +200,7 @@ export class BatchPublisher {
     const { opts } = this;
     const args: (string | number)[] = [
       opts.nodesKey,
-      String(Date.now() - opts.presenceTtlMs),
+      String(opts.presenceTtlMs),
       opts.nodeId,
       opts.nodePrefix,
       newEpoch(),

@@ -7,7 +7,7 @@ import type { Logger } from '../logger.js';
 import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
 import { BatchPublisher, type OutgoingNotification } from './publisher.js';
-import { Script } from './script.js';
+import { NOW_MS_LUA, Script } from './script.js';
 import type { Bus, ClusterMessage, LocalDeliver, Presence } from './types.js';
 
 export interface RedisClusterOptions {
@@ -49,11 +49,12 @@ interface PendingTopic {
 }
 
 /**
- * Counts distinct client ids and connections of a topic over the live nodes. Keys are built inside the
+ * Counts distinct client ids and connections of a topic over the live nodes (ARGV[1]: the presence TTL;
+ * liveness is judged in Redis time, see NOW_MS_LUA). Keys are built inside the
  * script, so this needs a single Redis (or one shard holding the prefix), which is what Herald targets.
  */
-const COUNT_SCRIPT = new Script(`
-local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+const COUNT_SCRIPT = new Script(`${NOW_MS_LUA}
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now_ms() - tonumber(ARGV[1]), '+inf')
 local base = ARGV[2]
 local pc = ARGV[3]
 local keys = {}
@@ -75,8 +76,8 @@ return { count, conns }
 `);
 
 /** Which of ARGV[3..] are members of the ONLINE pseudo-topic set of any live node. */
-const ONLINE_SCRIPT = new Script(`
-local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+const ONLINE_SCRIPT = new Script(`${NOW_MS_LUA}
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now_ms() - tonumber(ARGV[1]), '+inf')
 local out = {}
 for i = 3, #ARGV do
   for _, n in ipairs(nodes) do
@@ -91,15 +92,15 @@ return out
 
 /**
  * Removes a dead node's presence in one step, only if its heartbeat (KEYS[1] score of ARGV[1]) is still
- * at or below the cutoff ARGV[2]: a node that was only frozen and heartbeats again in between keeps its
+ * older than the presence TTL ARGV[2] (in Redis time): a node that was only frozen and heartbeats again in between keeps its
  * entries, and a reaper that dies half-way leaves nothing behind (its ZREM done, the entries not yet
  * deleted, nobody would ever delete them). ARGV[3] is the key prefix. Answers the node's `<app>|<topic>`
  * entries, or nil when there was nothing to reap.
  */
-const REAP_SCRIPT = new Script(`
+const REAP_SCRIPT = new Script(`${NOW_MS_LUA}
 local node, pre = ARGV[1], ARGV[3]
 local seen = redis.call('ZSCORE', KEYS[1], node)
-if not seen or tonumber(seen) > tonumber(ARGV[2]) then return false end
+if not seen or tonumber(seen) > now_ms() - tonumber(ARGV[2]) then return false end
 redis.call('ZREM', KEYS[1], node)
 local nk = pre .. 'nk:' .. node
 local entries = redis.call('SMEMBERS', nk)
@@ -110,6 +111,19 @@ end
 redis.call('DEL', nk)
 redis.call('HDEL', pre .. 'nodeinfo', node)
 return entries
+`);
+
+/**
+ * A node's heartbeat (ARGV[1] into the nodes zset KEYS[1], stamped with Redis's clock) and the nodes whose
+ * last heartbeat is older than the presence TTL ARGV[2]. Answers { 1 if the node was added anew (it was
+ * reaped, or Redis lost it), the dead nodes... }.
+ */
+const HEARTBEAT_SCRIPT = new Script(`${NOW_MS_LUA}
+local now = now_ms()
+local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+table.insert(dead, 1, added)
+return dead
 `);
 
 /**
@@ -767,9 +781,14 @@ export class RedisCluster {
   /** Heartbeat; resync after an outage; removal of dead nodes' entries. */
   private async beat(): Promise<void> {
     if (this.closed || this.pub.status !== 'ready') return;
-    const now = Date.now();
     try {
-      const added = await this.pub.zadd(this.key('nodes'), now, this.nodeId);
+      const [added, ...dead] = (await HEARTBEAT_SCRIPT.run(
+        this.pub,
+        1,
+        this.key('nodes'),
+        this.nodeId,
+        String(this.opts.presenceTtlMs),
+      )) as [number, ...string[]];
       if (added === 1 && this.beaten && !this.resyncNeeded) {
         // Another node took this one for dead (frozen, or cut off from Redis longer than the presence
         // TTL) and removed its entries: its subscribers and online users must be published again.
@@ -781,9 +800,7 @@ export class RedisCluster {
         await this.pub.hset(this.key('nodeinfo'), this.nodeId, JSON.stringify(this.opts.nodeInfo()));
       }
       if (this.resyncNeeded) await this.resync();
-      const cutoff = now - this.opts.presenceTtlMs;
-      const dead = await this.pub.zrangebyscore(this.key('nodes'), '-inf', cutoff);
-      for (const node of dead) await this.reap(node, cutoff);
+      for (const node of dead) await this.reap(node);
     } catch (err) {
       this.opts.logger.debug({ err: (err as Error).message }, 'redis heartbeat failed');
     }
@@ -844,14 +861,14 @@ export class RedisCluster {
   }
 
   /** Removes a dead node's presence (atomically, and only if it is still dead; see REAP_SCRIPT). */
-  private async reap(node: string, cutoff: number): Promise<void> {
+  private async reap(node: string): Promise<void> {
     if (node === this.nodeId) return;
     const entries = (await REAP_SCRIPT.run(
       this.pub,
       1,
       this.key('nodes'),
       node,
-      String(cutoff),
+      String(this.opts.presenceTtlMs),
       this.opts.prefix,
     )) as string[] | null;
     if (!entries) return;
@@ -882,7 +899,7 @@ export class RedisCluster {
         this.pub,
         1,
         this.key('nodes'),
-        String(Date.now() - this.opts.presenceTtlMs),
+        String(this.opts.presenceTtlMs),
         this.key(`pm:${at}|`),
         this.key(`pc:${at}`),
         tmp,
@@ -903,7 +920,7 @@ export class RedisCluster {
         this.pub,
         1,
         this.key('nodes'),
-        String(Date.now() - this.opts.presenceTtlMs),
+        String(this.opts.presenceTtlMs),
         this.key(`pm:${appId}|${ONLINE_TOPIC}|`),
         ...users,
       )) as string[];
@@ -923,13 +940,18 @@ export class RedisCluster {
    * about itself (`nodeInfo`) and when. Rejects while Redis is away.
    */
   async nodes(): Promise<{ id: string; self: boolean; lastSeen: number; info: Record<string, unknown> }[]> {
-    const since = Date.now() - this.opts.presenceTtlMs;
+    // Heartbeats are stamped with Redis's clock (see NOW_MS_LUA); `lastSeen` is given on this node's
+    // clock, so that it compares with this node's Date.now() whatever the two clocks say.
+    const [sec, usec] = await this.pub.time();
+    const redisNow = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    const offset = redisNow - Date.now();
+    const since = redisNow - this.opts.presenceTtlMs;
     const flat = await this.pub.zrangebyscore(this.key('nodes'), since, '+inf', 'WITHSCORES');
     const ids: string[] = [];
     const seen: number[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
       ids.push(flat[i] as string);
-      seen.push(Number(flat[i + 1]));
+      seen.push(Number(flat[i + 1]) - offset);
     }
     const infos = ids.length ? await this.pub.hmget(this.key('nodeinfo'), ...ids) : [];
     return ids.map((id, i) => {

@@ -21,3 +21,15 @@ export class Script {
     }
   }
 }
+
+/**
+ * Lua `now_ms()`: Redis's own clock in milliseconds. Heartbeats are stamped and judged with it, so that
+ * whether a node is alive never depends on the nodes' clocks agreeing (a node whose clock is behind by
+ * more than the presence TTL would otherwise be taken for dead by every other node, all the time).
+ */
+export const NOW_MS_LUA = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`;
