@@ -850,12 +850,17 @@ export class WebhookQueue {
     return r.rows[0] ?? null;
   }
 
+  /**
+   * Merchants, breakers and slow ones first, then newest first. Not by last activity: every result batch
+   * touches its merchants, so pages in that order shifted while deliveries ran (merchants repeated on the
+   * next page, others never shown).
+   */
   async listMerchants(page: number, limit: number): Promise<{ total: number; rows: MerchantRow[] }> {
     const [count, rows] = await Promise.all([
       this.store.query<{ n: number }>('SELECT count(*)::int AS n FROM webhook_merchants'),
       this.store.query<MerchantRow>(
         `SELECT ${MERCHANT_COLUMNS} FROM webhook_merchants
-         ORDER BY (breaker_state <> 'closed') DESC, is_slow DESC, updated_at DESC, merchant_key LIMIT $1 OFFSET $2`,
+         ORDER BY (breaker_state <> 'closed') DESC, is_slow DESC, created_at DESC, merchant_key LIMIT $1 OFFSET $2`,
         [limit, (page - 1) * limit],
       ),
     ]);
@@ -925,6 +930,33 @@ export class WebhookQueue {
     return r.rows;
   }
 
+  /** The latest webhooks that ended `failed` (the dead letters an admin may retry), newest first. */
+  async listFailed(limit: number): Promise<DeliveryRow[]> {
+    const r = await this.store.query<DeliveryRow>(
+      `SELECT ${DELIVERY_COLUMNS} FROM webhook_deliveries WHERE status = 'failed'
+       ORDER BY finished_at DESC NULLS LAST, seq DESC LIMIT $1`,
+      [limit],
+    );
+    return r.rows;
+  }
+
+  /**
+   * The webhooks a retry reference names, with why retry() left them alone: in flight (leased), delivered
+   * (without includeDelivered), or purged by retention.
+   */
+  async retryBlockers(ref: {
+    seq?: number;
+    id?: string;
+    orderNo?: string;
+  }): Promise<{ id: string; status: string; in_flight: boolean; purged: boolean }[]> {
+    const r = await this.store.query<{ id: string; status: string; in_flight: boolean; purged: boolean }>(
+      `SELECT id, status, coalesce(locked_until > now(), false) AS in_flight, purged_at IS NOT NULL AS purged
+       FROM webhook_deliveries WHERE seq = $1 OR id = $2 OR order_no = $3 ORDER BY seq LIMIT 20`,
+      [ref.seq ?? null, ref.id ?? null, ref.orderNo ?? null],
+    );
+    return r.rows;
+  }
+
   async getDelivery(id: string): Promise<DeliveryRow | null> {
     const r = await this.store.query<DeliveryRow>(
       `SELECT ${DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1`,
@@ -939,6 +971,8 @@ export class WebhookQueue {
     orderNo?: string;
     success?: boolean;
     deliveryId?: string;
+    /** Keyset paging: only attempts older than this id (the last id of the previous page); page is ignored. */
+    before?: number;
   }): Promise<{ total: number; rows: AttemptRow[] }> {
     const where: string[] = [];
     const params: unknown[] = [];
@@ -957,11 +991,18 @@ export class WebhookQueue {
       `SELECT count(*)::int AS n FROM webhook_attempts ${clause}`,
       params,
     );
+    const keyset = filter.before !== undefined;
+    const pageWhere = keyset ? `${clause ? `${clause} AND` : 'WHERE'} id < $${params.length + 3}` : clause;
     const rows = await this.store.query<AttemptRow>(
       `SELECT id, delivery_id, order_no, merchant_key, url, attempt, outcome, status_code, response_body, duration_ms,
          error, created_at
-       FROM webhook_attempts ${clause} ORDER BY id DESC LIMIT $${params.length + 1} OFFSET $${params.length + 2}`,
-      [...params, filter.limit, (filter.page - 1) * filter.limit],
+       FROM webhook_attempts ${pageWhere} ORDER BY id DESC LIMIT $${params.length + 1} OFFSET $${params.length + 2}`,
+      [
+        ...params,
+        filter.limit,
+        keyset ? 0 : (filter.page - 1) * filter.limit,
+        ...(keyset ? [filter.before] : []),
+      ],
     );
     return { total: count.rows[0]?.n ?? 0, rows: rows.rows };
   }

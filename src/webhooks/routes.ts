@@ -343,11 +343,12 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
             },
           },
           async () => {
-            const [depth, pending, retry, delayed] = await Promise.all([
+            const [depth, pending, retry, delayed, failed] = await Promise.all([
               engine.queue.depth(),
               engine.queue.listDeliveries(['pending'], 20),
               engine.queue.listDeliveries(['retrying'], 20),
               engine.queue.listDeliveries(['delayed'], 20),
+              engine.queue.listFailed(20),
             ]);
             return ok({
               pending_count: depth.pending,
@@ -359,6 +360,7 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
               pending_orders: pending.map(deliveryView),
               retry_orders: retry.map(deliveryView),
               delayed_orders: delayed.map(deliveryView),
+              failed_orders: failed.map(deliveryView),
             });
           },
         );
@@ -369,10 +371,13 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
             schema: {
               summary: 'Attempt log, newest first',
               description:
-                'order_no matches a prefix; status=1 (or success) keeps successful attempts, status=0 (or failed) the others.',
+                'order_no matches a prefix; status=1 (or success) keeps successful attempts, status=0 (or failed) the others. ' +
+                'cursor (data.next_cursor of the previous page) pages without repeating or skipping attempts while new ones ' +
+                'are logged; page counts from the newest attempt and shifts as they arrive.',
               querystring: Type.Object({
                 page: Type.Optional(Digits),
                 limit: Type.Optional(Digits),
+                cursor: Type.Optional(Type.String({ pattern: '^[0-9]{1,15}$' })),
                 order_no: Type.Optional(Type.String({ maxLength: 128 })),
                 status: Type.Optional(
                   Type.Union([
@@ -393,14 +398,23 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
             const page = Math.max(1, Number(q.page ?? 1));
             const limit = Math.min(100, Math.max(1, Number(q.limit ?? 20)));
             const success = q.status === undefined ? undefined : q.status === '1' || q.status === 'success';
+            const before = q.cursor === undefined ? undefined : Number(q.cursor);
             const r = await engine.queue.logs({
               page,
               limit,
               orderNo: q.order_no || undefined,
               success,
               deliveryId: q.webhook_id || undefined,
+              ...(before !== undefined ? { before } : {}),
             });
-            return ok({ total: r.total, page, limit, list: r.rows.map(attemptView) });
+            const last = r.rows[r.rows.length - 1];
+            return ok({
+              total: r.total,
+              page,
+              limit,
+              next_cursor: r.rows.length === limit && last ? String(last.id) : null,
+              list: r.rows.map(attemptView),
+            });
           },
         );
 
@@ -465,9 +479,33 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
               typeof b.order_id === 'number' ? { seq: b.order_id } : { id: b.order_id, orderNo: b.order_id };
             const rows = await engine.retry(ref, b.include_delivered === true);
             if (rows.length === 0) {
+              // Say why: an admin must not read "no such webhook" for one that is being sent right now.
+              const found = await engine.queue.retryBlockers(ref);
+              if (found.length === 0) throw new HeraldError('not_found', 'No webhook matches order_id.');
+              const why = found.map((d) => ({
+                path: '/order_id',
+                message: d.in_flight
+                  ? 'in_flight'
+                  : d.purged
+                    ? 'purged'
+                    : d.status === 'delivered'
+                      ? 'delivered'
+                      : d.status,
+                webhook_id: d.id,
+                status: d.status,
+              }));
+              const first = found[0] as (typeof found)[number];
+              const message = first.in_flight
+                ? `Webhook ${first.id} is being sent right now; retry once this attempt has ended (its result is in the logs).`
+                : first.purged
+                  ? `Webhook ${first.id} finished before the log retention and lost its payload; it cannot be sent again.`
+                  : first.status === 'delivered'
+                    ? `Webhook ${first.id} was delivered; pass include_delivered: true to send it again.`
+                    : `Webhook ${first.id} is ${first.status} and was not retried; try again.`;
               throw new HeraldError(
                 'not_found',
-                'No webhook matches order_id, or it is being sent right now.',
+                found.length > 1 ? `${message} (${found.length} webhooks match; see details)` : message,
+                why,
               );
             }
             return ok({ retried: rows.length, list: rows.map(deliveryView) }, MSG_DONE);

@@ -16,6 +16,7 @@ import {
   STORES,
   sleep,
   startNode,
+  status,
 } from './helpers.js';
 
 after(dropSchemas);
@@ -47,9 +48,9 @@ for (const store of STORES) {
       for (const r of restore.splice(0)) r();
     });
 
-    const enqueue = async (notifyUrl: string) => {
+    const enqueue = async (notifyUrl: string, prefix?: string) => {
       const r = await call(base, 'POST', '/merchant-notify', {
-        orderNo: orderNo(),
+        orderNo: orderNo(prefix),
         notifyUrl,
         payload: { a: 1 },
       });
@@ -171,6 +172,103 @@ for (const store of STORES) {
         [JSON.stringify(orders)],
       );
       assert.equal(n.rows[0]?.n, orders.length);
+    });
+
+    it('admin: failed webhooks are listed in queue-status; a retry says why it did nothing (in flight, delivered)', async () => {
+      const bad = await Merchant.start(status(500));
+      const slow = await Merchant.start(delayed(1500, ok));
+      try {
+        const failedId = await enqueue(bad.url());
+        assert.equal((await deliveryFinished(herald, failedId, 10_000)).status, 'failed');
+        const q = await call(base, 'GET', '/admin/merchant-notify/queue-status');
+        const failed = q.body.data.failed_orders as { id: string; status: string }[];
+        assert.ok(Array.isArray(failed), 'queue-status lists the failed webhooks');
+        assert.equal(failed[0]?.id, failedId, 'newest failed first');
+        assert.equal(failed[0]?.status, 'failed');
+
+        const id = await enqueue(slow.url());
+        const start = Date.now();
+        while (slow.received.length === 0 && Date.now() - start < 5000) await sleep(5);
+        const busy = await call(base, 'POST', '/admin/merchant-notify/retry', { order_id: id });
+        assert.equal(busy.status, 404, JSON.stringify(busy.body));
+        assert.equal(busy.body.error?.code, 'not_found');
+        assert.match(busy.body.error?.message ?? '', /is being sent right now/);
+        assert.doesNotMatch(busy.body.error?.message ?? '', /No webhook matches/);
+        assert.equal(busy.body.error?.details?.[0]?.message, 'in_flight');
+        assert.equal((await deliveryFinished(herald, id, 10_000)).status, 'delivered');
+        const done = await call(base, 'POST', '/admin/merchant-notify/retry', { order_id: id });
+        assert.equal(done.status, 404);
+        assert.match(done.body.error?.message ?? '', /include_delivered/);
+        assert.equal(done.body.error?.details?.[0]?.message, 'delivered');
+        const none = await call(base, 'POST', '/admin/merchant-notify/retry', { order_id: 'no-such-order' });
+        assert.equal(none.status, 404);
+        assert.equal(none.body.error?.message, 'No webhook matches order_id.');
+      } finally {
+        await Promise.all([bad.close(), slow.close()]);
+      }
+    });
+
+    it('admin: all-merchant-status pages neither repeat nor skip merchants while results touch them', async () => {
+      const ms = await Promise.all(Array.from({ length: 4 }, () => Merchant.start(ok)));
+      try {
+        const ids = await Promise.all(ms.map((m) => enqueue(m.url())));
+        for (const id of ids) await deliveryFinished(herald, id, 10_000);
+        const total = Number(
+          (await call(base, 'GET', '/admin/merchant-notify/all-merchant-status')).body.data.total,
+        );
+        assert.ok(total >= 4);
+        const seen: string[] = [];
+        for (let page = 1; page <= Math.ceil(total / 2); page++) {
+          const r = await call(
+            base,
+            'GET',
+            `/admin/merchant-notify/all-merchant-status?page=${page}&limit=2`,
+          );
+          const keys = (r.body.data.list as { merchant_key: string }[]).map((m) => m.merchant_key);
+          seen.push(...keys);
+          // The merchants not shown yet get results now (every result batch touches its merchants' rows).
+          await herald.store.query(
+            `UPDATE webhook_merchants SET updated_at = now()
+             WHERE merchant_key NOT IN (SELECT jsonb_array_elements_text($1::jsonb))`,
+            [JSON.stringify(seen)],
+          );
+          await sleep(5);
+        }
+        assert.equal(new Set(seen).size, seen.length, `a merchant was shown twice: ${seen.join(' ')}`);
+        assert.equal(seen.length, total, 'every merchant was shown');
+      } finally {
+        await Promise.all(ms.map((m) => m.close()));
+      }
+    });
+
+    it('admin: logs paged with cursor neither repeat nor skip attempts while new ones are logged', async () => {
+      const m = await Merchant.start(ok);
+      try {
+        const prefix = `CUR${store}`;
+        const first = await Promise.all(Array.from({ length: 6 }, () => enqueue(m.url(), prefix)));
+        for (const id of first) await deliveryFinished(herald, id, 10_000);
+        const logs = (query: string) =>
+          call(base, 'GET', `/admin/merchant-notify/logs?order_no=${prefix}&${query}`);
+        const all = ((await logs('limit=100')).body.data.list as { id: number }[]).map((a) => a.id);
+        assert.equal(all.length, 6);
+        const seen: number[] = [];
+        let cursor: string | null = null;
+        do {
+          const r = await logs(`limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+          assert.equal(r.status, 200, JSON.stringify(r.body));
+          seen.push(...(r.body.data.list as { id: number }[]).map((a) => a.id));
+          cursor = r.body.data.next_cursor as string | null;
+          // New attempts are logged between two pages.
+          const more = await enqueue(m.url(), prefix);
+          await deliveryFinished(herald, more, 10_000);
+        } while (cursor !== null && seen.length < 20);
+        assert.deepEqual(seen, all, 'the pages hold every attempt of the start once, newest first');
+        const bad = await logs('cursor=abc');
+        assert.equal(bad.status, 400);
+        assert.equal(bad.body.error?.code, 'validation_failed');
+      } finally {
+        await m.close();
+      }
     });
   });
 }
