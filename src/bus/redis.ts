@@ -280,6 +280,13 @@ export class RedisCluster {
     this.pub.on('close', () => {
       if (!this.closed) this.resyncNeeded = true;
     });
+    let subEverReady = false;
+    this.sub.on('ready', () => {
+      // The subscriber connection came back (alone, e.g. dropped by Redis past its output buffer limit):
+      // count changes announced meanwhile were missed.
+      if (subEverReady && !this.closed) void this.subscriberBack();
+      subEverReady = true;
+    });
     this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
 
     const self = this;
@@ -338,6 +345,15 @@ export class RedisCluster {
 
   healthy(): boolean {
     return this.pub.status === 'ready' && this.sub.status === 'ready';
+  }
+
+  /**
+   * Whether commands reach Redis. Presence is written and counts are read on the command connection:
+   * while only the subscriber connection is away (this node misses other nodes' messages for a moment),
+   * they go on as usual, or the changes of that moment would be lost and counts shrink to this node's.
+   */
+  private commandsReady(): boolean {
+    return this.pub.status === 'ready';
   }
 
   /** Script calls that carried this node's notifications to Redis (one per event-loop turn that published). */
@@ -722,8 +738,9 @@ export class RedisCluster {
     const batch = this.pending;
     this.pending = new Map();
     if (batch.size === 0) return;
-    if (this.resyncNeeded || !this.healthy()) {
+    if (this.resyncNeeded || !this.commandsReady()) {
       // Redis is away or just came back: a full resync will publish everything; tell local watchers now.
+      this.resyncNeeded = true;
       for (const p of batch.values()) this.opts.onCountChange(p.appId, p.topic);
       return;
     }
@@ -853,11 +870,26 @@ export class RedisCluster {
     for (const t of touched) this.opts.onCountChange(t.appId, t.topic);
     // What the local watchers were shown may be stale: other nodes' subscribers may have left while
     // Redis was away (a node re-publishing after a restart does not know what it held before), or their
-    // announcements came while this node was not listening. Read every watched count again; those still
-    // watched are read (and remembered) again, the others are forgotten.
+    // announcements came while this node was not listening.
+    this.refreshCounts();
+  }
+
+  /** Reads every watched count again; those still watched are remembered again, the others forgotten. */
+  private refreshCounts(): void {
     const read = [...this.countRead.values()];
     this.countRead.clear();
     for (const t of read) this.opts.onCountChange(t.appId, t.topic);
+  }
+
+  /** Once the app channels are confirmed again (so no later change is missed), refreshes the counts. */
+  private async subscriberBack(): Promise<void> {
+    try {
+      const channels = [...this.apps.keys()].map((appId) => this.channel(appId));
+      if (channels.length) await this.sub.subscribe(...channels);
+    } catch {
+      return; // Away again: its next return refreshes.
+    }
+    this.refreshCounts();
   }
 
   /** Removes a dead node's presence (atomically, and only if it is still dead; see REAP_SCRIPT). */
@@ -892,7 +924,7 @@ export class RedisCluster {
     if (this.countRead.size > COUNT_READ_MAX) {
       this.countRead.delete(this.countRead.keys().next().value as string);
     }
-    if (!this.healthy()) return this.localOnly(appId, topic);
+    if (!this.commandsReady()) return this.localOnly(appId, topic);
     try {
       const tmp = this.key(`tmp:${this.nodeId}:${this.tmpCounter++}`);
       const res = (await COUNT_SCRIPT.run(
@@ -914,7 +946,7 @@ export class RedisCluster {
   private async online(appId: string, users: readonly string[]): Promise<Set<string>> {
     if (users.length === 0) return new Set();
     const local = new Set(users.filter((u) => this.opts.hasUser(appId, u)));
-    if (!this.healthy()) return local;
+    if (!this.commandsReady()) return local;
     try {
       const res = (await ONLINE_SCRIPT.run(
         this.pub,

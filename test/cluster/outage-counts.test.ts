@@ -49,4 +49,47 @@ describe('cluster: counts after a Redis restart', () => {
       await redis.stop();
     }
   });
+
+  it('converge when the subscriber connections dropped while a count changed (Redis stayed up)', async () => {
+    const redis = await startRedis();
+    const prefix = `${uniqueName('hsd')}:`;
+    const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s', COUNT_INTERVAL: '20ms' };
+    const [a, b] = (await spawnReadyNodes(env, 2)) as [NodeProcess, NodeProcess];
+    const { Redis } = await import('ioredis');
+    const admin = new Redis(redis.url);
+    try {
+      const watcher = await connectTo(a.url, 'sd', 'dash');
+      const latest = new Map<string, number>();
+      watcher.on('dataUpdate', (d: { type?: string; topic: string; count: number }) => {
+        if (d?.type === 'count') latest.set(d.topic, d.count);
+      });
+      await watcher.emitWithAck('subscribeCount', ['x']);
+      const leaving = await connectTo(b.url, 'sd', 'leaving');
+      await leaving.emitWithAck('subscribe', 'x');
+      await until(() => latest.get('x') === 1, 5000, 'count 1');
+
+      // The pub/sub connections keep being dropped (CLIENT KILL TYPE pubsub: what Redis does to a
+      // subscriber past client-output-buffer-limit, or a proxy restarting) while the subscriber leaves:
+      // node b must still write the change (its command connection is fine), and node a, which did not
+      // listen when it was announced, must read the count again once it listens.
+      let killing = true;
+      const killer = (async () => {
+        while (killing) {
+          await admin.client('KILL', 'TYPE', 'pubsub').catch(() => undefined);
+          await sleep(5);
+        }
+      })();
+      await sleep(300);
+      await leaving.emitWithAck('unsubscribe', 'x');
+      await sleep(300);
+      killing = false;
+      await killer;
+
+      await until(() => latest.get('x') === 0, 10_000, 'x back to 0 once node a listens again');
+    } finally {
+      admin.disconnect();
+      await Promise.all([a.kill(), b.kill()]);
+      await redis.stop();
+    }
+  });
 });
