@@ -126,12 +126,22 @@ redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
 return 1
 `);
 
-/** Receipts in Redis: a client may acknowledge on any node and the report is read on any other. */
+/**
+ * Receipts in Redis: a client may acknowledge on any node and the report is read on any other.
+ *
+ * While Redis is away a notification that asks for receipts is still sent (a receipt is about a
+ * delivery, and the delivery to this node's sockets goes on without Redis): `expect` then resolves
+ * without remembering it, so its receipts cannot be recorded and `GET /notify/:id` does not know it.
+ */
 export class RedisReceipts implements Receipts {
+  /** Notifications sent with `ack: true` that could not be remembered because Redis was away. */
+  unrecorded = 0;
+
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
     private readonly ttlMs: number,
+    private readonly onError: (err: unknown) => void = () => undefined,
   ) {}
 
   private key(id: string): string {
@@ -139,11 +149,16 @@ export class RedisReceipts implements Receipts {
   }
 
   async expect(n: Notification): Promise<void> {
-    await this.redis
-      .multi()
-      .hset(this.key(n.id), '_', JSON.stringify({ appId: n.appId, ts: n.ts }))
-      .pexpire(this.key(n.id), this.ttlMs)
-      .exec();
+    try {
+      await this.redis
+        .multi()
+        .hset(this.key(n.id), '_', JSON.stringify({ appId: n.appId, ts: n.ts }))
+        .pexpire(this.key(n.id), this.ttlMs)
+        .exec();
+    } catch (err) {
+      this.unrecorded++;
+      this.onError(err);
+    }
   }
 
   async record(appId: string, id: string, r: Receipt): Promise<boolean> {
