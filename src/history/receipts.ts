@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { Script } from '../bus/script.js';
+import { HeraldError } from '../errors.js';
 import type { Notification } from '../router/types.js';
 
 export interface Receipt {
@@ -167,7 +168,16 @@ export class RedisReceipts implements Receipts {
   }
 
   async get(id: string): Promise<ReceiptReport | undefined> {
-    const all = await this.redis.hgetall(this.key(id));
+    let all: Record<string, string>;
+    try {
+      all = await this.redis.hgetall(this.key(id));
+    } catch {
+      // Retryable, and not the server's fault: 503 rather than an internal error.
+      throw new HeraldError(
+        'store_unavailable',
+        'Receipts are kept in Redis, which cannot be reached; retry later.',
+      );
+    }
     const head = all._;
     if (!head) return undefined;
     const { appId, ts } = JSON.parse(head) as { appId: string; ts: number };

@@ -11,7 +11,7 @@ after(closeSockets);
  * (`ack: true`, as the payment announcements do) must still reach this node's sockets, like any other.
  */
 describe('cluster: a notification with ack: true while Redis is away', () => {
-  it('is delivered to local sockets and answered 202', async () => {
+  it('is delivered to local sockets and answered 202; receipts answer 503 until Redis is back', async () => {
     const redis = await startRedis();
     const prefix = `${uniqueName('hra')}:`;
     const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s' };
@@ -20,13 +20,24 @@ describe('cluster: a notification with ack: true while Redis is away', () => {
       const s = await connectTo(a.url, 'ra', 'u1');
       const got = collect(s);
       await s.emitWithAck('subscribe', 'x');
-      assert.equal(await notify(a.url, { appId: 'ra', eventTopics: ['x'], ack: true, data: { n: 1 } }), 202);
+      const first = await fetch(`${a.url}/notify`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ appId: 'ra', eventTopics: ['x'], ack: true, data: { n: 1 } }),
+      });
+      assert.equal(first.status, 202);
+      const { id } = (await first.json()) as { id: string };
       await until(() => got.length === 1, 3000, 'delivered with Redis up');
 
       await redis.stop();
       await sleep(300);
       assert.equal(await notify(a.url, { appId: 'ra', eventTopics: ['x'], ack: true, data: { n: 2 } }), 202);
       await until(() => got.length === 2, 3000, 'delivered locally with Redis away');
+
+      // Reading receipts needs Redis: a retryable 503, not an internal error.
+      const report = await fetch(`${a.url}/notify/${id}`);
+      assert.equal(report.status, 503);
+      assert.equal(((await report.json()) as { error: { code: string } }).error.code, 'store_unavailable');
     } finally {
       await a.kill();
       await redis.stop();
