@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { sleep, until } from '../helpers.js';
-import { closeSockets, connectTo } from './failure-helpers.js';
+import { closeSockets, connectTo, notify } from './failure-helpers.js';
 import { type NodeProcess, spawnReadyNodes, startRedis, uniqueName } from './harness.js';
 
 after(closeSockets);
@@ -89,6 +89,51 @@ describe('cluster: counts after a Redis restart', () => {
     } finally {
       admin.disconnect();
       await Promise.all([a.kill(), b.kill()]);
+      await redis.stop();
+    }
+  });
+
+  it('delivers to a topic (of an app new to the node) subscribed during a long outage, once Redis is back', async () => {
+    const redis = await startRedis();
+    const prefix = `${uniqueName('hlo')}:`;
+    const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s', COUNT_INTERVAL: '20ms' };
+    const [a, b] = (await spawnReadyNodes(env, 2)) as [NodeProcess, NodeProcess];
+    let again: Awaited<ReturnType<typeof startRedis>> | undefined;
+    try {
+      const watcher = await connectTo(a.url, 'lo', 'dash');
+      const latest = new Map<string, number>();
+      watcher.on('dataUpdate', (d: { type?: string; topic: string; count: number }) => {
+        if (d?.type === 'count') latest.set(d.topic, d.count);
+      });
+      await watcher.emitWithAck('subscribeCount', ['late']);
+      await redis.stop();
+      await sleep(300);
+      // Node b has no socket of the app yet: its channel subscription is asked for while Redis is away,
+      // and the outage outlasts the subscriber connection's retries (its queued commands are failed).
+      const late = await connectTo(b.url, 'lo', 'late-user');
+      const got: unknown[] = [];
+      late.on('dataUpdate', (d: { type?: string }) => {
+        if (d?.type !== 'count') got.push(d);
+      });
+      await late.emitWithAck('subscribe', 'late');
+      await sleep(23_000);
+      again = await startRedis(redis.port);
+
+      await until(() => latest.get('late') === 1, 15_000, 'the late subscriber counted on node a');
+      let delivered = false;
+      const deadline = Date.now() + 10_000;
+      while (!delivered && Date.now() < deadline) {
+        await notify(a.url, { appId: 'lo', eventTopics: ['late'], data: { k: 1 } });
+        await sleep(300);
+        delivered = got.length > 0;
+      }
+      assert.ok(
+        delivered,
+        'a notification posted to node a reaches the topic subscribed on b during the outage',
+      );
+    } finally {
+      await Promise.all([a.kill(), b.kill()]);
+      await again?.stop();
       await redis.stop();
     }
   });
