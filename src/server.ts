@@ -245,9 +245,31 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
           maxStreams: config.historyMaxStreams,
           follows: (appId, stream) => router.follows(appId, stream),
         });
+  let lastReceiptWarning = 0;
   const receipts: Receipts = cluster
-    ? new RedisReceipts(cluster.commands, config.redisPrefix, config.receiptTtl)
+    ? new RedisReceipts(cluster.commands, config.redisPrefix, config.receiptTtl, (err) => {
+        // Redis away: the notification is delivered, its receipts cannot be recorded (one line per 5 s).
+        const now = Date.now();
+        if (now - lastReceiptWarning < 5000) return;
+        lastReceiptWarning = now;
+        logger.warn(
+          { err: (err as Error).message },
+          'receipts unavailable: notifications with ack: true are delivered without receipts',
+        );
+      })
     : new MemoryReceipts(config.receiptTtl, config.receiptMax);
+  if (receipts instanceof RedisReceipts) {
+    const r = receipts;
+    new Counter({
+      name: 'herald_receipts_unrecorded_total',
+      help: 'Cluster: notifications sent with ack: true whose receipts could not be recorded because Redis was away (delivered; GET /notify/:id does not know them).',
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc(r.unrecorded);
+      },
+    });
+  }
   if (history instanceof MemoryHistory) {
     const h = history;
     new Gauge({

@@ -33,6 +33,8 @@ describe('cluster: a notification with ack: true while Redis is away', () => {
       await sleep(300);
       assert.equal(await notify(a.url, { appId: 'ra', eventTopics: ['x'], ack: true, data: { n: 2 } }), 202);
       await until(() => got.length === 2, 3000, 'delivered locally with Redis away');
+      const metrics = await (await fetch(`${a.url}/metrics`)).text();
+      assert.match(metrics, /^herald_receipts_unrecorded_total 1$/m, 'the unrecorded receipt is counted');
 
       // Reading receipts needs Redis: a retryable 503, not an internal error.
       const report = await fetch(`${a.url}/notify/${id}`);
