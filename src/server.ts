@@ -196,6 +196,15 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       },
     });
     new Counter({
+      name: 'herald_cluster_local_only_total',
+      help: "Notifications delivered to this node's sockets only because Redis was away: clients on other nodes miss them (they have no stream offset, so recover cannot report the gap).",
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc(stats.localOnly);
+      },
+    });
+    new Counter({
       name: 'herald_cluster_routed_nodes_total',
       help: 'Nodes that user-routed notifications were sent to (divide by the sent/user count for nodes per notification).',
       registers: [metrics.registry],

@@ -184,7 +184,8 @@ const ROUTE_MAX_USERS = 1000;
 export class RedisCluster {
   readonly nodeId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   /** Notifications sent to the whole app channel, routed to some nodes (and to how many), received. */
-  readonly stats = { sentApp: 0, sentRouted: 0, routedNodes: 0, received: 0 };
+  /** `localOnly`: notifications delivered to this node's sockets only, because Redis was away. */
+  readonly stats = { sentApp: 0, sentRouted: 0, routedNodes: 0, received: 0, localOnly: 0 };
   readonly bus: Bus;
   readonly presence: Presence;
   private readonly pub: Redis;
@@ -375,6 +376,7 @@ export class RedisCluster {
   }
 
   private publishFailed(err: unknown): void {
+    this.stats.localOnly++;
     const now = Date.now();
     if (now - this.lastPublishError > 5000) {
       this.lastPublishError = now;

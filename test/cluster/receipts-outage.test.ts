@@ -35,6 +35,7 @@ describe('cluster: a notification with ack: true while Redis is away', () => {
       await until(() => got.length === 2, 3000, 'delivered locally with Redis away');
       const metrics = await (await fetch(`${a.url}/metrics`)).text();
       assert.match(metrics, /^herald_receipts_unrecorded_total 1$/m, 'the unrecorded receipt is counted');
+      assert.match(metrics, /^herald_cluster_local_only_total 1$/m, 'the local-only delivery is counted');
 
       // Reading receipts needs Redis: a retryable 503, not an internal error.
       const report = await fetch(`${a.url}/notify/${id}`);
