@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { type AccessControl, bearer, safeEqual } from '../auth/index.js';
+import { type AccessControl, bearerMatches } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { HeraldError } from '../errors.js';
 import { notifySchema } from '../http/schemas.js';
@@ -34,8 +34,7 @@ export function checkAdmin(token: string | undefined, request: FastifyRequest, m
     if (mode === 'apps') throw new HeraldError('forbidden', APPS_MODE_NEEDS_TOKEN);
     return;
   }
-  const given = bearer(request.headers.authorization);
-  if (given === undefined || !safeEqual(given, token)) {
+  if (!bearerMatches(request.headers.authorization, token)) {
     throw new HeraldError('unauthorized', 'Send Authorization: Bearer <ADMIN_TOKEN>.');
   }
 }
