@@ -160,6 +160,8 @@ export class WebhookEngine {
   private readonly lagging = new Set<string>();
   /** The last pump stopped for want of free slots with rows still buffered (see pumpAfter). */
   private globalBound = false;
+  /** A pump left rows of slow merchants buffered because the slow lane was full (see canStart). */
+  private slowBound = false;
   /**
    * Claimed rows waiting for a slot, per merchant, oldest first; `at` is when the claim that leased the row
    * was sent (its lease started no earlier).
@@ -763,8 +765,28 @@ export class WebhookEngine {
     return this.config.webhookMerchantConcurrency;
   }
 
+  /**
+   * Whether the next buffered row of a merchant (`n` of its requests in flight) may start now: a free slot,
+   * the merchant under its share, and, for a merchant known to be slow (marked slow, or with a request that
+   * had to move to the slow lane and no answer in time since), a free slot of the slow lane. Their requests
+   * would move there at once or soon; started while it is full, they would spill into the normal lane, and
+   * enough slow merchants (each with its slow share) would then take every slot the others need.
+   */
+  private canStart(key: string, row: ClaimedDelivery, n: number): boolean {
+    if (this.freeSlots() <= 0 || n >= this.capOf(key, row)) return false;
+    if (
+      (row.slow || this.slowKnown.has(key) || this.lagging.has(key)) &&
+      this.slowLane >= this.limit(this.config.webhookConcurrency)
+    ) {
+      this.slowBound = true;
+      return false;
+    }
+    return true;
+  }
+
   /** Starts buffered webhooks while there are free slots, each merchant up to its share. */
   private pump(): void {
+    this.slowBound = false;
     try {
       this.pumpAll();
     } finally {
@@ -779,11 +801,7 @@ export class WebhookEngine {
       const q = this.buffered.get(key);
       if (!q || q.length === 0) continue;
       let n = this.merchantInFlight.get(key) ?? 0;
-      while (
-        q.length > 0 &&
-        this.freeSlots() > 0 &&
-        n < this.capOf(key, (q[0] as { row: ClaimedDelivery }).row)
-      ) {
+      while (q.length > 0 && this.canStart(key, (q[0] as { row: ClaimedDelivery }).row, n)) {
         const b = q.shift() as { row: ClaimedDelivery; at: number };
         this.bufferedCount--;
         if (!this.startable(b.at)) {
@@ -804,8 +822,9 @@ export class WebhookEngine {
    * per webhook with twenty slow ones buffered. When slots were the limit, the full pump keeps the order
    * fair between merchants.
    */
-  private pumpAfter(key: string): void {
-    if (this.globalBound) {
+  private pumpAfter(key: string, slow: boolean): void {
+    // A slot of the slow lane freed while slow merchants wait for one: any of them may start.
+    if (this.globalBound || (slow && this.slowBound)) {
       this.pump();
       return;
     }
@@ -813,11 +832,7 @@ export class WebhookEngine {
     const q = this.buffered.get(key);
     if (q && q.length > 0) {
       let n = this.merchantInFlight.get(key) ?? 0;
-      while (
-        q.length > 0 &&
-        this.freeSlots() > 0 &&
-        n < this.capOf(key, (q[0] as { row: ClaimedDelivery }).row)
-      ) {
+      while (q.length > 0 && this.canStart(key, (q[0] as { row: ClaimedDelivery }).row, n)) {
         const b = q.shift() as { row: ClaimedDelivery; at: number };
         this.bufferedCount--;
         if (!this.startable(b.at)) {
@@ -1004,7 +1019,7 @@ export class WebhookEngine {
         const n = (this.merchantInFlight.get(row.merchantKey) ?? 1) - 1;
         if (n > 0) this.merchantInFlight.set(row.merchantKey, n);
         else this.merchantInFlight.delete(row.merchantKey);
-        this.pumpAfter(row.merchantKey);
+        this.pumpAfter(row.merchantKey, f.slow);
       });
     this.inFlight.set(row.id, f);
   }
@@ -1147,9 +1162,10 @@ export class WebhookEngine {
   }
 
   /**
-   * Writes one batch of results, retrying a failing store: for as long as the dispatcher runs (a result
-   * given up would have its webhook sent again after its lease although the merchant has answered; this
-   * node claims none of these rows meanwhile, see heldIds), a few times while it stops. Undefined when it
+   * Writes one batch of results, retrying a failing store: for as long as the dispatcher runs while the
+   * store is unavailable (a result given up would have its webhook sent again after its lease although the
+   * merchant has answered; this node claims none of these rows meanwhile, see heldIds), a few times while
+   * it stops or when the store refuses the statement itself. Undefined when it
    * could not be written (the webhooks are sent again after their lease), REFUSED when the store refused a
    * value (SQLSTATE class 22: writing the same rows again cannot help).
    */
@@ -1169,7 +1185,7 @@ export class WebhookEngine {
           this.logger.warn({ err, count: batch.length }, 'the store refused a value of the webhook results');
           return REFUSED;
         }
-        if (attempt >= 5 && this.state !== 'running') {
+        if (attempt >= 5 && (this.state !== 'running' || !unavailable(err))) {
           this.logger.error(
             { err, count: batch.length },
             'webhook results could not be written; these webhooks will be sent again after their lease',
@@ -1359,6 +1375,17 @@ export class WebhookEngine {
     }
     return this.merchantCache.value;
   }
+}
+
+/**
+ * Whether a store error says the store is unavailable for now (connection lost, shutting down, out of
+ * resources, a serialization failure or deadlock), which waiting outlives, rather than a statement the store
+ * will refuse again however long one waits.
+ */
+function unavailable(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== 'string' || code.length !== 5) return true;
+  return ['08', '40', '53', '57', '58'].includes(code.slice(0, 2));
 }
 
 /** Per-merchant aggregates of a batch, in finishing order (for the failure count and breaker). */
