@@ -531,6 +531,12 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
             const from = q.start_time
               ? parseTime(q.start_time, 'start_time', false)
               : new Date(to.getTime() - 86_400_000);
+            if (from.getTime() > to.getTime()) {
+              // Swapped bounds would answer an empty range (all zeros) that reads like no traffic.
+              throw new HeraldError('validation_failed', 'start_time must not be after end_time.', [
+                { path: '/start_time', message: 'must not be after end_time' },
+              ]);
+            }
             const s = await engine.queue.stats(from, to);
             const n = (k: string) => Number(s[k] ?? 0);
             const finished = n('delivered') + n('failed');
@@ -729,6 +735,10 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
               url = new URL(b.notify_url);
             } catch {
               throw new HeraldError('invalid_notify_url', 'notify_url is not a URL.');
+            }
+            if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+              // No webhook can go to it: settings stored for it would never apply.
+              throw new HeraldError('invalid_notify_url', 'notify_url must start with http:// or https://.');
             }
             const m = await engine.queue.upsertMerchantSettings({
               merchantKey: engine.merchantKey(url.href, b.merchant_id),

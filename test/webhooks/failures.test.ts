@@ -270,6 +270,23 @@ for (const store of STORES) {
         await m.close();
       }
     });
+
+    it('admin: swapped stats bounds and a non-http merchant-settings URL are 400, not an empty answer or a stored row', async () => {
+      const swapped = await call(
+        base,
+        'GET',
+        '/admin/merchant-notify/stats?start_time=2025-03-01&end_time=2025-01-01',
+      );
+      assert.equal(swapped.status, 400, JSON.stringify(swapped.body));
+      assert.equal(swapped.body.error?.code, 'validation_failed');
+      assert.match(swapped.body.error?.message ?? '', /start_time must not be after end_time/);
+      const ftp = await call(base, 'POST', '/admin/merchant-notify/merchant-settings', {
+        notify_url: 'ftp://merchant.example/notify',
+        secret: 'generate',
+      });
+      assert.equal(ftp.status, 400, JSON.stringify(ftp.body));
+      assert.equal(ftp.body.error?.code, 'invalid_notify_url');
+    });
   });
 }
 
