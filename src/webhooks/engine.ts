@@ -864,9 +864,13 @@ export class WebhookEngine {
     this.wake();
   }
 
-  /** Ids of the rows this node holds: buffered, in flight, or finished with the result not yet written. */
+  /**
+   * Ids of the rows this node holds: buffered, in flight, finished with the result not yet written, or
+   * about to be given back (expired): buffered again, such a row would lose its new lease to that release.
+   */
   private heldIds(): Set<string> {
     const ids = new Set<string>(this.inFlight.keys());
+    for (const id of this.expired) ids.add(id);
     for (const q of this.buffered.values()) for (const b of q) ids.add(b.row.id);
     for (const f of this.results) ids.add(f.row.id);
     for (const f of this.flushingBatch) ids.add(f.row.id);
