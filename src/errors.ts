@@ -72,6 +72,11 @@ export const ErrorCodes = {
     status: 400,
     message: 'notifyUrl must be an http(s) URL that does not point to a private or local address.',
   },
+  not_retryable: {
+    status: 409,
+    message:
+      'The webhook exists but was not sent again: it is being sent right now, was delivered, or lost its payload to retention (see details).',
+  },
 
   // payments
   invalid_event: {

@@ -470,7 +470,7 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
                 },
                 { additionalProperties: false },
               ),
-              response: { 200: Envelope(Data, '{ retried, list }'), ...errors },
+              response: { 200: Envelope(Data, '{ retried, list }'), ...errors, 409: ErrorEnvelope },
             },
           },
           async (request) => {
@@ -503,7 +503,7 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
                     ? `Webhook ${first.id} was delivered; pass include_delivered: true to send it again.`
                     : `Webhook ${first.id} is ${first.status} and was not retried; try again.`;
               throw new HeraldError(
-                'not_found',
+                'not_retryable',
                 found.length > 1 ? `${message} (${found.length} webhooks match; see details)` : message,
                 why,
               );

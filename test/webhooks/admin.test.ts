@@ -135,7 +135,7 @@ for (const store of STORES) {
       assert.equal(invalid.status, 400);
     });
 
-    it('POST retry: by webhook order_id number, by webhook id, by order number; 404 when nothing matches', async () => {
+    it('POST retry: by webhook order_id number, by webhook id, by order number; 404 when nothing matches, 409 when delivered', async () => {
       const q = await get(`/logs?order_no=${badOrder}`);
       assert.ok(q.body.data.total);
       const row = await herald.store.query<{ seq: number }>(
@@ -160,7 +160,8 @@ for (const store of STORES) {
       assert.equal(none.body.error?.code, 'not_found');
       // A delivered webhook is re-sent only on request.
       const deliveredRetry = await post('/retry', { order_id: goodOrders[0] });
-      assert.equal(deliveredRetry.status, 404);
+      assert.equal(deliveredRetry.status, 409);
+      assert.equal(deliveredRetry.body.error?.code, 'not_retryable');
       const forced = await post('/retry', { order_id: goodOrders[0], include_delivered: true });
       assert.equal(forced.body.data.retried, 1);
     });
