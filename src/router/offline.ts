@@ -4,14 +4,17 @@ import type { Notification } from './types.js';
 
 /** The part of the webhook engine the offline fallback uses. */
 export interface OfflineSink {
-  enqueue(input: {
-    orderNo: string;
-    notifyUrl: string;
-    payload: unknown;
-    merchantId?: string;
-    eventType?: string;
-    idempotencyKey?: string;
-  }): Promise<{ id: string; duplicate: boolean }>;
+  enqueue(
+    input: {
+      orderNo: string;
+      notifyUrl: string;
+      payload: unknown;
+      merchantId?: string;
+      eventType?: string;
+      idempotencyKey?: string;
+    },
+    options?: { wrapDepth?: number },
+  ): Promise<{ id: string; duplicate: boolean }>;
 }
 
 /**
@@ -36,21 +39,25 @@ export function offlineForwarder(deps: {
         let forwarded = 0;
         for (const userId of users) {
           if (online.has(userId)) continue;
-          await deps.sink.enqueue({
-            orderNo: n.id,
-            notifyUrl: deps.url,
-            merchantId: `offline:${n.appId}`,
-            eventType: 'offline_notification',
-            idempotencyKey: `offline:${n.id}:${userId}`,
-            payload: {
-              type: 'offline_notification',
-              appId: n.appId,
-              userId,
-              id: n.id,
-              ts: n.ts,
-              data: JSON.parse(n.data),
+          await deps.sink.enqueue(
+            {
+              orderNo: n.id,
+              notifyUrl: deps.url,
+              merchantId: `offline:${n.appId}`,
+              eventType: 'offline_notification',
+              idempotencyKey: `offline:${n.id}:${userId}`,
+              payload: {
+                type: 'offline_notification',
+                appId: n.appId,
+                userId,
+                id: n.id,
+                ts: n.ts,
+                data: JSON.parse(n.data),
+              },
             },
-          });
+            // `data` was accepted at MAX_JSON_DEPTH; the payload wraps it once more.
+            { wrapDepth: 1 },
+          );
           forwarded++;
         }
         if (forwarded) deps.onForwarded?.(forwarded);

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { type Config, ConfigError } from '../config/index.js';
 import { HeraldError, isHeraldError } from '../errors.js';
-import { jsonProblem, textProblem } from '../input.js';
+import { currentMaxJsonDepth, jsonProblem, textProblem } from '../input.js';
 import type { Logger } from '../logger.js';
 import type { Store } from '../store/index.js';
 import { type Alert, Alerter, circuitBreakerAlert, slowMerchantAlert, systemAlert } from './alerts.js';
@@ -254,8 +254,13 @@ export class WebhookEngine {
    * idempotency key (default: orderNo + eventType) returns the first notification's id with
    * `duplicate: true` and never creates a second delivery. Throws HeraldError: `validation_failed`,
    * `invalid_notify_url`, `payload_too_large`, or `store_unavailable` when the store fails.
+   * `options.wrapDepth`: levels an in-process producer added around a value it accepted at MAX_JSON_DEPTH
+   * (the offline fallback wraps a notification's `data` once), allowed on top of that limit.
    */
-  async enqueue(input: MerchantNotifyInput): Promise<{ id: string; duplicate: boolean }> {
+  async enqueue(
+    input: MerchantNotifyInput,
+    options: { wrapDepth?: number } = {},
+  ): Promise<{ id: string; duplicate: boolean }> {
     const orderNo = typeof input.orderNo === 'string' ? input.orderNo.trim() : '';
     if (orderNo.length === 0 || orderNo.length > 128) {
       throw new HeraldError('validation_failed', 'orderNo must be a string of 1-128 characters.');
@@ -288,7 +293,7 @@ export class WebhookEngine {
     if (input.payload === undefined) throw new HeraldError('validation_failed', 'payload is required.');
     // The payload is stored as JSON text, where NUL and lone surrogates travel as \u escapes: only
     // numbers JSON cannot carry (1e309 parses to Infinity, sent as null) and absurd nesting are refused.
-    const bad = jsonProblem(input.payload, false);
+    const bad = jsonProblem(input.payload, false, currentMaxJsonDepth() + (options.wrapDepth ?? 0));
     if (bad) {
       throw new HeraldError('validation_failed', `payload${bad.path} ${bad.message}.`, [
         { path: `/payload${bad.path}`, message: bad.message },

@@ -359,6 +359,20 @@ describe('offline fallback', () => {
       assert.equal(received[0]?.id, res.body.id);
       assert.deepEqual(received[0]?.data, { title: 'New order' });
       assert.ok(headers[0]?.['webhook-signature'], 'forwarded through the signed webhook path');
+
+      // data as deep as MAX_JSON_DEPTH (128) is accepted, and forwarded although the payload wraps it
+      // once more (it was refused by the webhook engine's own depth check and only logged).
+      let deep: unknown = 1;
+      for (let i = 0; i < 128; i++) deep = [deep];
+      const deepRes = await post(herald, '/notify', {
+        appId: 'push-app',
+        users: ['offline-user'],
+        data: deep,
+      });
+      assert.equal(deepRes.status, 202, JSON.stringify(deepRes.body));
+      await until(() => received.length === 2, 10_000, 'the deep notification forwarded');
+      assert.equal(received[1]?.id, deepRes.body.id);
+      assert.deepEqual(received[1]?.data, deep);
       s.close();
     } finally {
       await herald.cleanup();
