@@ -1,6 +1,6 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { type TSchema, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { bearerMatches } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { HeraldError } from '../errors.js';
 import { toHeraldError } from '../http/index.js';
@@ -70,14 +70,6 @@ const ok = (data: unknown, msg = MSG_OK) => ({ code: 200, msg, data });
 function iso(d: Date | string | null | undefined): string | null {
   if (d === null || d === undefined) return null;
   return (d instanceof Date ? d : new Date(d)).toISOString();
-}
-
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
-  if (!m?.[1]) return false;
-  const a = createHash('sha256').update(m[1].trim()).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b);
 }
 
 function deliveryView(d: DeliveryRow) {
@@ -283,7 +275,7 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
         deps.assertAccepting();
         if (
           config.webhookIntakeToken &&
-          !tokenMatches(request.headers.authorization, config.webhookIntakeToken)
+          !bearerMatches(request.headers.authorization, config.webhookIntakeToken)
         ) {
           throw new HeraldError('unauthorized', 'Send Authorization: Bearer <WEBHOOK_INTAKE_TOKEN>.');
         }
@@ -321,7 +313,7 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
               'This node runs in apps mode: set ADMIN_TOKEN to use the webhook admin API (without it, anyone could read and resend every merchant’s webhooks).',
             );
           }
-          if (config.adminToken && !tokenMatches(request.headers.authorization, config.adminToken)) {
+          if (config.adminToken && !bearerMatches(request.headers.authorization, config.adminToken)) {
             throw new HeraldError('unauthorized', 'Send Authorization: Bearer <ADMIN_TOKEN>.');
           }
         });
