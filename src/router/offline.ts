@@ -1,18 +1,12 @@
 import type { Presence } from '../bus/types.js';
 import type { Logger } from '../logger.js';
+import type { MerchantNotifyInput } from '../webhooks/index.js';
 import type { Notification } from './types.js';
 
 /** The part of the webhook engine the offline fallback uses. */
 export interface OfflineSink {
   enqueue(
-    input: {
-      orderNo: string;
-      notifyUrl: string;
-      payload: unknown;
-      merchantId?: string;
-      eventType?: string;
-      idempotencyKey?: string;
-    },
+    input: MerchantNotifyInput,
     options?: { wrapDepth?: number },
   ): Promise<{ id: string; duplicate: boolean }>;
 }
