@@ -815,9 +815,13 @@ export class RedisCluster {
         this.resyncNeeded = true;
       }
       this.beaten = true;
+      // close() may have run meanwhile and removed this node's entries: writing them again now would
+      // leave keys without a TTL that no node reaps (this node is no longer in the nodes set).
+      if (this.closed) return;
       if (this.opts.nodeInfo) {
         await this.pub.hset(this.key('nodeinfo'), this.nodeId, JSON.stringify(this.opts.nodeInfo()));
       }
+      if (this.closed) return;
       if (this.resyncNeeded) await this.resync();
       for (const node of dead) await this.reap(node);
     } catch (err) {
@@ -859,6 +863,8 @@ export class RedisCluster {
       const bar = at.indexOf('|');
       touched.push({ appId: at.slice(0, bar), topic: at.slice(bar + 1) });
     }
+    // Commands sent before close() began run before its removal on this connection; none after it.
+    if (this.closed) return;
     try {
       await m.exec();
       // Re-subscribe app channels too, in case the subscriber connection came back first. Resolved
