@@ -172,6 +172,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       url: config.redisUrl,
       prefix: config.redisPrefix,
       presenceTtlMs: config.presenceTtl,
+      stallMs: config.redisStallTimeout,
       deliver: deliverLocal,
       onCountChange: countChanged,
       localCount: (appId, topic) => router.localCount(appId, topic),

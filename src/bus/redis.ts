@@ -16,6 +16,8 @@ export interface RedisClusterOptions {
   prefix: string;
   /** A node whose heartbeat is older than this is dead: its presence entries are removed. */
   presenceTtlMs: number;
+  /** A Redis that owes a reply this long counts as away (REDIS_STALL_TIMEOUT). @default 2000 */
+  stallMs?: number;
   deliver: LocalDeliver;
   /** The cluster-wide count of a topic may have changed. */
   onCountChange: (appId: string, topic: string) => void;
@@ -157,7 +159,7 @@ export function heartbeatPeriod(presenceTtlMs: number): number {
  * Herald sends is short (the longest, a batch of 256 notifications, takes Redis ~1.5 ms), so this is
  * only reached when Redis or the path to it is stalled.
  */
-const STALL_MS = 2000;
+const STALL_MS = 2000; // the default of REDIS_STALL_TIMEOUT
 
 /** Most topics remembered for a refresh of the counts after an outage (see RedisCluster.countRead). */
 const COUNT_READ_MAX = 50_000;
@@ -239,7 +241,7 @@ export class RedisCluster {
     // the commands in flight when the connection drops fail at once (maxRetriesPerRequest 0) rather
     // than being sent again after a reconnect, possibly twice. A Redis that stops answering without
     // closing the connection (a stalled host, a dead network path, CLIENT PAUSE) counts as away once
-    // it has owed a reply for STALL_MS: the connection is dropped, so that notifications are delivered
+    // it has owed a reply for `stallMs` (REDIS_STALL_TIMEOUT): the connection is dropped, so that notifications are delivered
     // locally at once instead of waiting (and piling up) for minutes, and /readyz shows it.
     // Auto-pipelining sends the commands of one event-loop turn in one write (history appends, routes
     // and publishes of concurrent requests), which is most of what a busy node sends.
@@ -247,7 +249,7 @@ export class RedisCluster {
       ...common,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
-      socketTimeout: STALL_MS,
+      socketTimeout: opts.stallMs ?? STALL_MS,
       enableAutoPipelining: true,
     });
     this.sub = new Redis(opts.url, { ...common, autoResubscribe: true });

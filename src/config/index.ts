@@ -25,6 +25,7 @@ export interface Config {
   redisUrl: string | undefined;
   redisPrefix: string;
   presenceTtl: number;
+  redisStallTimeout: number;
   historySize: number;
   historyTtl: number;
   historyMaxEntries: number;

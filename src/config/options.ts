@@ -109,6 +109,12 @@ export const OPTIONS = {
     default: 10_000,
     doc: 'Cluster mode: a node silent for this long is dead and its subscribers leave the counts.',
   },
+  redisStallTimeout: {
+    env: 'REDIS_STALL_TIMEOUT',
+    type: { kind: 'duration', min: 500, max: 60_000 },
+    default: 2000,
+    doc: 'Cluster mode: a Redis that owes a reply this long counts as down (its connection is dropped; notifications go to local sockets only until it answers). Raise it for a Redis whose failover pauses writes longer.',
+  },
   historySize: {
     env: 'HISTORY_SIZE',
     type: { kind: 'int', min: 0, max: 100_000 },

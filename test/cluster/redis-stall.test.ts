@@ -55,4 +55,43 @@ describe('cluster: Redis stalls without closing its connections', () => {
       await redis.stop();
     }
   });
+
+  it('REDIS_STALL_TIMEOUT: a stall shorter than it is waited out, and the notification still reaches every node', async () => {
+    const redis = await startRedis();
+    const prefix = `${uniqueName('hstl')}:`;
+    const env = {
+      REDIS_URL: redis.url,
+      REDIS_PREFIX: prefix,
+      PRESENCE_TTL: '30s',
+      REDIS_STALL_TIMEOUT: '10s',
+    };
+    const [a, b] = (await spawnReadyNodes(env, 2)) as [NodeProcess, NodeProcess];
+    try {
+      const sa = await connectTo(a.url, 'st', 'ua');
+      const sb = await connectTo(b.url, 'st', 'ub');
+      const gb = collect(sb);
+      await sa.emitWithAck('subscribe', 'x');
+      await sb.emitWithAck('subscribe', 'x');
+      assert.equal(await notify(a.url, { appId: 'st', eventTopics: ['x'], data: { n: 1 } }), 202);
+      await until(() => gb.length === 1, 5000, 'cross-node before the stall');
+
+      // A 4 s pause (a failover, say): with the default 2 s the connection would be dropped and this
+      // notification delivered on node a only.
+      redis.pause();
+      const pending = notify(a.url, { appId: 'st', eventTopics: ['x'], data: { n: 2 } }, 20_000);
+      await sleep(4000);
+      assert.equal(
+        await readiness(a.url),
+        'ready',
+        'a stall shorter than REDIS_STALL_TIMEOUT is not an outage',
+      );
+      redis.resume();
+      assert.equal(await pending, 202);
+      await until(() => gb.length === 2, 5000, 'the notification sent during the stall reached node b');
+    } finally {
+      redis.resume();
+      await Promise.all([a.kill(), b.kill()]);
+      await redis.stop();
+    }
+  });
 });
