@@ -68,6 +68,7 @@ export interface Config {
   webhookBreakerThreshold: number;
   webhookBreakerOpen: number;
   webhookBreakerDelay: number;
+  webhookMaxAge: number;
   webhookRequireSuccessBody: boolean;
   webhookAllowPrivateNetworks: boolean;
   webhookDefaultSecret: string | undefined;

@@ -362,6 +362,14 @@ export const OPTIONS = {
     default: MINUTE,
     doc: 'Due webhooks of a merchant whose breaker is open wait this long (delay queue), without being sent.',
   },
+  webhookMaxAge: {
+    env: 'WEBHOOK_MAX_AGE',
+    type: { kind: 'duration', min: 0, max: 365 * 86_400_000 },
+    default: 24 * HOUR,
+    doc:
+      'A webhook not delivered within this time of its creation (or of an admin retry) ends `failed` ("max age ' +
+      'reached"), also while its merchant\'s breaker stays open; 0 turns it off.',
+  },
   webhookRequireSuccessBody: {
     env: 'WEBHOOK_REQUIRE_SUCCESS_BODY',
     type: { kind: 'bool' },

@@ -46,6 +46,7 @@ export type WebhookConfig = Pick<
   | 'webhookBreakerThreshold'
   | 'webhookBreakerOpen'
   | 'webhookBreakerDelay'
+  | 'webhookMaxAge'
   | 'webhookRequireSuccessBody'
   | 'webhookAllowPrivateNetworks'
   | 'webhookDefaultSecret'
@@ -189,6 +190,8 @@ export class WebhookEngine {
   /** Results written since the last VACUUM (embedded store), and when it ran. */
   private sinceVacuum = 0;
   private lastVacuum = Date.now();
+  /** When the WEBHOOK_MAX_AGE sweep last ran. */
+  private lastExpire = 0;
   private toRelease: string[] = [];
   private flushing: Promise<void> | undefined;
   private initialized: Promise<string> | undefined;
@@ -620,6 +623,7 @@ export class WebhookEngine {
           }
           trials = m.trials;
         }
+        await this.expireOld();
         await this.releaseStale();
         await this.releaseIdleOwnership();
         await this.vacuumIfDue();
@@ -694,6 +698,34 @@ export class WebhookEngine {
         await this.idle(Math.min(5000, poll * 2 ** Math.min(failures, 6)));
       }
     }
+  }
+
+  /**
+   * WEBHOOK_MAX_AGE: queued webhooks older than the max age end `failed` (see WebhookQueue.expireOld), in
+   * statements of at most WEBHOOK_FLUSH_BATCH rows, a few per run; counted as failed in the metrics
+   * (`result="expired"`) and in the alert window (error_rate).
+   */
+  private async expireOld(): Promise<void> {
+    const maxAge = this.config.webhookMaxAge;
+    if (maxAge <= 0) return;
+    const every = Math.max(this.config.webhookPollInterval, Math.min(MAINTAIN_IDLE_EVERY, maxAge / 10));
+    if (Date.now() < this.lastExpire + every) return;
+    this.lastExpire = Date.now();
+    const limit = this.config.webhookFlushBatch;
+    let total = 0;
+    for (let i = 0; i < 10; i++) {
+      const n = await this.queue.expireOld(maxAge, limit);
+      total += n;
+      if (n < limit) break;
+    }
+    if (total === 0) return;
+    this.metrics?.deliveries.inc({ result: 'expired' }, total);
+    this.window.finished('failed', total);
+    this.unpublished.failed += total;
+    this.logger.warn(
+      { count: total, maxAgeMs: maxAge },
+      'webhooks not delivered within WEBHOOK_MAX_AGE failed (max age reached)',
+    );
   }
 
   /**
@@ -1165,6 +1197,17 @@ export class WebhookEngine {
         }
       }
       this.flushingBatch = [];
+      // A trial whose row went to a URL disabled by 410 sent no request and says nothing about the
+      // merchant: the trial is given back (open, its period over), so the next upkeep takes another one at
+      // once instead of the breaker staying half-open until the trial's lease ends.
+      const voidTrials = batch.filter((f) => f.row.trial && f.result.outcome === 'disabled');
+      if (voidTrials.length > 0) {
+        await this.queue
+          .releaseTrials(voidTrials.map((f) => f.row.merchantKey))
+          .catch((err: unknown) =>
+            this.logger.warn({ err }, 'could not give back a trial; it ends after its lease'),
+          );
+      }
       this.wake();
       if (transitions) await this.onTransitions(transitions);
     }
@@ -1412,6 +1455,7 @@ function aggregate(batch: readonly Finished[]): MerchantUpdate[] {
         hadSuccess: false,
         trailingFailures: 0,
         goneUrl: null,
+        lastGone: false,
         lastCode: null,
         lastError: null,
       };
@@ -1427,6 +1471,7 @@ function aggregate(batch: readonly Finished[]): MerchantUpdate[] {
       m.trailingFailures++;
     }
     if (result.outcome === 'gone') m.goneUrl = row.notifyUrl;
+    m.lastGone = result.outcome === 'gone';
     m.lastCode = result.statusCode;
     m.lastError = result.error;
   }

@@ -26,7 +26,7 @@ export class WebhookMetrics {
     });
     this.deliveries = new Counter({
       name: 'herald_webhook_deliveries_total',
-      help: 'Webhook attempts by result: success, http_error, bad_body, network_error, timeout, gone, refused, disabled.',
+      help: 'Webhook attempts by result: success, http_error, bad_body, network_error, timeout, gone, refused, disabled; expired: ended failed by WEBHOOK_MAX_AGE without a request.',
       labelNames: ['result'],
       registers,
     });

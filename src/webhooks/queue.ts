@@ -18,6 +18,10 @@ export function isDataException(err: unknown): boolean {
   return err instanceof SqlError && typeof err.code === 'string' && err.code.startsWith('22');
 }
 
+/** The last error of a webhook that WEBHOOK_MAX_AGE ended. */
+export const MAX_AGE_ERROR =
+  'max age reached: not delivered within WEBHOOK_MAX_AGE; POST /admin/merchant-notify/retry sends it again';
+
 /** Settings the SQL needs. */
 export interface QueueSettings {
   /** Identifies this node's leases. */
@@ -91,6 +95,12 @@ export interface MerchantUpdate {
   /** Failures after the last success of the batch (all failures when there was none). */
   trailingFailures: number;
   goneUrl: string | null;
+  /**
+   * The batch's last answer was 410 Gone: the merchant answered and its URL is now disabled (later webhooks
+   * to it fail at once without a request). It settles the breaker: a half-open trial closes it (the delayed
+   * webhooks are released and fail at once), a closed breaker does not open, and the failure count restarts.
+   */
+  lastGone: boolean;
   lastCode: number | null;
   lastError: string | null;
 }
@@ -420,6 +430,41 @@ export class WebhookQueue {
     return { trials: row?.trials ?? [], delayed: row?.delayed ?? 0 };
   }
 
+  /**
+   * WEBHOOK_MAX_AGE: queued webhooks (not leased) older than `maxAgeMs` end `failed` with the error
+   * MAX_AGE_ERROR and an attempt-log entry (outcome `expired`, no request), at most `limit` per statement,
+   * oldest first. Their age counts from an admin retry (scheduled_from), else from their creation. Returns
+   * how many ended this way.
+   */
+  async expireOld(maxAgeMs: number, limit: number): Promise<number> {
+    const r = await this.store.query<{ n: number }>(
+      statement(
+        'webhook_expire',
+        `WITH old AS (
+         SELECT d.id FROM webhook_deliveries d
+         WHERE d.status IN ${QUEUED_STATUSES}
+           AND coalesce(d.scheduled_from, d.created_at) < now() - $1::double precision ${MS}
+           AND (d.locked_until IS NULL OR d.locked_until <= now())
+         ORDER BY coalesce(d.scheduled_from, d.created_at)
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED
+       ), upd AS (
+         UPDATE webhook_deliveries d SET status = 'failed', last_status_code = NULL, last_error = $3,
+           finished_at = now(), locked_until = NULL, locked_by = NULL, updated_at = now()
+         WHERE d.id = ANY(ARRAY(SELECT id FROM old))
+         RETURNING d.id, d.order_no, d.merchant_key, d.notify_url, d.attempts
+       ), log AS (
+         INSERT INTO webhook_attempts (delivery_id, order_no, merchant_key, url, attempt, outcome, status_code, response_body, duration_ms, error)
+         SELECT id, order_no, merchant_key, notify_url, attempts, 'expired', NULL, NULL, 0, $3 FROM upd
+         RETURNING 1
+       )
+       SELECT count(*)::int AS n FROM log`,
+      ),
+      [maxAgeMs, limit, MAX_AGE_ERROR],
+    );
+    return r.rows[0]?.n ?? 0;
+  }
+
   /** Trials that found nothing to send go back to `open` (expired), to be taken again when work is due. */
   async releaseTrials(keys: readonly string[]): Promise<void> {
     if (keys.length === 0) return;
@@ -592,6 +637,7 @@ export class WebhookQueue {
       had_success: u.hadSuccess,
       trail: u.trailingFailures,
       gone_url: u.goneUrl,
+      last_gone: u.lastGone,
       last_code: u.lastCode,
       last_error: u.lastError,
     }));
@@ -630,14 +676,14 @@ export class WebhookQueue {
          RETURNING 1
        ), y AS (
          SELECT * FROM jsonb_to_recordset($2::jsonb) AS y(merchant_key text, times jsonb, successes int, failures int,
-           had_success boolean, trail int, gone_url text, last_code int, last_error text)
+           had_success boolean, trail int, gone_url text, last_gone boolean, last_code int, last_error text)
        ), old AS (
          SELECT m.* FROM webhook_merchants m WHERE m.merchant_key IN (SELECT merchant_key FROM y)
          ORDER BY m.merchant_key FOR UPDATE
        ), calc AS (
          SELECT y.*, old.breaker_state AS old_state, old.is_slow AS was_slow,
            (old.recent_ms || ARRAY(SELECT jsonb_array_elements_text(y.times)::int)) AS arr,
-           CASE WHEN y.had_success THEN y.trail ELSE old.consecutive_failures + y.trail END AS cf
+           CASE WHEN y.last_gone THEN 0 WHEN y.had_success THEN y.trail ELSE old.consecutive_failures + y.trail END AS cf
          FROM y JOIN old ON old.merchant_key = y.merchant_key
        ), calc2 AS (
          SELECT calc.*, arr[greatest(1, cardinality(arr) - 99):] AS recent FROM calc
@@ -645,6 +691,7 @@ export class WebhookQueue {
          SELECT calc2.*,
            coalesce((SELECT avg(v) FROM unnest(recent) v), 0)::double precision AS avg,
            CASE
+             WHEN old_state = 'half_open' AND last_gone THEN 'closed'
              WHEN old_state = 'half_open' AND had_success AND trail = 0 THEN 'closed'
              WHEN old_state = 'half_open' AND failures > 0 THEN 'open'
              WHEN old_state = 'closed' AND cf >= $4::int THEN 'open'
@@ -1017,7 +1064,7 @@ export class WebhookQueue {
   ): Promise<DeliveryRow[]> {
     const r = await this.store.query<DeliveryRow>(
       `UPDATE webhook_deliveries SET status = 'retrying', attempt_base = attempts, next_attempt_at = now(),
-         finished_at = NULL, updated_at = now()
+         scheduled_from = now(), finished_at = NULL, updated_at = now()
        WHERE (seq = $1 OR id = $2 OR order_no = $3)
          AND (status IN ('failed', 'delayed', 'retrying', 'pending') OR ($4::boolean AND status = 'delivered'))
          AND (locked_until IS NULL OR locked_until <= now()) AND purged_at IS NULL

@@ -19,7 +19,9 @@ export type AttemptOutcome =
   | 'timeout'
   | 'gone'
   | 'refused'
-  | 'disabled';
+  | 'disabled'
+  /** Not sent: WEBHOOK_MAX_AGE passed (written by the store's sweep, no request). */
+  | 'expired';
 
 /** The result of one HTTP attempt (before it is written to the store). */
 export interface AttemptResult {

@@ -57,10 +57,10 @@ export class SlidingWindow {
     b.durationSum += durationMs;
   }
 
-  finished(status: 'delivered' | 'failed'): void {
+  finished(status: 'delivered' | 'failed', count = 1): void {
     const b = this.bucket();
-    if (status === 'delivered') b.delivered++;
-    else b.failed++;
+    if (status === 'delivered') b.delivered += count;
+    else b.failed += count;
   }
 
   snapshot(): WindowSnapshot {

@@ -119,6 +119,10 @@ describe('webhook settings', () => {
     assert.equal(c.webhookBreakerThreshold, 5);
     assert.equal(c.webhookBreakerOpen, 300_000);
     assert.equal(c.webhookBreakerDelay, 60_000);
+    assert.equal(c.webhookMaxAge, 86_400_000);
+    assert.equal(loadConfig({ WEBHOOK_MAX_AGE: '0' }).webhookMaxAge, 0);
+    assert.equal(loadConfig({ WEBHOOK_MAX_AGE: '72h' }).webhookMaxAge, 72 * 3_600_000);
+    assert.throws(() => loadConfig({ WEBHOOK_MAX_AGE: '400d' }), /WEBHOOK_MAX_AGE/);
     assert.equal(c.webhookSlowThreshold, 3000);
     assert.equal(c.webhookLogRetention, 30 * 86_400_000);
     assert.equal(c.webhookAllowPrivateNetworks, false);

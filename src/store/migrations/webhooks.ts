@@ -64,4 +64,15 @@ export const WEBHOOK_MIGRATIONS: Migration[] = [
       DO $$ BEGIN IF version() NOT LIKE '%PGlite%' THEN ALTER TABLE webhook_deliveries SET (fillfactor = 50); END IF; END $$;
     `,
   },
+  {
+    // WEBHOOK_MAX_AGE: a queued webhook older than the max age ends failed. Its age counts from
+    // scheduled_from, set by an admin retry (which gives it a fresh schedule), else from created_at; the
+    // partial index lets the sweep find the oldest queued rows without scanning the queue.
+    id: '016_webhook_max_age',
+    sql: `
+      ALTER TABLE webhook_deliveries ADD COLUMN IF NOT EXISTS scheduled_from timestamptz;
+      CREATE INDEX IF NOT EXISTS webhook_deliveries_age ON webhook_deliveries ((coalesce(scheduled_from, created_at)))
+        WHERE status IN ('pending', 'retrying', 'delayed');
+    `,
+  },
 ];
