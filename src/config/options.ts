@@ -365,10 +365,11 @@ export const OPTIONS = {
   webhookMaxAge: {
     env: 'WEBHOOK_MAX_AGE',
     type: { kind: 'duration', min: 0, max: 365 * 86_400_000 },
-    default: 24 * HOUR,
+    default: 48 * HOUR,
     doc:
       'A webhook not delivered within this time of its creation (or of an admin retry) ends `failed` ("max age ' +
-      'reached"), also while its merchant\'s breaker stays open; 0 turns it off.',
+      'reached"), also while its merchant\'s breaker stays open; 0 turns it off. Longer than the sum of ' +
+      'WEBHOOK_RETRY_DELAYS (the `wechat` schedule spans 24 h 4 min), or the last retries are never made.',
   },
   webhookRequireSuccessBody: {
     env: 'WEBHOOK_REQUIRE_SUCCESS_BODY',

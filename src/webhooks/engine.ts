@@ -213,6 +213,13 @@ export class WebhookEngine {
     this.config = config;
     this.store = opts.store;
     this.logger = opts.logger.child({ part: 'webhooks' });
+    const retrySpan = config.webhookRetryDelays.reduce((a, b) => a + b, 0);
+    if (config.webhookMaxAge > 0 && retrySpan >= config.webhookMaxAge) {
+      this.logger.warn(
+        { webhookMaxAgeMs: config.webhookMaxAge, retryDelaysTotalMs: retrySpan },
+        'WEBHOOK_MAX_AGE is not longer than the sum of WEBHOOK_RETRY_DELAYS: webhooks fail at the max age before their last retries',
+      );
+    }
     this.queue = new WebhookQueue(opts.store, {
       nodeId: this.nodeId,
       singleNode: opts.store.kind === 'embedded',

@@ -1,14 +1,17 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import pino from 'pino';
 import { Webhook } from 'standardwebhooks';
 import { loadConfig } from '../../src/config/index.js';
 import { RETRY_PRESETS } from '../../src/config/options.js';
+import type { Store } from '../../src/store/index.js';
 import {
   circuitBreakerAlert,
   formatDurationZh,
   slowMerchantAlert,
   systemAlert,
 } from '../../src/webhooks/alerts.js';
+import { WebhookEngine } from '../../src/webhooks/engine.js';
 import { merchantKeyOf } from '../../src/webhooks/merchant-key.js';
 import { isSuccessBody, parseRetryAfter } from '../../src/webhooks/sender.js';
 import { generateSecret, isValidSecret, signatureHeaders } from '../../src/webhooks/signing.js';
@@ -119,10 +122,22 @@ describe('webhook settings', () => {
     assert.equal(c.webhookBreakerThreshold, 5);
     assert.equal(c.webhookBreakerOpen, 300_000);
     assert.equal(c.webhookBreakerDelay, 60_000);
-    assert.equal(c.webhookMaxAge, 86_400_000);
+    assert.equal(c.webhookMaxAge, 2 * 86_400_000);
     assert.equal(loadConfig({ WEBHOOK_MAX_AGE: '0' }).webhookMaxAge, 0);
     assert.equal(loadConfig({ WEBHOOK_MAX_AGE: '72h' }).webhookMaxAge, 72 * 3_600_000);
     assert.throws(() => loadConfig({ WEBHOOK_MAX_AGE: '400d' }), /WEBHOOK_MAX_AGE/);
+    // The default max age outlasts the longest preset schedule; a shorter one is warned about at start.
+    const span = (d: readonly number[]) => d.reduce((a, b) => a + b, 0);
+    assert.ok(span(RETRY_PRESETS.wechat) < c.webhookMaxAge);
+    const warnings = (env: Record<string, string>) => {
+      const lines: string[] = [];
+      const logger = pino({ level: 'warn' }, { write: (line: string) => lines.push(line) });
+      new WebhookEngine({ config: loadConfig(env), store: { kind: 'embedded' } as Store, logger });
+      return lines.filter((l) => l.includes('WEBHOOK_MAX_AGE')).length;
+    };
+    assert.equal(warnings({ WEBHOOK_RETRY_DELAYS: 'wechat' }), 0);
+    assert.equal(warnings({ WEBHOOK_RETRY_DELAYS: 'wechat', WEBHOOK_MAX_AGE: '24h' }), 1);
+    assert.equal(warnings({ WEBHOOK_RETRY_DELAYS: 'wechat', WEBHOOK_MAX_AGE: '0' }), 0);
     assert.equal(c.webhookSlowThreshold, 3000);
     assert.equal(c.webhookLogRetention, 30 * 86_400_000);
     assert.equal(c.webhookAllowPrivateNetworks, false);
