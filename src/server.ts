@@ -400,11 +400,18 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   // ---- end merchant webhooks ----
 
   if (config.offlineWebhookUrl) {
+    const forwards = new Counter({
+      name: 'herald_offline_forwards_total',
+      help: 'Users of notifications forwarded to OFFLINE_WEBHOOK_URL (forwarded), whose forward could not be stored (failed), or not looked at because presence could not be read (unknown).',
+      labelNames: ['result'],
+      registers: [metrics.registry],
+    });
     afterPublish = offlineForwarder({
       url: config.offlineWebhookUrl,
       presence: presenceNow,
       sink: webhooks,
       logger,
+      onResult: (result, users) => forwards.inc({ result }, users),
     });
   }
 

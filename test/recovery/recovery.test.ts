@@ -373,6 +373,8 @@ describe('offline fallback', () => {
       await until(() => received.length === 2, 10_000, 'the deep notification forwarded');
       assert.equal(received[1]?.id, deepRes.body.id);
       assert.deepEqual(received[1]?.data, deep);
+      const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
+      assert.match(metrics, /^herald_offline_forwards_total\{result="forwarded"\} 2$/m);
       s.close();
     } finally {
       await herald.cleanup();
