@@ -25,6 +25,11 @@ export const ErrorCodes = {
   },
   shutting_down: { status: 503, message: 'The node is shutting down; retry on another node.' },
   store_unavailable: { status: 503, message: 'The durable store is unavailable; retry later.' },
+  cluster_unavailable: {
+    status: 503,
+    message:
+      'This node cannot reach Redis, so the notification would reach only its own sockets: it was delivered nowhere; retry later or on another node.',
+  },
   overloaded: {
     status: 503,
     message: 'More payment events wait for the store on this node than PAYMENT_QUEUE_MAX; retry later.',
@@ -137,4 +142,13 @@ export class HeraldError extends Error {
 
 export function isHeraldError(err: unknown): err is HeraldError {
   return err instanceof HeraldError;
+}
+
+/** The error of a publish that had to reach every node and could not (see PublishOptions.requireCluster). */
+export function clusterUnavailable(cause?: unknown): HeraldError {
+  const why = cause instanceof Error ? ` (${cause.message})` : '';
+  return new HeraldError(
+    'cluster_unavailable',
+    `This node cannot reach Redis${why}: the notification was delivered nowhere, so that other nodes' clients do not miss it; retry later or on another node.`,
+  );
 }

@@ -16,6 +16,10 @@ export class MemoryBus implements Bus {
     return true;
   }
 
+  reachable(): boolean {
+    return true;
+  }
+
   async close(): Promise<void> {}
 }
 

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
+import { clusterUnavailable } from '../errors.js';
 import type { History } from '../history/index.js';
 import { RedisHistory } from '../history/redis.js';
 import type { Logger } from '../logger.js';
@@ -8,7 +9,7 @@ import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
 import { BatchPublisher, type OutgoingNotification } from './publisher.js';
 import { NOW_MS_LUA, Script } from './script.js';
-import type { Bus, ClusterMessage, LocalDeliver, Presence } from './types.js';
+import type { Bus, ClusterMessage, LocalDeliver, Presence, PublishOptions } from './types.js';
 
 export interface RedisClusterOptions {
   url: string;
@@ -295,7 +296,19 @@ export class RedisCluster {
     const self = this;
     this.bus = {
       kind: 'redis',
-      async publish(n: Notification) {
+      async publish(n: Notification, options?: PublishOptions) {
+        if (options?.requireCluster) {
+          // Redis first, then this node's sockets: a notification that cannot reach every node
+          // reaches none, and the producer can publish it again without anyone getting it twice.
+          if (!self.commandsReady()) throw clusterUnavailable();
+          try {
+            await self.send(n, undefined);
+          } catch (err) {
+            throw clusterUnavailable(err);
+          }
+          opts.deliver(n);
+          return undefined;
+        }
         opts.deliver(n);
         try {
           await self.send(n, undefined);
@@ -310,6 +323,7 @@ export class RedisCluster {
         return plan ? self.recordAndPublish(n, plan) : undefined;
       },
       healthy: () => this.healthy(),
+      reachable: () => this.commandsReady(),
       close: () => this.close(),
     };
     this.presence = {

@@ -10,9 +10,11 @@ export interface Bus {
   readonly kind: 'memory' | 'redis';
   /**
    * Sends a notification to every node, this one included. Resolves with the number of sockets
-   * reached when this node can know it (single node), otherwise `undefined`.
+   * reached when this node can know it (single node), otherwise `undefined`. By default a cluster
+   * node that cannot reach Redis delivers to its own sockets only; with `requireCluster` it delivers
+   * nowhere and rejects with `cluster_unavailable` (a HeraldError) instead.
    */
-  publish(n: Notification): Promise<number | undefined>;
+  publish(n: Notification, opts?: PublishOptions): Promise<number | undefined>;
   /**
    * Appends `n` to `history` (setting its offsets) and publishes it in one step (cluster: one Redis
    * script instead of two round trips). Returns `undefined`, having done nothing, when this bus cannot
@@ -22,7 +24,21 @@ export interface Bus {
   publishRecorded?(n: Notification, history: History): Promise<number | undefined> | undefined;
   /** Whether the bus currently reaches the other nodes. */
   healthy(): boolean;
+  /**
+   * Whether a notification published now would reach the other nodes (cluster: the command connection
+   * to Redis is up; the subscriber connection only brings other nodes' notifications here).
+   */
+  reachable(): boolean;
   close(): Promise<void>;
+}
+
+export interface PublishOptions {
+  /**
+   * Cluster: deliver the notification only if it reaches Redis (so every node), else nowhere, and
+   * reject with `cluster_unavailable`. For producers that retry (POST /notify with
+   * `REDIS_DOWN_NOTIFY=reject`, the payment outbox) rather than have other nodes' clients miss it.
+   */
+  requireCluster?: boolean;
 }
 
 /** What a bus calls to deliver a notification on this node. */

@@ -115,6 +115,12 @@ export const OPTIONS = {
     default: 2000,
     doc: 'Cluster mode: a Redis that owes a reply this long counts as down (its connection is dropped; notifications go to local sockets only until it answers). Raise it for a Redis whose failover pauses writes longer.',
   },
+  redisDownNotify: {
+    env: 'REDIS_DOWN_NOTIFY',
+    type: { kind: 'enum', values: ['local', 'reject'] },
+    default: 'local',
+    doc: "Cluster mode, what POST /notify and /notify/batch do while this node cannot reach Redis: `local` delivers to this node's sockets only (other nodes' clients miss the notification, with no gap to recover); `reject` delivers nowhere and answers 503 `cluster_unavailable`, for producers that retry. Payment notifications always wait for Redis (the outbox publishes them again).",
+  },
   historySize: {
     env: 'HISTORY_SIZE',
     type: { kind: 'int', min: 0, max: 100_000 },

@@ -46,6 +46,7 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
   const single = notifySchema(config);
   const item = compile(single);
   const turns = new TurnQueue(BATCH_TURN_MS);
+  const publishOptions = { requireCluster: config.redisDownNotify === 'reject' };
 
   /** POST /notify once its body passed the schema. */
   const notifyOne = (body: NotifyInput, authorization: string | undefined): Promise<NotifyResult> => {
@@ -53,7 +54,7 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
     if (!access.knows(body.appId))
       throw new HeraldError('unknown_app', `No app ${JSON.stringify(body.appId)} is configured.`);
     access.checkApiKey(body.appId, authorization);
-    return notify.publish(body);
+    return notify.publish(body, publishOptions);
   };
 
   /** One item of a batch: its result, never a throw. */
@@ -70,7 +71,7 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
       if (!access.knows(n.appId))
         throw new HeraldError('unknown_app', `No app ${JSON.stringify(n.appId)} is configured.`);
       access.checkApiKey(n.appId, authorization);
-      const r = await notify.publish(n as NotifyInput);
+      const r = await notify.publish(n as NotifyInput, publishOptions);
       return { ok: true as const, ...r };
     } catch (err) {
       return { ok: false as const, error: toHeraldError(err).toBody() };

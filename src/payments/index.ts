@@ -106,6 +106,13 @@ const FOLD_CHUNK = 200;
 const FOLD_CHUNKS = 25;
 /** Published outbox rows not taken by a batch transaction within this long are deleted on their own. */
 const PUBLISHED_FLUSH_MS = 200;
+/**
+ * Realtime notifications of a batch that could not be published (cluster: Redis unreachable) are tried
+ * again after these delays, as long as the row is this node's to publish: the sweep of any node takes
+ * rows older than its minimum age (see republishOutbox), and a row published by both would reach
+ * clients twice.
+ */
+const REPUBLISH_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 /** Embedded store: how often the small bookkeeping tables are vacuumed (PGlite has no autovacuum). */
 const VACUUM_EVERY_MS = 10 * 60_000;
 /** Per-minute counters are kept this long (GET /payments/stats reads at most 1440 minutes back). */
@@ -213,6 +220,8 @@ export class Payments {
   private deleting: Promise<void> | undefined;
   /** Publishes started and not yet finished (awaited by stop()). */
   private readonly publishing = new Set<Promise<unknown>>();
+  /** Pending retries of realtime notifications whose publish failed (see REPUBLISH_DELAYS_MS). */
+  private readonly republishTimers = new Set<NodeJS.Timeout>();
   private lastPrune = 0;
   private lastRetention = 0;
   /** The last retention pass stopped at its cap: the next sweep goes on. */
@@ -538,10 +547,10 @@ export class Payments {
    * published twice reaches SDK clients once (same id).
    */
   async republishOutbox(minAgeMs?: number): Promise<number> {
-    const { store, config } = this.deps;
+    const { store } = this.deps;
     const first = !this.outboxSwept;
     this.outboxSwept = true;
-    const minAge = Math.max(2000, 5 * config.paymentSweepInterval);
+    const minAge = this.outboxMinAge();
     // Rows older than this process on the embedded store (one process) were left by the previous one.
     const age =
       minAgeMs ??
@@ -660,45 +669,93 @@ export class Payments {
     if (CRASH_AFTER_COMMIT && transitions.length > 0) process.kill(process.pid, 'SIGKILL');
     // The reporters' acks follow in this turn: each machine gets its dataUpdate and ack in one write.
     if (transitions.length > 0) coalesceThisTurn();
-    const all: Promise<unknown>[] = [];
+    const list: OutboxNotification[] = [];
     for (const t of transitions) {
-      all.push(
-        this.publishOne({
-          // Derived from the event: the outbox sweep publishes it again with the same id if needed.
-          id: t.notificationId,
-          appId: t.appId,
-          orderId: t.orderId,
-          merchantId: t.merchantId,
-          deviceId: t.deviceId,
-          data: t.data ?? realtimePayload(t),
-        }),
-      );
+      list.push({
+        // Derived from the event: the outbox sweep publishes it again with the same id if needed.
+        id: t.notificationId,
+        appId: t.appId,
+        orderId: t.orderId,
+        merchantId: t.merchantId,
+        deviceId: t.deviceId,
+        data: t.data ?? realtimePayload(t),
+      });
       if (t.notifyUrl !== null) this.webhook(t);
     }
-    const p = Promise.all(all).then(
-      () => {
+    this.publishBatch(list, outboxId, 0, Date.now());
+  }
+
+  /**
+   * Publishes a committed batch's realtime notifications; once all are out, its outbox row is deleted.
+   * Those that fail (cluster: Redis unreachable; each was then delivered nowhere) are tried again after
+   * REPUBLISH_DELAYS_MS while the row is still this node's, then left in the outbox for the sweep.
+   */
+  private publishBatch(
+    list: OutboxNotification[],
+    outboxId: string | undefined,
+    attempt: number,
+    since: number,
+  ): void {
+    const p = Promise.allSettled(list.map((x) => this.publishOne(x))).then((results) => {
+      const failed = list.filter((_, i) => results[i]?.status === 'rejected');
+      if (failed.length === 0) {
         if (outboxId !== undefined) this.donePublishing([outboxId]);
-      },
-      (err: unknown) =>
-        // Left in the outbox: the sweep publishes the batch again (same ids: clients drop the copies).
-        this.log.error({ err, count: transitions.length }, 'payment notifications failed'),
-    );
+        return;
+      }
+      const err = (results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason;
+      const delay = REPUBLISH_DELAYS_MS[attempt];
+      // The sweep of any node takes rows older than its minimum age: stop well before that.
+      const mine = delay !== undefined && Date.now() + delay - since < this.outboxMinAge() / 2;
+      if (this.stopped || outboxId === undefined || !mine) {
+        // Left in the outbox: the sweep publishes the batch again (same ids: the SDK drops copies).
+        this.log.error(
+          { err, count: failed.length },
+          'payment notifications could not be published; kept in the outbox for the sweep',
+        );
+        return;
+      }
+      if (attempt === 0) {
+        this.log.warn(
+          { err, count: failed.length },
+          'payment notifications could not be published; retrying',
+        );
+      }
+      const timer = setTimeout(() => {
+        this.republishTimers.delete(timer);
+        if (!this.stopped) this.publishBatch(failed, outboxId, attempt + 1, since);
+      }, delay);
+      timer.unref();
+      this.republishTimers.add(timer);
+    });
     this.publishing.add(p);
     void p.finally(() => this.publishing.delete(p));
   }
 
+  /** Outbox rows younger than this are left to the node that committed them (see republishOutbox). */
+  private outboxMinAge(): number {
+    return Math.max(2000, 5 * this.deps.config.paymentSweepInterval);
+  }
+
   /** Publishes one transition's realtime notification (merchant app, device, order topic). */
   private publishOne(x: OutboxNotification): Promise<unknown> {
-    return this.deps.notify.publish({
-      id: x.id,
-      appId: x.appId,
-      users: [x.merchantId],
-      devices: x.deviceId !== null ? [x.deviceId] : undefined,
-      eventTopics: [`order:${x.orderId}:status`],
-      data: x.data,
-      // Delivery receipts: GET /notify/:id tells whether the merchant's app heard the announcement.
-      ack: true,
-    });
+    return this.deps.notify.publish(
+      {
+        id: x.id,
+        appId: x.appId,
+        users: [x.merchantId],
+        devices: x.deviceId !== null ? [x.deviceId] : undefined,
+        eventTopics: [`order:${x.orderId}:status`],
+        data: x.data,
+        // Delivery receipts: GET /notify/:id tells whether the merchant's app heard the announcement.
+        ack: true,
+      },
+      {
+        // Cluster: while Redis is unreachable a transition is published nowhere rather than to this
+        // node's sockets only (the merchant's app may be on another node); the row stays in the outbox
+        // and is published to everyone once Redis is back.
+        requireCluster: true,
+      },
+    );
   }
 
   /** Hands the published outbox rows to the next batch transaction. */
@@ -1003,6 +1060,8 @@ export class Payments {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    for (const t of this.republishTimers) clearTimeout(t);
+    this.republishTimers.clear();
     await this.sweeping;
     await this.intake.close();
     await Promise.allSettled([...this.inflight, ...this.publishing]);

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { Bus } from '../bus/types.js';
-import { HeraldError } from '../errors.js';
+import type { Bus, PublishOptions } from '../bus/types.js';
+import { clusterUnavailable, HeraldError } from '../errors.js';
 import type { History } from '../history/index.js';
 import type { Receipts } from '../history/receipts.js';
 import { jsonProblem } from '../input.js';
@@ -138,8 +138,16 @@ export class NotifyService {
     return n;
   }
 
-  async publish(input: NotifyInput): Promise<NotifyResult> {
+  /**
+   * Validates and publishes a notification. With `requireCluster` (see PublishOptions) a cluster node
+   * that cannot reach Redis rejects with `cluster_unavailable` having delivered it nowhere, instead of
+   * delivering it to its own sockets only.
+   */
+  async publish(input: NotifyInput, opts?: PublishOptions): Promise<NotifyResult> {
     const n = this.prepare(input);
+    const strict = opts?.requireCluster === true;
+    // Refused before anything is remembered (receipts) or sent.
+    if (strict && !this.bus.reachable()) throw clusterUnavailable();
     if (n.ack && this.deps.receipts) await this.deps.receipts.expect(n);
     const history = this.deps.history;
     // A cluster bus appends to the history and publishes in one Redis call.
@@ -149,6 +157,8 @@ export class NotifyService {
       try {
         delivered = await recorded;
       } catch (err) {
+        // Nothing was appended, sent or delivered (see Bus.publishRecorded).
+        if (strict) throw clusterUnavailable(err);
         this.historyFailed(err);
         delivered = await this.bus.publish(n);
       }
@@ -160,7 +170,7 @@ export class NotifyService {
           this.historyFailed(err);
         }
       }
-      delivered = await this.bus.publish(n);
+      delivered = await this.bus.publish(n, opts);
     }
     this.deps.afterPublish?.(n);
     this.metrics.published.inc({ app: n.appId });
