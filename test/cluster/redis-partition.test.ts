@@ -106,8 +106,7 @@ describe('cluster: a node cut off from Redis', () => {
       batch.body.results.map((r) => r.error?.code),
       ['cluster_unavailable', 'cluster_unavailable'],
     );
-    // Node b, which still reaches Redis, accepts and delivers as usual (node a's sockets are not
-    // reachable from it now: they miss it, with a gap their SDK recovers from history).
+    // Node b, which still reaches Redis, accepts and delivers as usual.
     assert.equal((await post(b.url, '/notify', { appId: 'rp', users: ['ub'], data: { n: 5 } })).status, 202);
     await until(() => gotB.length === 2, 5000, 'node b still delivers');
     await sleep(300);
