@@ -153,6 +153,8 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   let cluster: RedisCluster | undefined;
   // What this node says about itself with each cluster heartbeat: the console's sampler, set up later.
   let nodeInfo: (() => Record<string, unknown>) | undefined;
+  /** Set once the gateway exists: asks this node's clients to catch up on their streams. */
+  let resyncClients: ((reason: string) => void) | undefined;
   const router = new Router({
     onTopicChange: (change) => presence?.local(change),
     onAppAdded: (appId) => cluster?.appAdded(appId),
@@ -180,6 +182,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       hasApp: (appId) => router.appIds().includes(appId),
       localTopics: () => router.allTopics(),
       nodeInfo: () => nodeInfo?.() ?? {},
+      onResubscribed: () => resyncClients?.('cluster_resubscribed'),
       logger: logger.child({ part: 'cluster' }),
     });
     await cluster.start();
@@ -347,6 +350,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     logger,
     ...(clusterNow ? { admit: (appId, clientId) => clusterNow.admit(appId, clientId) } : {}),
   });
+  resyncClients = (reason) => gateway.hintResync(reason);
   registerRecovery({
     gateway,
     history,

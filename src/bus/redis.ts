@@ -40,6 +40,11 @@ export interface RedisClusterOptions {
     clients: ReadonlyMap<string, number>;
     connections: number;
   }>;
+  /**
+   * The subscriber connection is back after an interruption and subscribed again: notifications other
+   * nodes published meanwhile did not reach this node (clients can fetch them from the history).
+   */
+  onResubscribed?: () => void;
   logger: Logger;
 }
 
@@ -914,6 +919,7 @@ export class RedisCluster {
       return; // Away again: its next return refreshes.
     }
     this.refreshCounts();
+    this.opts.onResubscribed?.();
   }
 
   /** Removes a dead node's presence (atomically, and only if it is still dead; see REAP_SCRIPT). */

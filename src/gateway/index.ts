@@ -16,6 +16,8 @@ import { parseTopics, readIdentity } from './validate.js';
 export const APP_NAMESPACE_RE = /^\/[A-Za-z0-9_.-]{1,64}$/;
 
 /** How long shutdown waits for clients to complete the close of their connection before cutting it. */
+/** Sockets told to `resync` per turn of the event loop (see Gateway.hintResync). */
+const RESYNC_SLICE = 2000;
 const DRAIN_GRACE_MS = 1000;
 /** `WebSocket.CLOSED` of the ws package. */
 const WS_CLOSED = 3;
@@ -756,6 +758,24 @@ export class Gateway {
     this.deps.metrics.clientErrors.inc({ code: body.code });
     if (ack) ack({ ok: false, error: body });
     else socket.emit('error', { ...body, event });
+  }
+
+  /**
+   * Asks every client of this node to catch up on its streams (`resync`; the SDK then recovers from the
+   * positions it holds): notifications may have passed it by (cluster: the node's subscription to the
+   * other nodes was interrupted). Sent in slices, a turn of the event loop each.
+   */
+  hintResync(reason: string): void {
+    const conns = [...this.deps.router.allConns()] as SocketConn[];
+    const slice = (from: number) => {
+      const to = Math.min(conns.length, from + RESYNC_SLICE);
+      for (let i = from; i < to; i++) {
+        const s = (conns[i] as SocketConn).socket;
+        if (s.connected) s.emit('resync', { reason });
+      }
+      if (to < conns.length) setImmediate(slice, to);
+    };
+    if (conns.length > 0) slice(0);
   }
 
   /** Stops accepting connections, asks every client to reconnect elsewhere, and closes them. */

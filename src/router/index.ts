@@ -105,7 +105,13 @@ export function streamsOf(n: Pick<Notification, 'broadcast' | 'topics' | 'users'
 }
 
 /** The `meta` a socket reached through `stream` receives. */
-export function metaFor(n: Notification, stream: string, topic: string | undefined, replay = false): Meta {
+export function metaFor(
+  n: Notification,
+  stream: string,
+  topic: string | undefined,
+  replay = false,
+  also?: readonly string[],
+): Meta {
   const meta: Meta = { id: n.id, ts: n.ts };
   if (topic !== undefined) meta.topic = topic;
   const pos = n.pos?.[stream];
@@ -116,6 +122,12 @@ export function metaFor(n: Notification, stream: string, topic: string | undefin
   }
   if (n.ack) meta.ack = true;
   if (replay) meta.replay = true;
+  if (also && pos) {
+    for (const s of also) {
+      const p = n.pos?.[s];
+      if (p) (meta.also ??= {})[s] = [p[0], p[1]];
+    }
+  }
   return meta;
 }
 
@@ -364,11 +376,21 @@ export class Router {
       return g ? this.writeGroup(g, n, `d:${devices[0]}`, undefined) : 0;
     }
 
-    // General case: the union, each socket once, grouped by the stream that matched it.
+    // General case: the union, each socket once, grouped by the stream that matched it. A socket
+    // matched by several streams with history positions is told its positions in the others
+    // (`meta.also`): it follows them too, and would take their next offsets for a gap.
     const seen = new Set<Conn>();
     const groups = new Map<string, { topic: string | undefined; conns: Conn[] }>();
+    let also: Map<Conn, string[]> | undefined;
     const take = (conn: Conn, stream: string, topic: string | undefined) => {
-      if (seen.has(conn)) return;
+      if (seen.has(conn)) {
+        if (n.pos?.[stream] === undefined) return;
+        also ??= new Map();
+        const list = also.get(conn);
+        if (list) list.push(stream);
+        else also.set(conn, [stream]);
+        return;
+      }
       seen.add(conn);
       let g = groups.get(stream);
       if (!g) {
@@ -386,13 +408,38 @@ export class Router {
     for (const user of users) takeAll(a.users.get(user), `u:${user}`, undefined);
     for (const device of devices) takeAll(a.devices.get(device), `d:${device}`, undefined);
     let written = 0;
-    for (const [stream, g] of groups) written += this.writeAll(g.conns, n, stream, g.topic);
+    for (const [stream, g] of groups) {
+      if (also === undefined) {
+        written += this.writeAll(g.conns, n, stream, g.topic);
+        continue;
+      }
+      const extra = also;
+      written += this.writeAll(
+        g.conns.filter((c) => !extra.has(c)),
+        n,
+        stream,
+        g.topic,
+      );
+      for (const c of g.conns) {
+        const more = extra.get(c);
+        if (more) written += this.writeGroup(c, n, stream, g.topic, more);
+      }
+    }
     return written;
   }
 
-  private writeGroup(g: Group, n: Notification, stream: string, topic: string | undefined): number {
+  private writeGroup(
+    g: Group,
+    n: Notification,
+    stream: string,
+    topic: string | undefined,
+    also?: readonly string[],
+  ): number {
     if (g instanceof Set) return this.writeAll(g, n, stream, topic);
-    const frame = encodeEvent(n.appId, 'dataUpdate', [n.data, JSON.stringify(metaFor(n, stream, topic))]);
+    const frame = encodeEvent(n.appId, 'dataUpdate', [
+      n.data,
+      JSON.stringify(metaFor(n, stream, topic, false, also)),
+    ]);
     if (this.sweeps.length === 0) return g.write(frame) ? 1 : 0;
     // Behind a fan-out being written: queued after it, so that this socket keeps the publish order.
     this.sweeps.push({ conns: [g], pos: 0, frame });

@@ -62,6 +62,12 @@ export interface Meta {
   ack?: boolean;
   /** Sent again by a recovery after a reconnect. */
   replay?: boolean;
+  /**
+   * The notification's positions in the other streams of this socket it belongs to (`{ stream: [offset,
+   * epoch] }`): a socket reached once through `stream` also follows these, and without them it would
+   * take the next offset of each for a gap.
+   */
+  also?: Record<string, [number, string]>;
 }
 
 /**

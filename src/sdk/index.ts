@@ -137,6 +137,10 @@ export interface HeraldClient {
 }
 
 const MAX_PER_CALL = 100;
+/** How long a gap in a stream waits before the client asks for what it missed (more gaps join it). */
+const GAP_DELAY_MS = 50;
+/** A `resync` request from the server is answered within this long, at random. */
+const RESYNC_SPREAD_MS = 1000;
 
 function toList(topics: string | string[]): string[] {
   return typeof topics === 'string' ? [topics] : [...topics];
@@ -223,10 +227,14 @@ export function connect(options: ConnectOptions): HeraldClient {
     return out;
   };
 
-  const learn = (ack: Ack) => {
+  // Streams where a notification was missed (see `advance`), waiting for `catchUp`. Their positions stay
+  // where the gap starts until then: an ack's current position must not move them past it.
+  const gaps = new Set<string>();
+  const learn = (ack: Ack, asked?: ReadonlySet<string>) => {
     if (!ack.ok || !ack.streams) return;
     for (const [stream, p] of Object.entries(ack.streams)) {
       if (p.error || (stream.startsWith('t:') && !topics.has(stream.slice(2)))) continue;
+      if (gaps.has(stream) && !asked?.has(stream)) continue;
       const known = positions.get(stream);
       if (!known || known.epoch !== p.epoch || known.offset < p.offset)
         positions.set(stream, { offset: p.offset, epoch: p.epoch });
@@ -260,7 +268,9 @@ export function connect(options: ConnectOptions): HeraldClient {
           .emitWithAck('recover', { topics: [...topics], streams: reconnect ? streams : {} })) as Ack;
         if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
         const given = new Set(Object.keys(reconnect ? streams : {}));
-        learn(ack);
+        // The gaps of the streams asked for are answered here (replays, then the current position).
+        learn(ack, given);
+        for (const s of given) gaps.delete(s);
         if (reconnect && given.size) {
           const results: RecoveryResult[] = Object.entries(ack.streams ?? {})
             .filter(([stream]) => given.has(stream))
@@ -276,6 +286,84 @@ export function connect(options: ConnectOptions): HeraldClient {
       // The server refused (e.g. a limit changed): the app learns through its own calls and `error`.
     });
   };
+
+  // Catching up on gaps: one `recover` at a time, for the streams in `gaps`; after a failure, later.
+  let catchUpTimer: ReturnType<typeof setTimeout> | undefined;
+  let catchingUp = false;
+  let catchUpFailures = 0;
+  const scheduleCatchUp = (delayMs: number) => {
+    if (catchUpTimer || catchingUp || gaps.size === 0) return;
+    catchUpTimer = setTimeout(() => {
+      catchUpTimer = undefined;
+      void catchUp();
+    }, delayMs);
+  };
+  const catchUp = async () => {
+    if (status !== 'connected') return; // the reconnect's recovery covers every stream
+    const asked = [...gaps].filter(
+      (s) => positions.has(s) && (!s.startsWith('t:') || topics.has(s.slice(2))),
+    );
+    for (const s of gaps) if (!asked.includes(s)) gaps.delete(s);
+    if (asked.length === 0) return;
+    catchingUp = true;
+    try {
+      for (const part of chunks(asked, MAX_PER_CALL)) {
+        const streams: Record<string, StreamPosition> = {};
+        for (const s of part) streams[s] = positions.get(s) as StreamPosition;
+        const ack = (await socket.timeout(ackTimeout).emitWithAck('recover', { streams })) as Ack;
+        if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+        const given = new Set(part);
+        learn(ack, given);
+        for (const s of part) gaps.delete(s);
+        const results: RecoveryResult[] = Object.entries(ack.streams ?? {})
+          .filter(([stream]) => given.has(stream))
+          .map(([stream, r]) => ({ stream, recovered: r.recovered, replayed: r.replayed }));
+        for (const h of recoverHandlers) h(results);
+      }
+      catchUpFailures = 0;
+    } catch {
+      catchUpFailures++;
+    } finally {
+      catchingUp = false;
+      scheduleCatchUp(catchUpFailures ? Math.min(30_000, 500 * 2 ** catchUpFailures) : GAP_DELAY_MS);
+    }
+  };
+
+  /**
+   * Moves a stream's position on with a notification received through it (or listed in its `meta.also`).
+   * Offsets of a stream are consecutive: one beyond the next means notifications this socket did not get
+   * (its node lost the link to the other nodes for a moment, say), so the client asks for them from the
+   * position it holds (`recover`); they follow as replays, and `onRecover` handlers hear the result.
+   */
+  const advance = (stream: string, offset: number, epoch: string) => {
+    // A topic stream is followed only while subscribed: a notification still on its way when the app
+    // unsubscribed does not bring the position (and the recovery of that topic) back.
+    if (stream.startsWith('t:') && !topics.has(stream.slice(2))) return;
+    const known = positions.get(stream);
+    if (known && known.epoch === epoch && offset <= known.offset) return;
+    if (
+      known &&
+      known.epoch === epoch &&
+      offset > known.offset + 1 &&
+      useRecovery &&
+      status === 'connected'
+    ) {
+      gaps.add(stream);
+      scheduleCatchUp(GAP_DELAY_MS);
+      return;
+    }
+    if (gaps.has(stream)) return;
+    positions.set(stream, { offset, epoch });
+  };
+
+  // A node whose link to the other nodes was interrupted asks its clients to catch up: what they may
+  // have missed meanwhile is in the streams' history. Spread over a second, so that thousands of
+  // clients do not ask at the same moment.
+  socket.on('resync', () => {
+    if (!useRecovery) return;
+    for (const [stream] of positions) gaps.add(stream);
+    scheduleCatchUp(Math.random() * RESYNC_SPREAD_MS);
+  });
 
   let firstConnect = true;
   socket.on('connect', () => {
@@ -299,12 +387,14 @@ export function connect(options: ConnectOptions): HeraldClient {
       typeof meta.offset === 'number' &&
       typeof meta.epoch === 'string'
     ) {
-      // A topic stream is followed only while subscribed: a notification still on its way when the app
-      // unsubscribed does not bring the position (and the recovery of that topic) back.
-      const followed = !meta.stream.startsWith('t:') || topics.has(meta.stream.slice(2));
-      const known = positions.get(meta.stream);
-      if (followed && (!known || known.epoch !== meta.epoch || known.offset < meta.offset)) {
-        positions.set(meta.stream, { offset: meta.offset, epoch: meta.epoch });
+      advance(meta.stream, meta.offset, meta.epoch);
+      const also = meta.also;
+      if (typeof also === 'object' && also !== null) {
+        for (const [stream, p] of Object.entries(also as Record<string, unknown>)) {
+          if (Array.isArray(p) && typeof p[0] === 'number' && typeof p[1] === 'string') {
+            advance(stream, p[0], p[1]);
+          }
+        }
       }
     }
     if (meta && typeof meta.id === 'string') {
@@ -419,6 +509,7 @@ export function connect(options: ConnectOptions): HeraldClient {
     close() {
       setStatus('closed');
       if (heartbeatTimer) clearTimeout(heartbeatTimer);
+      if (catchUpTimer) clearTimeout(catchUpTimer);
       socket.close();
     },
   };

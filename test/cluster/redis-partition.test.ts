@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { type HeraldClient, connect as heraldClient, type RecoveryResult } from '../../src/sdk/index.js';
 import { sleep, until } from '../helpers.js';
 import {
   CuttableProxy,
@@ -32,7 +33,9 @@ const payments = (got: unknown[], orderId: string): Payment[] =>
  *   notification, so a producer that retries reaches every node's clients, each once;
  * - payment notifications committed on it meanwhile are published to no one until Redis is back, then
  *   to every node's clients, each once (the payment outbox keeps them; before, they reached only the
- *   committing node's sockets and the merchant's app on another node never heard "收款").
+ *   committing node's sockets and the merchant's app on another node never heard "收款");
+ * - its SDK clients get what other nodes published meanwhile once it is back: the node asks them to
+ *   catch up (`resync`) and they recover it from the streams' history in Redis.
  */
 describe('cluster: a node cut off from Redis', () => {
   let redis: Awaited<ReturnType<typeof startRedis>>;
@@ -190,5 +193,55 @@ describe('cluster: a node cut off from Redis', () => {
     assert.equal(payments(gotB, 'o-2').length, 1);
     assert.equal(payments(gotA, 'o-2').length, 1);
     assert.equal(a.child.exitCode, null, 'node a kept running');
+  });
+
+  it("the node's SDK clients recover what other nodes published while it was cut off", async () => {
+    const sdk: HeraldClient = heraldClient({
+      url: a.url,
+      appId: 'rs',
+      clientId: 'sdk-1',
+      socketOptions: { transports: ['websocket'] },
+    });
+    try {
+      const got: number[] = [];
+      const recovered: RecoveryResult[][] = [];
+      sdk.on((data) => got.push((data as { n: number }).n));
+      sdk.onRecover((r) => recovered.push(r));
+      await until(() => sdk.status === 'connected', 5000, 'sdk connected');
+      await sdk.subscribe('y');
+      assert.equal(
+        (await post(b.url, '/notify', { appId: 'rs', eventTopics: ['y'], data: { n: 1 } })).status,
+        202,
+      );
+      await until(() => got.length === 1, 5000, 'live before the cut');
+
+      await cut();
+      // Published by node b (which reaches Redis: kept in the topic's history), missed by node a.
+      for (const n of [2, 3]) {
+        assert.equal(
+          (await post(b.url, '/notify', { appId: 'rs', eventTopics: ['y'], data: { n } })).status,
+          202,
+        );
+      }
+      await sleep(300);
+      assert.deepEqual(got, [1], 'node a cannot pass them on while cut off');
+
+      await restore();
+      await until(() => got.length === 3, 10_000, 'recovered after the resync');
+      assert.deepEqual(got, [1, 2, 3]);
+      assert.ok(
+        recovered.some((r) => r.some((x) => x.stream === 't:y' && x.recovered && x.replayed === 2)),
+        JSON.stringify(recovered),
+      );
+      assert.equal(
+        (await post(b.url, '/notify', { appId: 'rs', eventTopics: ['y'], data: { n: 4 } })).status,
+        202,
+      );
+      await until(() => got.length === 4, 5000, 'live again');
+      await sleep(300);
+      assert.deepEqual(got, [1, 2, 3, 4], 'each once');
+    } finally {
+      sdk.close();
+    }
   });
 });

@@ -229,6 +229,42 @@ describe('recovery after a reconnect (single node, memory history)', () => {
     s.close();
   });
 
+  it('tells a socket reached once through several of its streams its offsets in the others (meta.also), so the SDK sees no gap', async () => {
+    const s = await connect(herald, 'rec', { clientId: 'both', deviceId: 'both-phone' });
+    const got: Got[] = [];
+    s.on('dataUpdate', (data: Record<string, unknown>, meta: Record<string, unknown>) =>
+      got.push({ data, meta }),
+    );
+    await call(s, 'subscribe', 'both-topic');
+    const other = await connect(herald, 'rec', { clientId: 'other' });
+    const otherGot: Got[] = [];
+    other.on('dataUpdate', (data: Record<string, unknown>, meta: Record<string, unknown>) =>
+      otherGot.push({ data, meta }),
+    );
+    await call(other, 'subscribe', 'both-topic');
+    await post(herald, '/notify', { appId: 'rec', users: ['both'], data: { x: 1 } });
+    // To the topic, the user and the device: this socket matches all three and gets it once.
+    await post(herald, '/notify', {
+      appId: 'rec',
+      eventTopics: ['both-topic'],
+      users: ['both'],
+      devices: ['both-phone'],
+      data: { x: 2 },
+    });
+    await post(herald, '/notify', { appId: 'rec', users: ['both'], data: { x: 3 } });
+    await until(() => got.length === 3 && otherGot.length === 1, 3000, 'three and one');
+    const [first, both, third] = got as [Got, Got, Got];
+    assert.equal(both.meta.stream, 't:both-topic');
+    const also = both.meta.also as Record<string, [number, string]>;
+    assert.deepEqual(Object.keys(also).sort(), ['d:both-phone', 'u:both']);
+    assert.equal(also['u:both']?.[0], (first.meta.offset as number) + 1);
+    assert.equal(third.meta.offset, (first.meta.offset as number) + 2, 'the user stream is consecutive');
+    // A socket reached through one stream only gets no `also`.
+    assert.equal(otherGot[0]?.meta.also, undefined);
+    s.close();
+    other.close();
+  });
+
   it('records delivery receipts of ack: true notifications per device, readable at GET /notify/:id', async () => {
     const phone = open('dave', 'dave-phone');
     const web = open('dave', 'dave-web');
