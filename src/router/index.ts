@@ -123,10 +123,15 @@ export function metaFor(
   if (n.ack) meta.ack = true;
   if (replay) meta.replay = true;
   if (also && pos) {
+    const more: Record<string, [number, string]> = {};
+    let any = false;
     for (const s of also) {
       const p = n.pos?.[s];
-      if (p) (meta.also ??= {})[s] = [p[0], p[1]];
+      if (!p) continue;
+      more[s] = [p[0], p[1]];
+      any = true;
     }
+    if (any) meta.also = more;
   }
   return meta;
 }
