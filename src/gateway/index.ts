@@ -767,11 +767,14 @@ export class Gateway {
    */
   hintResync(reason: string): void {
     const conns = [...this.deps.router.allConns()] as SocketConn[];
+    // The clients answer at a random moment within `spreadMs`: a second, one more per 1,000 sockets of
+    // this node (every other node may be asking its own clients at the same moment).
+    const spreadMs = Math.min(60_000, 1000 + conns.length);
     const slice = (from: number) => {
       const to = Math.min(conns.length, from + RESYNC_SLICE);
       for (let i = from; i < to; i++) {
         const s = (conns[i] as SocketConn).socket;
-        if (s.connected) s.emit('resync', { reason });
+        if (s.connected) s.emit('resync', { reason, spreadMs });
       }
       if (to < conns.length) setImmediate(slice, to);
     };

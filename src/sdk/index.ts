@@ -139,8 +139,9 @@ export interface HeraldClient {
 const MAX_PER_CALL = 100;
 /** How long a gap in a stream waits before the client asks for what it missed (more gaps join it). */
 const GAP_DELAY_MS = 50;
-/** A `resync` request from the server is answered within this long, at random. */
+/** A `resync` request from the server is answered within this long, at random (unless it says). */
 const RESYNC_SPREAD_MS = 1000;
+const RESYNC_SPREAD_MAX_MS = 60_000;
 
 function toList(topics: string | string[]): string[] {
   return typeof topics === 'string' ? [topics] : [...topics];
@@ -357,12 +358,17 @@ export function connect(options: ConnectOptions): HeraldClient {
   };
 
   // A node whose link to the other nodes was interrupted asks its clients to catch up: what they may
-  // have missed meanwhile is in the streams' history. Spread over a second, so that thousands of
-  // clients do not ask at the same moment.
-  socket.on('resync', () => {
+  // have missed meanwhile is in the streams' history. At a random moment within the time the server
+  // gives (a second by default, at most a minute), so that thousands of clients do not ask at once.
+  socket.on('resync', (hint?: { spreadMs?: unknown }) => {
     if (!useRecovery) return;
     for (const [stream] of positions) gaps.add(stream);
-    scheduleCatchUp(Math.random() * RESYNC_SPREAD_MS);
+    const given = hint?.spreadMs;
+    const spread =
+      typeof given === 'number' && Number.isFinite(given) && given >= 0
+        ? Math.min(given, RESYNC_SPREAD_MAX_MS)
+        : RESYNC_SPREAD_MS;
+    scheduleCatchUp(Math.random() * spread);
   });
 
   let firstConnect = true;
