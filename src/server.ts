@@ -26,7 +26,7 @@ import { Payments } from './payments/index.js';
 import { CountNotifier } from './router/counts.js';
 import { Router } from './router/index.js';
 import { NotifyService } from './router/notify.js';
-import { offlineForwarder } from './router/offline.js';
+import { OfflineForwarder } from './router/offline.js';
 import type { Notification } from './router/types.js';
 import { openStore, type Store } from './store/index.js';
 import { WebhookEngine, webhookRoutes } from './webhooks/index.js';
@@ -403,20 +403,31 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   });
   // ---- end merchant webhooks ----
 
+  let stopOffline: (() => void) | undefined;
   if (config.offlineWebhookUrl) {
     const forwards = new Counter({
       name: 'herald_offline_forwards_total',
-      help: 'Users of notifications forwarded to OFFLINE_WEBHOOK_URL (forwarded), whose forward could not be stored (failed), or not looked at because presence could not be read (unknown).',
+      help: 'Users of notifications forwarded to OFFLINE_WEBHOOK_URL (forwarded), whose forward will not be stored (failed: refused, or the webhook store stayed down for 10 minutes of retries), or not looked at because presence stayed unreadable (unknown).',
       labelNames: ['result'],
       registers: [metrics.registry],
     });
-    afterPublish = offlineForwarder({
+    const forwarder = new OfflineForwarder({
       url: config.offlineWebhookUrl,
       presence: presenceNow,
       sink: webhooks,
       logger,
       onResult: (result, users) => forwards.inc({ result }, users),
     });
+    new Gauge({
+      name: 'herald_offline_forwards_pending',
+      help: 'Offline forwards (and notifications whose users presence could not be read) waiting to be tried again.',
+      registers: [metrics.registry],
+      collect() {
+        this.set(forwarder.pending);
+      },
+    });
+    afterPublish = (n) => forwarder.forward(n);
+    stopOffline = () => forwarder.stop();
   }
 
   // ---- payment tracking (src/payments): events, order state machine, presence, commands ----
@@ -509,7 +520,14 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     ],
     ['socket.io', () => gateway.close().catch(() => undefined)],
     ['payments', () => payments.stop().catch((err: unknown) => logger.warn({ err }, 'payments stop'))],
-    ['webhooks', () => webhooks.stop().catch((err: unknown) => logger.warn({ err }, 'webhooks stop'))],
+    [
+      'webhooks',
+      () => {
+        // Offline forwards still waiting for the webhook store are given up (counted) first.
+        stopOffline?.();
+        return webhooks.stop().catch((err: unknown) => logger.warn({ err }, 'webhooks stop'));
+      },
+    ],
     [
       'history',
       async () => {
