@@ -39,11 +39,24 @@ export interface NodeProcess {
   kill(): Promise<void>;
 }
 
-/** Starts `node --import tsx src/main.ts` with `env` and waits until it listens. */
+/**
+ * Starts `node --import tsx src/main.ts` with `env` and waits until it listens. Nodes get a
+ * REDIS_STALL_TIMEOUT of 10 s unless `env` says otherwise: with the 2 s default, a node starved of CPU
+ * for 2 s on a loaded CI machine took its own Redis connection for stalled, reconnected, and paused
+ * user routing for a presence TTL (test/cluster/routing.test.ts failed once so). Tests of stalls set it.
+ */
 export async function spawnNode(env: Record<string, string>, timeoutMs = 90_000): Promise<NodeProcess> {
   const dataDir = mkdtempSync(join(tmpdir(), 'herald-node-'));
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'info', ...env },
+    env: {
+      ...process.env,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      DATA_DIR: dataDir,
+      LOG_LEVEL: 'info',
+      REDIS_STALL_TIMEOUT: '10s',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Record<string, unknown>[] = [];

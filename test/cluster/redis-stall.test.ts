@@ -11,7 +11,14 @@ describe('cluster: Redis stalls without closing its connections', () => {
   it('keeps answering POST /notify and delivering locally, and reports degraded', async () => {
     const redis = await startRedis();
     const prefix = `${uniqueName('hstl')}:`;
-    const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, PRESENCE_TTL: '3s', COUNT_INTERVAL: '20ms' };
+    // The default stall timeout (the harness gives other tests a longer one).
+    const env = {
+      REDIS_URL: redis.url,
+      REDIS_PREFIX: prefix,
+      PRESENCE_TTL: '3s',
+      COUNT_INTERVAL: '20ms',
+      REDIS_STALL_TIMEOUT: '2s',
+    };
     const [a, b] = (await spawnReadyNodes(env, 2)) as [NodeProcess, NodeProcess];
     try {
       const sa = await connectTo(a.url, 'st', 'ua');
