@@ -155,6 +155,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   let nodeInfo: (() => Record<string, unknown>) | undefined;
   /** Set once the gateway exists: asks this node's clients to catch up on their streams. */
   let resyncClients: ((reason: string) => void) | undefined;
+  let resyncs = 0;
   const router = new Router({
     onTopicChange: (change) => presence?.local(change),
     onAppAdded: (appId) => cluster?.appAdded(appId),
@@ -182,7 +183,10 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       hasApp: (appId) => router.appIds().includes(appId),
       localTopics: () => router.allTopics(),
       nodeInfo: () => nodeInfo?.() ?? {},
-      onResubscribed: () => resyncClients?.('cluster_resubscribed'),
+      onResubscribed: () => {
+        resyncs++;
+        resyncClients?.('cluster_resubscribed');
+      },
       logger: logger.child({ part: 'cluster' }),
     });
     await cluster.start();
@@ -206,6 +210,15 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       collect() {
         this.reset();
         this.inc(stats.localOnly);
+      },
+    });
+    new Counter({
+      name: 'herald_cluster_resyncs_total',
+      help: "Times this node's subscription to the other nodes came back after an interruption and it asked its clients to catch up on their streams (`resync`).",
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        this.inc(resyncs);
       },
     });
     new Counter({

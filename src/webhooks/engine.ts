@@ -630,8 +630,10 @@ export class WebhookEngine {
           }
           trials = m.trials;
         }
-        await this.expireOld();
+        // Leases given back first: a row that reached the max age while it waited here (pastMaxAge) is
+        // given back, then ended by expireOld, which takes unleased rows only.
         await this.releaseStale();
+        await this.expireOld();
         await this.releaseIdleOwnership();
         await this.vacuumIfDue();
         const budget =
@@ -848,7 +850,7 @@ export class WebhookEngine {
       while (q.length > 0 && this.canStart(key, (q[0] as { row: ClaimedDelivery }).row, n)) {
         const b = q.shift() as { row: ClaimedDelivery; at: number };
         this.bufferedCount--;
-        if (!this.startable(b.at)) {
+        if (!this.startable(b.at) || this.pastMaxAge(b.row)) {
           this.expire(b.row.id);
           continue;
         }
@@ -879,7 +881,7 @@ export class WebhookEngine {
       while (q.length > 0 && this.canStart(key, (q[0] as { row: ClaimedDelivery }).row, n)) {
         const b = q.shift() as { row: ClaimedDelivery; at: number };
         this.bufferedCount--;
-        if (!this.startable(b.at)) {
+        if (!this.startable(b.at) || this.pastMaxAge(b.row)) {
           this.expire(b.row.id);
           continue;
         }
@@ -901,6 +903,18 @@ export class WebhookEngine {
   private startable(claimedAt: number): boolean {
     const spare = this.config.webhookLease - this.config.webhookTimeout;
     return Date.now() - claimedAt <= (spare * 3) / 4;
+  }
+
+  /**
+   * Whether a claimed row reached WEBHOOK_MAX_AGE while it waited for a slot (its merchant busy, a slow
+   * lane full): it is not sent, but given back, and the max-age sweep, asked to run at once, ends it
+   * `failed` (it takes unleased rows only).
+   */
+  private pastMaxAge(row: ClaimedDelivery): boolean {
+    const maxAge = this.config.webhookMaxAge;
+    if (maxAge <= 0 || Date.now() - row.ageFrom.getTime() < maxAge) return false;
+    this.lastExpire = 0;
+    return true;
   }
 
   private expire(id: string): void {

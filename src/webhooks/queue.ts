@@ -503,6 +503,7 @@ export class WebhookQueue {
       attempts: number;
       attempt_base: number;
       created_at: Date;
+      age_from: Date;
       secret: string | null;
       require_success_body: boolean | null;
       disabled: boolean;
@@ -569,7 +570,8 @@ export class WebhookQueue {
        FROM webhook_merchants m
        WHERE d.id = ANY(ARRAY(SELECT id FROM pick)) AND m.merchant_key = d.merchant_key
        RETURNING d.id, d.seq, d.order_no, d.event_type, d.merchant_key, d.notify_url, d.body, d.attempts,
-         d.attempt_base, d.created_at, m.secret, m.require_success_body,
+         d.attempt_base, d.created_at, coalesce(d.scheduled_from, d.created_at) AS age_from, m.secret,
+         m.require_success_body,
          coalesce(m.disabled_url = d.notify_url, false) AS disabled, m.breaker_state = 'half_open' AS trial,
          m.is_slow`,
       ),
@@ -597,6 +599,7 @@ export class WebhookQueue {
         attempts: x.attempts,
         attemptBase: x.attempt_base,
         createdAt: x.created_at,
+        ageFrom: x.age_from,
         secret: x.secret,
         requireSuccessBody: x.require_success_body,
         disabled: x.disabled,

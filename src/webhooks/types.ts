@@ -47,6 +47,8 @@ export interface ClaimedDelivery {
   attempts: number;
   attemptBase: number;
   createdAt: Date;
+  /** What WEBHOOK_MAX_AGE counts from: the last admin retry, else the creation. */
+  ageFrom: Date;
   secret: string | null;
   requireSuccessBody: boolean | null;
   disabled: boolean;

@@ -240,6 +240,8 @@ describe('cluster: a node cut off from Redis', () => {
       await until(() => got.length === 4, 5000, 'live again');
       await sleep(300);
       assert.deepEqual(got, [1, 2, 3, 4], 'each once');
+      const metrics = await (await fetch(`${a.url}/metrics`)).text();
+      assert.match(metrics, /^herald_cluster_resyncs_total [1-9]\d*$/m, 'the resync is counted');
     } finally {
       sdk.close();
     }

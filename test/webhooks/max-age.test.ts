@@ -93,6 +93,36 @@ for (const store of STORES) {
       assert.match(String(again.last_error), /max age reached/);
     });
 
+    it('a webhook that reaches the max age while it waits for its merchant is not sent', async () => {
+      // One request at a time per merchant; the first is answered after 1.5 s, while the second (waiting
+      // for the merchant's slot) passes the max age of 1 s.
+      merchant = await Merchant.start(async (_req, res, n) => {
+        if (n === 1) await sleep(1500);
+        res.writeHead(200).end('success');
+      });
+      herald = await startNode(store, {
+        webhookMerchantConcurrency: 1,
+        webhookMaxAge: 1000,
+        webhookTimeout: 4000,
+      });
+      const h = herald;
+      const url = merchant.url();
+      const first = (await h.webhooks.enqueue({ orderNo: orderNo(), notifyUrl: url, payload: { i: 1 } })).id;
+      const second = (await h.webhooks.enqueue({ orderNo: orderNo(), notifyUrl: url, payload: { i: 2 } })).id;
+      const late = await waitFor(
+        async () => {
+          const x = await deliveryOf(h, second);
+          return x?.status === 'failed' ? x : undefined;
+        },
+        10_000,
+        'the waiting webhook to fail at the max age',
+      );
+      assert.match(String(late.last_error), /max age reached/);
+      assert.equal((await deliveryOf(h, first))?.status, 'delivered');
+      await sleep(300);
+      assert.equal(merchant.received.length, 1, 'only the first webhook was sent');
+    });
+
     it('410 Gone answered to the trial disables the URL, closes the breaker, and the rest fail at once', async () => {
       let gone = false;
       merchant = await Merchant.start((req, res, n) => status(gone ? 410 : 500)(req, res, n));

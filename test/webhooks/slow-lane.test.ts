@@ -56,8 +56,10 @@ for (const store of STORES) {
         slow.some((m) => m.received.length < 8),
         'the slow merchants still had a backlog when the fast one was done',
       );
-      // Behind the slow merchants, the fast one would wait for their answers (1.5 s each) for its slots.
-      assert.ok(ms < 800, `the fast merchant's 30 webhooks took ${ms} ms behind the slow merchants`);
+      // Behind the slow merchants, the fast one waits for their answers (1.5 s each) for its slots, round
+      // after round: ~5 s before the slow lane was bounded, ~0.2 s since. The bound leaves room for a
+      // loaded CI machine (1.2 s was seen once) and still tells the two apart.
+      assert.ok(ms < 3000, `the fast merchant's 30 webhooks took ${ms} ms behind the slow merchants`);
     });
   });
 }
