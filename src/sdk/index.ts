@@ -137,8 +137,14 @@ export interface HeraldClient {
 }
 
 const MAX_PER_CALL = 100;
-/** How long a gap in a stream waits before the client asks for what it missed (more gaps join it). */
-const GAP_DELAY_MS = 50;
+/**
+ * How long a gap in a stream waits before the client asks for what it missed: notifications that two
+ * nodes publish to one stream at the same moment can arrive out of order, and a gap they fill in the
+ * meantime needs no request. Other gaps found meanwhile join the same request.
+ */
+const GAP_DELAY_MS = 250;
+/** Offsets kept per stream while waiting for the ones before them. */
+const MAX_AHEAD = 1000;
 /** A `resync` request from the server is answered within this long, at random (unless it says). */
 const RESYNC_SPREAD_MS = 1000;
 const RESYNC_SPREAD_MAX_MS = 60_000;
@@ -231,6 +237,8 @@ export function connect(options: ConnectOptions): HeraldClient {
   // Streams where a notification was missed (see `advance`), waiting for `catchUp`. Their positions stay
   // where the gap starts until then: an ack's current position must not move them past it.
   const gaps = new Set<string>();
+  // Offsets received beyond the next one, per stream in `gaps` (see `advance`).
+  const ahead = new Map<string, Set<number>>();
   const learn = (ack: Ack, asked?: ReadonlySet<string>) => {
     if (!ack.ok || !ack.streams) return;
     for (const [stream, p] of Object.entries(ack.streams)) {
@@ -271,7 +279,10 @@ export function connect(options: ConnectOptions): HeraldClient {
         const given = new Set(Object.keys(reconnect ? streams : {}));
         // The gaps of the streams asked for are answered here (replays, then the current position).
         learn(ack, given);
-        for (const s of given) gaps.delete(s);
+        for (const s of given) {
+          gaps.delete(s);
+          ahead.delete(s);
+        }
         if (reconnect && given.size) {
           const results: RecoveryResult[] = Object.entries(ack.streams ?? {})
             .filter(([stream]) => given.has(stream))
@@ -304,7 +315,11 @@ export function connect(options: ConnectOptions): HeraldClient {
     const asked = [...gaps].filter(
       (s) => positions.has(s) && (!s.startsWith('t:') || topics.has(s.slice(2))),
     );
-    for (const s of gaps) if (!asked.includes(s)) gaps.delete(s);
+    for (const s of gaps) {
+      if (asked.includes(s)) continue;
+      gaps.delete(s);
+      ahead.delete(s);
+    }
     if (asked.length === 0) return;
     catchingUp = true;
     try {
@@ -315,7 +330,10 @@ export function connect(options: ConnectOptions): HeraldClient {
         if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
         const given = new Set(part);
         learn(ack, given);
-        for (const s of part) gaps.delete(s);
+        for (const s of part) {
+          gaps.delete(s);
+          ahead.delete(s);
+        }
         const results: RecoveryResult[] = Object.entries(ack.streams ?? {})
           .filter(([stream]) => given.has(stream))
           .map(([stream, r]) => ({ stream, recovered: r.recovered, replayed: r.replayed }));
@@ -341,20 +359,41 @@ export function connect(options: ConnectOptions): HeraldClient {
     // unsubscribed does not bring the position (and the recovery of that topic) back.
     if (stream.startsWith('t:') && !topics.has(stream.slice(2))) return;
     const known = positions.get(stream);
-    if (known && known.epoch === epoch && offset <= known.offset) return;
-    if (
-      known &&
-      known.epoch === epoch &&
-      offset > known.offset + 1 &&
-      useRecovery &&
-      status === 'connected'
-    ) {
+    if (!known || known.epoch !== epoch) {
+      // First position in this stream, or a new epoch (its history was lost): nothing to compare with.
+      positions.set(stream, { offset, epoch });
+      ahead.delete(stream);
+      gaps.delete(stream);
+      return;
+    }
+    if (offset <= known.offset) return;
+    if (offset > known.offset + 1) {
+      if (!useRecovery) {
+        positions.set(stream, { offset, epoch });
+        return;
+      }
+      // Ahead of the next: kept, in case the ones between arrive in a moment (two nodes publishing to one
+      // stream can deliver out of order); if they have not when the catch-up runs, it asks for them.
+      let later = ahead.get(stream);
+      if (!later) {
+        later = new Set();
+        ahead.set(stream, later);
+      }
+      if (later.size < MAX_AHEAD) later.add(offset);
       gaps.add(stream);
       scheduleCatchUp(GAP_DELAY_MS);
       return;
     }
-    if (gaps.has(stream)) return;
-    positions.set(stream, { offset, epoch });
+    // The next one: the position moves on, over any later ones already received.
+    let at = offset;
+    const later = ahead.get(stream);
+    if (later) {
+      while (later.delete(at + 1)) at++;
+      if (later.size === 0) ahead.delete(stream);
+    }
+    positions.set(stream, { offset: at, epoch });
+    // In step again: nothing was missed up to here (a resync's doubt about the stream is answered too).
+    if (!ahead.has(stream)) gaps.delete(stream);
   };
 
   // A node whose link to the other nodes was interrupted asks its clients to catch up: what they may
@@ -453,6 +492,8 @@ export function connect(options: ConnectOptions): HeraldClient {
         // Positions of topics no longer followed are dropped: an app that goes through many topics
         // (one per order, per chat) would otherwise keep one entry per topic it ever followed.
         positions.delete(`t:${x}`);
+        gaps.delete(`t:${x}`);
+        ahead.delete(`t:${x}`);
       }
       const acks = await request('unsubscribe', list);
       return acks.flatMap((a) => (a.ok ? a.topics : []));

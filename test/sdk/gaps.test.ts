@@ -101,6 +101,18 @@ describe('SDK: gaps in a stream', () => {
     assert.equal(recovers.length, 1, 'back in step: no more recovers');
   });
 
+  it('waits for notifications that arrive out of order before asking for them', async () => {
+    const { c, got } = await client();
+    send(1, 'u:u1', 1);
+    send(3, 'u:u1', 3);
+    send(2, 'u:u1', 2);
+    send(4, 'u:u1', 4);
+    await until(() => got.length === 4, 2000, 'four live');
+    await sleep(500);
+    assert.equal(recovers.length, 0, 'the gap closed by itself: no recover');
+    assert.deepEqual(c.positions.get('u:u1'), { offset: 4, epoch: 'e1' });
+  });
+
   it('takes meta.also as positions in the other streams, not as gaps', async () => {
     const { c, got } = await client();
     await c.subscribe('room');
