@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { pingStore } from './ping.js';
 import type { Queryable, QueryResult, Statement, Store } from './types.js';
 
 interface WorkerInit {
@@ -197,21 +198,8 @@ export class EmbeddedStore implements Store {
     });
   }
 
-  async ping(timeoutMs = 2000): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        this.query('SELECT 1'),
-        new Promise((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`store did not answer within ${timeoutMs}ms`)),
-            timeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      if (timer) clearTimeout(timer);
-    }
+  ping(timeoutMs = 2000): Promise<void> {
+    return pingStore((sql) => this.query(sql), timeoutMs);
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { SqlError } from './embedded.js';
+import { pingStore } from './ping.js';
 import type { Queryable, QueryResult, Statement, Store } from './types.js';
 
 const INT8 = 20;
@@ -148,21 +149,8 @@ export class PostgresStore implements Store {
     }
   }
 
-  async ping(timeoutMs = 2000): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        this.query('SELECT 1'),
-        new Promise((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`store did not answer within ${timeoutMs}ms`)),
-            timeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      if (timer) clearTimeout(timer);
-    }
+  ping(timeoutMs = 2000): Promise<void> {
+    return pingStore((sql) => this.query(sql), timeoutMs);
   }
 
   async close(): Promise<void> {
