@@ -62,6 +62,8 @@ export interface Config {
   // webhooks (see OPTIONS for the meaning and defaults)
   webhookTimeout: number;
   webhookRetryDelays: readonly number[];
+  /** WEBHOOK_RETRY_JITTER: retry delays are stretched by a random share of up to this fraction (0..1). */
+  webhookRetryJitter: number;
   webhookConcurrency: number;
   webhookMerchantConcurrency: number;
   webhookSlowConcurrency: number;
@@ -133,6 +135,8 @@ function describeType(t: OptionType): string {
   switch (t.kind) {
     case 'int':
       return `an integer${t.min !== undefined ? ` >= ${t.min}` : ''}${t.max !== undefined ? ` and <= ${t.max}` : ''}`;
+    case 'number':
+      return `a number${t.min !== undefined ? ` >= ${t.min}` : ''}${t.max !== undefined ? ` and <= ${t.max}` : ''}`;
     case 'duration':
       return 'a duration such as 500ms, 30s, 15m, 1h';
     case 'durations':
@@ -186,6 +190,18 @@ function parseValue(spec: OptionSpec, raw: unknown, label: string): unknown {
             ? Number(raw)
             : NaN;
       if (!Number.isSafeInteger(n)) return bad();
+      if ((t.min !== undefined && n < t.min) || (t.max !== undefined && n > t.max)) return bad();
+      return n;
+    }
+    case 'number': {
+      // Plain decimals only: no hex, exponents, Infinity or a percent sign (10% would not mean 0.1).
+      const n =
+        typeof raw === 'number'
+          ? raw
+          : typeof raw === 'string' && /^-?(\d+(\.\d*)?|\.\d+)$/.test(raw.trim())
+            ? Number(raw)
+            : NaN;
+      if (!Number.isFinite(n)) return bad();
       if ((t.min !== undefined && n < t.min) || (t.max !== undefined && n > t.max)) return bad();
       return n;
     }

@@ -7,6 +7,7 @@ import { DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, MIN_JSON_DEPTH } from '..
  */
 export type OptionType =
   | { kind: 'int'; min?: number; max?: number }
+  | { kind: 'number'; min?: number; max?: number }
   | {
       kind: 'string';
       pattern?: RegExp;
@@ -315,6 +316,15 @@ export const OPTIONS = {
     doc:
       'Delays before each retry of a failed webhook (3 retries: 15s,1m,5m), or the preset `wechat` ' +
       '(15s,15s,30s,3m,10m,20m,30m,30m,30m,60m,3h,3h,3h,6h,6h). A longer Retry-After wins (up to 1h).',
+  },
+  webhookRetryJitter: {
+    env: 'WEBHOOK_RETRY_JITTER',
+    type: { kind: 'number', min: 0, max: 1 },
+    default: 0.1,
+    doc:
+      'Each retry delay is made longer by a random share of up to this fraction of it (0.1: up to 10% longer, ' +
+      'never shorter), so webhooks that failed at the same moment (a merchant that was down) do not all come due ' +
+      'at the same moment when it recovers. 0 keeps the exact delays; a longer Retry-After still wins.',
   },
   webhookConcurrency: {
     env: 'WEBHOOK_CONCURRENCY',

@@ -38,6 +38,7 @@ export type WebhookConfig = Pick<
   Config,
   | 'webhookTimeout'
   | 'webhookRetryDelays'
+  | 'webhookRetryJitter'
   | 'webhookConcurrency'
   | 'webhookMerchantConcurrency'
   | 'webhookSlowConcurrency'
@@ -213,11 +214,17 @@ export class WebhookEngine {
     this.config = config;
     this.store = opts.store;
     this.logger = opts.logger.child({ part: 'webhooks' });
-    const retrySpan = config.webhookRetryDelays.reduce((a, b) => a + b, 0);
+    const retryTotal = config.webhookRetryDelays.reduce((a, b) => a + b, 0);
+    // The longest the schedule can take: every delay stretched by the whole jitter.
+    const retrySpan = retryTotal * (1 + config.webhookRetryJitter);
     if (config.webhookMaxAge > 0 && retrySpan >= config.webhookMaxAge) {
       this.logger.warn(
-        { webhookMaxAgeMs: config.webhookMaxAge, retryDelaysTotalMs: retrySpan },
-        'WEBHOOK_MAX_AGE is not longer than the sum of WEBHOOK_RETRY_DELAYS: webhooks fail at the max age before their last retries',
+        {
+          webhookMaxAgeMs: config.webhookMaxAge,
+          retryDelaysTotalMs: retryTotal,
+          retryJitter: config.webhookRetryJitter,
+        },
+        'WEBHOOK_MAX_AGE is not longer than the sum of WEBHOOK_RETRY_DELAYS (with WEBHOOK_RETRY_JITTER): webhooks fail at the max age before their last retries',
       );
     }
     this.queue = new WebhookQueue(opts.store, {
@@ -1118,7 +1125,7 @@ export class WebhookEngine {
       if (delay === undefined) status = 'failed';
       else {
         status = 'retrying';
-        delayMs = Math.max(delay, result.retryAfterMs ?? 0);
+        delayMs = retryDelay(delay, this.config.webhookRetryJitter, result.retryAfterMs);
       }
     }
     if (result.outcome === 'success') this.localFailures.delete(row.merchantKey);
@@ -1448,6 +1455,24 @@ export class WebhookEngine {
     }
     return this.merchantCache.value;
   }
+}
+
+/**
+ * The delay before a retry: the schedule's `delay` made longer by a random share of it below `jitter`
+ * (WEBHOOK_RETRY_JITTER), so webhooks that failed together (a merchant that was down) come due spread over
+ * that share instead of all at once when it recovers. Never shorter than the schedule (merchants were
+ * promised "not before"), exactly the schedule with a jitter of 0, and a longer Retry-After wins.
+ * `random` returns a number in [0, 1), as Math.random does.
+ */
+export function retryDelay(
+  delay: number,
+  jitter: number,
+  retryAfterMs: number | null,
+  random: () => number = Math.random,
+): number {
+  // Whole milliseconds, rounded down: the extra stays below delay × jitter and the delay never shrinks.
+  const stretched = jitter > 0 ? delay + Math.floor(delay * jitter * random()) : delay;
+  return Math.max(stretched, retryAfterMs ?? 0);
 }
 
 /**
