@@ -1253,10 +1253,14 @@ export class WebhookEngine {
     batch: readonly Finished[],
   ): Promise<MerchantTransition[] | undefined | typeof REFUSED> {
     const merchants = aggregate(batch);
+    // One id for every try of this batch: a try that committed although its answer was lost (the
+    // connection broke) makes the next ones change nothing (see WebhookQueue.complete).
+    const batchId = randomUUID();
     for (let attempt = 1; ; attempt++) {
       try {
         this.sinceVacuum += batch.length;
         return await this.queue.complete(
+          batchId,
           batch.map((f) => f.update),
           merchants,
         );

@@ -18,6 +18,14 @@ export function isDataException(err: unknown): boolean {
   return err instanceof SqlError && typeof err.code === 'string' && err.code.startsWith('22');
 }
 
+/**
+ * How long the ids of written results batches are kept (see complete()). A batch is written again only by
+ * the node that made it, for as long as the store fails to answer that node; a day outlasts such an outage
+ * (a node cut off from a PostgreSQL that other nodes still reach and clean up; on the embedded store, or
+ * with one node, no cleanup runs while the store is unreachable anyway).
+ */
+export const RESULT_BATCH_RETENTION_MS = 86_400_000;
+
 /** The last error of a webhook that WEBHOOK_MAX_AGE ended. */
 export const MAX_AGE_ERROR =
   'max age reached: not delivered within WEBHOOK_MAX_AGE; POST /admin/merchant-notify/retry sends it again';
@@ -613,8 +621,15 @@ export class WebhookQueue {
    * Writes the outcome of a batch of attempts in one statement: the deliveries (lease released), the
    * attempt log, and each merchant's failure count, response-time window, slow flag and breaker.
    * Returns the merchants whose breaker or slow flag changed, or that are slow, for alerts.
+   *
+   * Idempotent per `batchId` (a UUID made once per batch, passed again on every retry of it): a statement
+   * that committed but whose answer was lost (the connection broke) is written again by the caller, and
+   * must not log the attempts or count them in the merchants' totals, times and failures a second time. The
+   * id is recorded first (ON CONFLICT DO NOTHING) and every change is made only when that insert happened,
+   * so a batch written again changes nothing and returns no transitions. Ids are kept for a day (cleanup).
    */
   async complete(
+    batchId: string,
     deliveries: readonly DeliveryUpdate[],
     merchants: readonly MerchantUpdate[],
   ): Promise<MerchantTransition[]> {
@@ -657,9 +672,15 @@ export class WebhookQueue {
     }>(
       statement(
         'webhook_complete',
-        `WITH x AS (
+        `WITH b AS (
+         -- A concurrent run of the same batch (the first one still committing) waits on this row, then
+         -- inserts nothing; x and y are empty unless this run recorded the batch, so nothing below changes.
+         INSERT INTO webhook_result_batches (id) VALUES ($9::uuid) ON CONFLICT (id) DO NOTHING
+         RETURNING 1
+       ), x AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, status text, attempts int, delay_ms double precision,
            code int, error text, order_no text, merchant_key text, url text, outcome text, response_body text, duration_ms int)
+         WHERE EXISTS (SELECT 1 FROM b)
        ), upd AS (
          UPDATE webhook_deliveries d SET
            status = x.status,
@@ -680,6 +701,7 @@ export class WebhookQueue {
        ), y AS (
          SELECT * FROM jsonb_to_recordset($2::jsonb) AS y(merchant_key text, times jsonb, successes int, failures int,
            had_success boolean, trail int, gone_url text, last_gone boolean, last_code int, last_error text)
+         WHERE EXISTS (SELECT 1 FROM b)
        ), old AS (
          SELECT m.* FROM webhook_merchants m WHERE m.merchant_key IN (SELECT merchant_key FROM y)
          ORDER BY m.merchant_key FOR UPDATE
@@ -735,6 +757,7 @@ export class WebhookQueue {
         this.s.slowThreshold,
         this.s.breakerOpen,
         this.s.lease,
+        batchId,
       ],
     );
     const transitions = r.rows.map((x) => ({
@@ -1165,6 +1188,14 @@ export class WebhookQueue {
       `DELETE FROM webhook_alerts WHERE created_at < now() - $1::double precision ${MS}`,
       [olderThanMs],
     );
+    const batches = await this.store.query(
+      `DELETE FROM webhook_result_batches WHERE created_at < now() - $1::double precision ${MS}`,
+      [RESULT_BATCH_RETENTION_MS],
+    );
+    // The embedded store has no autovacuum: without this the table would keep every deleted row's space.
+    if (batches.rowCount > 0 && this.store.kind === 'embedded') {
+      await this.store.query('VACUUM webhook_result_batches');
+    }
     return { logs: logs.rowCount, notifications: notifications.rowCount, keys: keys.rowCount };
   }
 }

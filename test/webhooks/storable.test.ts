@@ -120,13 +120,14 @@ for (const store of STORES) {
       const poisonedBatches: number[] = [];
       let calls = 0;
       queue.complete = async (
+        batchId: string,
         deliveries: readonly DeliveryUpdate[],
         merchants: readonly MerchantUpdate[],
       ) => {
         if (calls++ === 0) await sleep(300); // the starter's write: the others gather into one batch
         if (deliveries.some((u) => u.responseBody === 'POISON\u0000'))
           poisonedBatches.push(deliveries.length);
-        return complete(deliveries, merchants);
+        return complete(batchId, deliveries, merchants);
       };
       const starter = await Merchant.start(ok);
       const poison = await Merchant.start(

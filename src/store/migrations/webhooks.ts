@@ -75,4 +75,19 @@ export const WEBHOOK_MIGRATIONS: Migration[] = [
         WHERE status IN ('pending', 'retrying', 'delayed');
     `,
   },
+  {
+    // Results batches already written (WebhookQueue.complete): a node writes a batch again when the store
+    // failed to answer, and a statement that committed before its connection broke would otherwise add the
+    // attempt log and the merchants' totals, response times and failure counts a second time. Each batch
+    // has an id; the statement records it here first and changes nothing when it was there already.
+    // Retention deletes ids older than a day (WebhookQueue.cleanup).
+    id: '017_webhook_result_batches',
+    sql: `
+      CREATE TABLE IF NOT EXISTS webhook_result_batches (
+        id uuid PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX IF NOT EXISTS webhook_result_batches_created ON webhook_result_batches (created_at);
+    `,
+  },
 ];
