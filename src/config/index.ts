@@ -45,6 +45,9 @@ export interface Config {
   metricsToken: string | undefined;
   maxTopicsPerCall: number;
   maxTopicsPerConnection: number;
+  /** CLIENT_EVENT_RATE / CLIENT_EVENT_BURST: the per-connection limit on client events (gateway/rate.ts). */
+  clientEventRate: number;
+  clientEventBurst: number;
   countInterval: number;
   pingInterval: number;
   pingTimeout: number;

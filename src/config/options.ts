@@ -225,6 +225,22 @@ export const OPTIONS = {
     default: 1000,
     doc: 'Subscriptions (topics plus count watches) one connection may hold.',
   },
+  clientEventRate: {
+    env: 'CLIENT_EVENT_RATE',
+    type: { kind: 'int', min: 0, max: 1_000_000 },
+    default: 200,
+    doc:
+      'Events per second one connection may send on average (subscribe, recover, receipt, payment:report, ...). ' +
+      'An event over the limit is not handled and is answered `rate_limited` with `retryAfterMs`; 0: no limit.',
+  },
+  clientEventBurst: {
+    env: 'CLIENT_EVENT_BURST',
+    type: { kind: 'int', min: 1, max: 1_000_000 },
+    default: 2000,
+    doc:
+      'Events one connection may send at once above CLIENT_EVENT_RATE (a machine replaying its outbox after a ' +
+      'reconnect). A connection that goes on sending after this many of its events were refused is closed.',
+  },
   countInterval: {
     env: 'COUNT_INTERVAL',
     type: { kind: 'duration', min: 0, max: 60_000 },

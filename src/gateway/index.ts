@@ -11,6 +11,7 @@ import { encodeAck, type Frame } from '../router/frame.js';
 import type { Router } from '../router/index.js';
 import type { Conn } from '../router/types.js';
 import { compactConnection, compactTransport } from './compact.js';
+import { EventRateLimiter, type RateState } from './rate.js';
 import { parseTopics, readIdentity } from './validate.js';
 
 export const APP_NAMESPACE_RE = /^\/[A-Za-z0-9_.-]{1,64}$/;
@@ -351,9 +352,13 @@ function withoutOwnRooms(Base: RoomAdapterClass): RoomAdapterClass {
 }
 
 /** A connected socket as the router sees it. */
-export class SocketConn implements Conn {
+export class SocketConn implements Conn, RateState {
   readonly topics = new Set<string>();
   private watchSet: Set<string> | undefined;
+  /** The client -> server event limit's state (see rate.ts). */
+  eventTat = 0;
+  eventsRefused = 0;
+  refusedNoticeAt = 0;
 
   /** Topics whose counts this connection watches; made at first use (most connections watch none). */
   get watches(): Set<string> {
@@ -533,6 +538,8 @@ export class Gateway {
   private readonly handlers = new Map<string, EventHandler>();
   private accepting = true;
   private readonly gcPacer: ConnectGcPacer;
+  /** CLIENT_EVENT_RATE / CLIENT_EVENT_BURST; undefined when the rate is 0 (no limit). */
+  private readonly limiter: EventRateLimiter | undefined;
 
   constructor(
     httpServer: HttpServer,
@@ -540,6 +547,10 @@ export class Gateway {
   ) {
     const { config } = deps;
     this.gcPacer = new ConnectGcPacer(config.connectGcEvery);
+    this.limiter =
+      config.clientEventRate > 0
+        ? new EventRateLimiter(config.clientEventRate, config.clientEventBurst)
+        : undefined;
     const origins = config.corsOrigins;
     this.io = new Server(httpServer, {
       cors: { origin: origins.includes('*') ? true : origins, credentials: true },
@@ -728,9 +739,16 @@ export class Gateway {
   /** A client -> server event: its handler's result or error goes to the ack (or an `error` event). */
   private dispatch(socket: Socket, event: string, args: unknown[]): void {
     const conn = socket.data.conn as SocketConn;
-    const handler = this.handlers.get(event);
     const last = args[args.length - 1];
     const ack = typeof last === 'function' ? (args.pop() as Ack & ErrAck) : undefined;
+    if (this.limiter) {
+      const verdict = this.limiter.take(conn, performance.now());
+      if (!verdict.ok) {
+        this.refuse(socket, conn, event, ack, verdict.retryAfterMs, verdict.close);
+        return;
+      }
+    }
+    const handler = this.handlers.get(event);
     if (!handler) {
       this.reply(
         socket,
@@ -751,6 +769,40 @@ export class Gateway {
         this.reply(socket, event, ack, err);
       },
     );
+  }
+
+  /**
+   * An event over the connection's limit: not handled; its ack answers `rate_limited`, or (no ack) an
+   * `error` event at most once a second; a connection that keeps flooding is closed.
+   */
+  private refuse(
+    socket: Socket,
+    conn: SocketConn,
+    event: string,
+    ack: ErrAck | undefined,
+    retryAfterMs: number,
+    close: boolean,
+  ): void {
+    const { metrics, logger, config } = this.deps;
+    metrics.clientEventsRefused.inc();
+    if (ack || (this.limiter as EventRateLimiter).notice(conn, performance.now())) {
+      const err = new HeraldError(
+        'rate_limited',
+        `This connection sends more than ${config.clientEventRate} events per second (CLIENT_EVENT_RATE, ` +
+          `bursts of ${config.clientEventBurst}): the event was not handled. Send it again after retryAfterMs.`,
+        { retryAfterMs },
+      );
+      this.reply(socket, event, ack, err);
+    }
+    if (close) {
+      metrics.floodingClients.inc();
+      logger.warn(
+        { appId: conn.appId, clientId: conn.clientId, socketId: conn.id, refused: conn.eventsRefused },
+        'closing a connection that keeps sending events over CLIENT_EVENT_RATE',
+      );
+      // After the packets being dispatched now, as for a slow client.
+      setImmediate(() => socket.disconnect(true));
+    }
   }
 
   private reply(socket: Socket, event: string, ack: ErrAck | undefined, err: unknown): void {

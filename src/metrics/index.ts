@@ -71,6 +71,8 @@ export class Metrics {
   readonly httpErrors: Counter<'code'>;
   readonly countUpdates: Counter;
   readonly slowClients: Counter;
+  readonly clientEventsRefused: Counter;
+  readonly floodingClients: Counter;
   readonly connectGc: Counter;
 
   constructor(gateway: GatewayStats) {
@@ -145,6 +147,16 @@ export class Metrics {
     this.slowClients = new Counter({
       name: 'herald_slow_clients_dropped_total',
       help: 'Connections closed because their send buffer exceeded MAX_SOCKET_BUFFER.',
+      registers,
+    });
+    this.clientEventsRefused = new Counter({
+      name: 'herald_client_events_refused_total',
+      help: 'Client events not handled because their connection was over CLIENT_EVENT_RATE (answered rate_limited).',
+      registers,
+    });
+    this.floodingClients = new Counter({
+      name: 'herald_flooding_clients_closed_total',
+      help: 'Connections closed because they kept sending events over CLIENT_EVENT_RATE after CLIENT_EVENT_BURST refusals.',
       registers,
     });
     this.connectGc = new Counter({
