@@ -32,6 +32,12 @@ async function main(): Promise<void> {
   try {
     herald = await startHerald({ config, logger, compactHeapAfterStart: true });
   } catch (err) {
+    // A setting that is only judged with others while starting (WEBHOOK_LEASE against WEBHOOK_TIMEOUT)
+    // is a setting error like any other: on stderr and exit 78, not a failure to retry (exit 1).
+    if (err instanceof ConfigError) {
+      process.stderr.write(`herald: ${err.message}\n`);
+      process.exit(EXIT.config);
+    }
     logger.fatal({ err }, 'herald failed to start');
     process.exit(EXIT.failed);
   }

@@ -198,6 +198,34 @@ describe('graceful shutdown: SIGTERM to the real process', () => {
     assert.match(stderr, /eighty/);
   });
 
+  it('a setting judged against another at start-up (WEBHOOK_LEASE <= WEBHOOK_TIMEOUT) is exit 78 too', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'herald-lease-'));
+    const bad = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      env: {
+        ...process.env,
+        PORT: '0',
+        HOST: '127.0.0.1',
+        DATA_DIR: dir,
+        LOG_LEVEL: 'silent',
+        WEBHOOK_LEASE: '5s',
+        WEBHOOK_TIMEOUT: '10s',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    bad.stderr?.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    try {
+      const code = await new Promise<number | null>((resolve) => bad.once('exit', (c) => resolve(c)));
+      assert.equal(code, 78, stderr);
+      assert.match(stderr, /Invalid configuration: WEBHOOK_LEASE/);
+    } finally {
+      if (bad.exitCode === null && bad.signalCode === null) bad.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a SIGTERM during start-up still ends in a graceful exit 0', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'herald-sigterm-early-'));
     const port = await freePort();
