@@ -908,6 +908,19 @@ export class WebhookQueue {
 
   // ---- admin ------------------------------------------------------------------------------------------
 
+  /** Merchants whose notify URL (the one last seen) is `notifyUrl`, most recently updated first. */
+  async merchantsAt(
+    notifyUrl: string,
+    limit = 11,
+  ): Promise<{ merchant_key: string; merchant_id: string | null }[]> {
+    const r = await this.store.query<{ merchant_key: string; merchant_id: string | null }>(
+      `SELECT merchant_key, merchant_id FROM webhook_merchants WHERE notify_url = $1
+       ORDER BY updated_at DESC, merchant_key LIMIT $2`,
+      [notifyUrl, limit],
+    );
+    return r.rows;
+  }
+
   /** Finds a merchant by key, by merchant id, or by notify URL (its key, or the URL last seen). */
   async findMerchant(by: {
     key?: string;

@@ -732,9 +732,30 @@ export async function webhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps
               // No webhook can go to it: settings stored for it would never apply.
               throw new HeraldError('invalid_notify_url', 'notify_url must start with http:// or https://.');
             }
+            let merchantKey = engine.merchantKey(url.href, b.merchant_id);
+            let merchantId = b.merchant_id ?? null;
+            if (b.merchant_id === undefined) {
+              // Named by its URL only: the merchant of that URL, or else the one merchant keyed by its
+              // merchantId whose webhooks go there (settings for a new `url:` merchant would never apply
+              // to its webhooks, which would stay signed with the previous secret).
+              const at = await engine.queue.merchantsAt(url.href);
+              if (!at.some((x) => x.merchant_key === merchantKey)) {
+                const byId = at.filter((x) => x.merchant_id !== null);
+                if (byId.length === 1) {
+                  merchantKey = (byId[0] as { merchant_key: string }).merchant_key;
+                  merchantId = (byId[0] as { merchant_id: string }).merchant_id;
+                } else if (byId.length > 1) {
+                  throw new HeraldError(
+                    'validation_failed',
+                    'Several merchants receive their webhooks at this notify_url; name one with merchant_id.',
+                    { merchant_keys: byId.slice(0, 10).map((x) => x.merchant_key) },
+                  );
+                }
+              }
+            }
             const m = await engine.queue.upsertMerchantSettings({
-              merchantKey: engine.merchantKey(url.href, b.merchant_id),
-              merchantId: b.merchant_id ?? null,
+              merchantKey,
+              merchantId,
               notifyUrl: url.href,
               ...(secret !== undefined ? { secret } : {}),
               ...(b.require_success_body !== undefined ? { requireSuccessBody: b.require_success_body } : {}),

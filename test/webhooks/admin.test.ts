@@ -261,6 +261,70 @@ for (const store of STORES) {
       }
     });
 
+    it('merchant-settings named by notify_url reaches the merchant keyed by its merchantId that uses it', async () => {
+      const m = await Merchant.start(ok);
+      const shared = await Merchant.start(ok);
+      try {
+        // A merchant keyed by its merchantId (id:shop-7), known from a webhook it received.
+        await herald.webhooks.enqueue({
+          orderNo: orderNo(),
+          notifyUrl: m.url(),
+          merchantId: 'shop-7',
+          payload: { first: true },
+        });
+        await waitFor(() => m.received.length >= 1, 5000, 'the first webhook');
+        const r = await post('/merchant-settings', { notify_url: m.url(), secret: 'generate' });
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+        assert.equal(r.body.data.merchant_key, 'id:shop-7');
+        const secret = String(r.body.data.secret);
+        const shown = await get(`/signing-secret?notify_url=${encodeURIComponent(m.url())}`);
+        assert.equal(shown.body.data.secret, secret);
+        // Its next webhook is signed with the new secret (it was not: the secret went to a url: merchant).
+        await herald.webhooks.enqueue({
+          orderNo: orderNo(),
+          notifyUrl: m.url(),
+          merchantId: 'shop-7',
+          payload: { second: true },
+        });
+        await waitFor(() => m.received.length >= 2, 5000, 'the second webhook');
+        const got = m.received[1]!;
+        const verified = new Webhook(secret).verify(got.body, {
+          'webhook-id': String(got.headers['webhook-id']),
+          'webhook-timestamp': String(got.headers['webhook-timestamp']),
+          'webhook-signature': String(got.headers['webhook-signature']),
+        });
+        assert.deepEqual(verified, { second: true });
+
+        // Two merchants behind one URL: the URL alone does not say which.
+        for (const id of ['shop-8', 'shop-9']) {
+          await herald.webhooks.enqueue({
+            orderNo: orderNo(),
+            notifyUrl: shared.url(),
+            merchantId: id,
+            payload: {},
+          });
+        }
+        await waitFor(() => shared.received.length >= 2, 5000, 'the shared URL webhooks');
+        const ambiguous = await post('/merchant-settings', { notify_url: shared.url(), secret: 'generate' });
+        assert.equal(ambiguous.status, 400);
+        assert.equal(ambiguous.body.error?.code, 'validation_failed');
+        assert.deepEqual(
+          [...(ambiguous.body.error?.details as unknown as { merchant_keys: string[] }).merchant_keys].sort(),
+          ['id:shop-8', 'id:shop-9'],
+        );
+        const named = await post('/merchant-settings', {
+          notify_url: shared.url(),
+          merchant_id: 'shop-9',
+          require_success_body: false,
+        });
+        assert.equal(named.status, 200);
+        assert.equal(named.body.data.merchant_key, 'id:shop-9');
+      } finally {
+        await m.close();
+        await shared.close();
+      }
+    });
+
     it('POST cleanup: deletes logs and finished webhooks older than N days', async () => {
       await herald.store.query(
         `UPDATE webhook_attempts SET created_at = now() - interval '40 days' WHERE order_no = $1`,
