@@ -151,7 +151,7 @@ function describeType(t: OptionType): string {
     case 'url':
       return `a URL starting with ${t.protocols.map((p) => `${p}//`).join(' or ')}`;
     case 'list':
-      return 'a comma separated list';
+      return t.means ?? 'a comma separated list';
     case 'json':
       return 'JSON';
     case 'string':
@@ -252,13 +252,19 @@ function parseValue(spec: OptionSpec, raw: unknown, label: string): unknown {
       return raw.trim();
     }
     case 'list': {
+      let list: string[];
       if (Array.isArray(raw) && raw.every((x) => typeof x === 'string'))
-        return raw.map((s: string) => s.trim());
-      if (typeof raw !== 'string') return bad();
-      return raw
-        .split(',')
-        .map((s) => s.trim())
-        .filter((s) => s.length > 0);
+        list = raw.map((s: string) => s.trim());
+      else if (typeof raw === 'string')
+        list = raw
+          .split(',')
+          .map((s) => s.trim())
+          .filter((s) => s.length > 0);
+      else return bad();
+      if (list.length < (t.min ?? 0)) return bad();
+      const { item } = t;
+      if (item && !list.every((s) => item.test(s))) return bad();
+      return list;
     }
     case 'json': {
       if (typeof raw !== 'string') return raw;

@@ -20,7 +20,14 @@ export type OptionType =
   | { kind: 'durations'; min?: number; presets?: Readonly<Record<string, readonly number[]>> }
   | { kind: 'enum'; values: readonly string[] }
   | { kind: 'url'; protocols: readonly string[] }
-  | { kind: 'list' }
+  | {
+      kind: 'list';
+      /** Fewest entries (an empty value, or only commas, is refused below it). */
+      min?: number;
+      /** What each entry must match, and how an error names it. */
+      item?: RegExp;
+      means?: string;
+    }
   | { kind: 'json' };
 
 export interface OptionSpec {
@@ -82,7 +89,12 @@ export const OPTIONS = {
   host: { env: 'HOST', type: { kind: 'string' }, default: '0.0.0.0', doc: 'Address to bind.' },
   dataDir: {
     env: 'DATA_DIR',
-    type: { kind: 'string' },
+    // Node's recursive mkdir never returns for a path under /proc (the node would hang at start-up).
+    type: {
+      kind: 'string',
+      pattern: /^(?!\/(proc|sys)(\/|$))./,
+      means: 'a folder path outside /proc and /sys',
+    },
     default: './data',
     doc: 'Folder of the embedded store (used when DATABASE_URL is not set).',
   },
@@ -193,7 +205,14 @@ export const OPTIONS = {
   },
   corsOrigins: {
     env: 'CORS_ORIGINS',
-    type: { kind: 'list' },
+    type: {
+      kind: 'list',
+      min: 1,
+      // What a browser sends in Origin: scheme, host and port, no path ("example.com" would match nothing).
+      item: /^(\*|https?:\/\/[^/\s?#]+)$/,
+      means:
+        'a comma separated list of origins such as https://app.example.com (scheme and host, no path), or *',
+    },
     default: ['*'],
     doc: 'Origins allowed for browsers (HTTP API and Socket.IO), comma separated; `*` allows any.',
   },

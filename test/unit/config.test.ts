@@ -155,6 +155,36 @@ describe('loadConfig', () => {
     assert.match(configError(() => loadConfig({ LOG_LEVEL: 'verbose' })).message, /info/);
   });
 
+  it('CORS_ORIGINS: origins or *, at least one; DATA_DIR outside /proc and /sys; CLIENT_EVENT_RATE bounds', () => {
+    for (const bad of [
+      ',,',
+      ' , ',
+      'example.com',
+      'https://a.example/path',
+      'ftp://a.example',
+      'https://a b',
+    ]) {
+      const e = configError(() => loadConfig({ CORS_ORIGINS: bad }));
+      assert.equal(e.key, 'CORS_ORIGINS', bad);
+      assert.match(e.message, /scheme and host/);
+    }
+    assert.deepEqual(loadConfig({ CORS_ORIGINS: 'http://localhost:5173,*' }).corsOrigins, [
+      'http://localhost:5173',
+      '*',
+    ]);
+    // Node's recursive mkdir never returns under /proc: refused before anything starts.
+    for (const dir of ['/proc/herald', '/sys/x', '/proc']) {
+      assert.equal(configError(() => loadConfig({ DATA_DIR: dir })).key, 'DATA_DIR', dir);
+    }
+    assert.equal(
+      loadConfig({ DATA_DIR: '/var/lib/herald-processing' }).dataDir,
+      '/var/lib/herald-processing',
+    );
+    assert.equal(loadConfig({ CLIENT_EVENT_RATE: '0' }).clientEventRate, 0);
+    assert.equal(configError(() => loadConfig({ CLIENT_EVENT_RATE: '-1' })).key, 'CLIENT_EVENT_RATE');
+    assert.equal(configError(() => loadConfig({ CLIENT_EVENT_BURST: '0' })).key, 'CLIENT_EVENT_BURST');
+  });
+
   it('MAX_JSON_DEPTH: 128 by default, 8 to 1000 from the environment or the file', () => {
     assert.equal(loadConfig({}).maxJsonDepth, 128);
     assert.equal(loadConfig({ MAX_JSON_DEPTH: '8' }).maxJsonDepth, 8);
