@@ -258,7 +258,7 @@ export const OPTIONS = {
     default: 2000,
     doc:
       'Events one connection may send at once above CLIENT_EVENT_RATE (a machine replaying its outbox after a ' +
-      'reconnect). A connection that goes on sending after this many of its events were refused is closed.',
+      'reconnect). A connection with more than this many events refused within one second is closed.',
   },
   countInterval: {
     env: 'COUNT_INTERVAL',

@@ -358,7 +358,7 @@ export class SocketConn implements Conn, RateState {
   /** The client -> server event limit's state (see rate.ts). */
   eventTat = 0;
   eventsRefused = 0;
-  refusedNoticeAt = 0;
+  refusedSince = 0;
 
   /** Topics whose counts this connection watches; made at first use (most connections watch none). */
   get watches(): Set<string> {
@@ -744,7 +744,7 @@ export class Gateway {
     if (this.limiter) {
       const verdict = this.limiter.take(conn, performance.now());
       if (!verdict.ok) {
-        this.refuse(socket, conn, event, ack, verdict.retryAfterMs, verdict.close);
+        this.refuse(socket, conn, event, ack, verdict);
         return;
       }
     }
@@ -773,19 +773,19 @@ export class Gateway {
 
   /**
    * An event over the connection's limit: not handled; its ack answers `rate_limited`, or (no ack) an
-   * `error` event at most once a second; a connection that keeps flooding is closed.
+   * `error` event at most once a second; a connection that floods past the answers is closed.
    */
   private refuse(
     socket: Socket,
     conn: SocketConn,
     event: string,
     ack: ErrAck | undefined,
-    retryAfterMs: number,
-    close: boolean,
+    verdict: { retryAfterMs: number; notice: boolean; close: boolean },
   ): void {
     const { metrics, logger, config } = this.deps;
+    const { retryAfterMs, close } = verdict;
     metrics.clientEventsRefused.inc();
-    if (ack || (this.limiter as EventRateLimiter).notice(conn, performance.now())) {
+    if (ack || verdict.notice) {
       const err = new HeraldError(
         'rate_limited',
         `This connection sends more than ${config.clientEventRate} events per second (CLIENT_EVENT_RATE, ` +

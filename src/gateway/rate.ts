@@ -4,29 +4,34 @@
  * node's one thread from every other client. A generic cell rate algorithm (GCRA, the token bucket
  * written as one number per connection): `rate` events per second on average, `burst` at once.
  *
- * An event over the limit is not handled: it is answered `rate_limited` (its ack, or an `error` event,
- * at most one per second per connection so the answers do not become a flood of their own). A connection
- * that goes on sending after `burst` of its events were refused, without once letting its bucket fill
- * again, is closed (a client library reconnects; a flooder has to connect again).
+ * An event over the limit is not handled: it is answered `rate_limited` (its ack, or an `error` event at
+ * most once per second, so the answers do not become a flood of their own). A connection that has more
+ * than `burst` events refused within one second ignores the answers: it is closed (a client library
+ * reconnects; a flooder has to connect again). A client that waits and sends a refused event again has
+ * at most its pending events refused at a time, and is not closed.
  */
 
-/** The state the limiter keeps on each connection (two numbers, no object of its own). */
+/** The state the limiter keeps on each connection (three numbers, no object of its own). */
 export interface RateState {
   /** The theoretical arrival time (ms, `performance.now()` clock) of the next event; 0 when unused. */
   eventTat: number;
-  /** Events refused since the bucket was last full. */
+  /** Events refused since `refusedSince`. */
   eventsRefused: number;
-  /** When the last `error` event about refused events was sent (ms, same clock). */
-  refusedNoticeAt: number;
+  /** Start of the current one-second window of refusals (ms, same clock); 0 before the first. */
+  refusedSince: number;
 }
 
 export type RateVerdict =
   /** Handle the event. */
   | { ok: true }
-  /** Refuse it; `retryAfterMs` until the next event would pass; `close`: close the connection now. */
-  | { ok: false; retryAfterMs: number; close: boolean };
+  /**
+   * Refuse it; `retryAfterMs` until the next event would pass; `notice`: tell a client that gave no ack
+   * (the first refusal of a one-second window); `close`: close the connection now (once).
+   */
+  | { ok: false; retryAfterMs: number; notice: boolean; close: boolean };
 
 const OK: RateVerdict = { ok: true };
+const WINDOW_MS = 1000;
 
 export class EventRateLimiter {
   /** Milliseconds between two events at the average rate. */
@@ -49,24 +54,22 @@ export class EventRateLimiter {
   take(s: RateState, now: number): RateVerdict {
     const tat = Math.max(s.eventTat, now);
     if (tat - now <= this.tolerance) {
-      // The bucket was full (nothing pending): whatever was refused before is forgiven.
-      if (s.eventTat <= now) s.eventsRefused = 0;
       s.eventTat = tat + this.interval;
       return OK;
+    }
+    let notice = false;
+    if (s.refusedSince === 0 || now - s.refusedSince >= WINDOW_MS) {
+      s.refusedSince = now;
+      s.eventsRefused = 0;
+      notice = true;
     }
     s.eventsRefused++;
     return {
       ok: false,
       retryAfterMs: Math.ceil(tat - now - this.tolerance),
-      // Once, at the first refusal past `burst` (the connection is closed then).
+      notice,
+      // Once, at the first refusal past `burst` in the window (the connection is closed then).
       close: s.eventsRefused === this.burst + 1,
     };
-  }
-
-  /** Whether a refused event should be told with an `error` event now (at most one per second). */
-  notice(s: RateState, now: number): boolean {
-    if (s.refusedNoticeAt !== 0 && now - s.refusedNoticeAt < 1000) return false;
-    s.refusedNoticeAt = now;
-    return true;
   }
 }

@@ -290,15 +290,18 @@ export function createMachineAgent(options: MachineAgentOptions): MachineAgent {
             typeof ack === 'object' && ack !== null && typeof ack.error === 'object' ? ack.error : null;
           const code = typeof error?.code === 'string' ? error.code : 'internal_error';
           if (TRANSIENT.has(code)) {
-            // The server cannot store it now (e.g. it is shutting down): try again later, backing off.
+            // The server cannot store it now (e.g. it is shutting down): try again later, backing off,
+            // and not before the server's retryAfterMs (rate_limited) when it says one.
             const base = Math.min(maxDelay, initialDelay * factor ** entry.retries);
             entry.retries++;
+            const after = (error?.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+            const wait = typeof after === 'number' && Number.isFinite(after) ? Math.min(maxDelay, after) : 0;
             entry.timer = setTimeout(
               () => {
                 entry.timer = undefined;
                 if (gen === generation) send(entry);
               },
-              base * (1 - jitter * Math.random()),
+              Math.max(wait, base * (1 - jitter * Math.random())),
             );
             return;
           }

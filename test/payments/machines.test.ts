@@ -40,6 +40,49 @@ const fastAgent = (herald: Herald, deviceId: string, merchantId: string, extra =
     ...extra,
   });
 
+describe('machine agent under CLIENT_EVENT_RATE', () => {
+  let herald: Herald;
+  const agents: MachineAgent[] = [];
+  before(async () => {
+    // 10 events a second, 8 at once: a burst of 11 reports has 3 refused (rate_limited).
+    herald = await startNode(newSpot('embedded'), { clientEventRate: 10, clientEventBurst: 8 });
+  });
+  after(async () => {
+    for (const a of agents) await a.close();
+    await herald.stop();
+  });
+
+  it('sends refused reports again after retryAfterMs: every report is stored once, on one connection', async () => {
+    const agent = fastAgent(herald, 'pos-rate', 'm-rate', {
+      backoff: { initialDelayMs: 20, maxDelayMs: 2000 },
+    });
+    agents.push(agent);
+    let connects = 0;
+    agent.on('connect', () => connects++);
+    await until(() => agent.connected, 5000, 'the agent to connect');
+    const orders = Array.from({ length: 11 }, () => newOrderId());
+    const acks = await Promise.all(
+      orders.map((orderId) =>
+        agent.report(ev({ orderId, appId: APP, merchantId: 'm-rate', type: 'created' }) as never),
+      ),
+    );
+    assert.deepEqual(
+      acks.map((a) => (a as { state: string }).state),
+      orders.map(() => 'created'),
+    );
+    const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
+    const refused = Number(/^herald_client_events_refused_total (\S+)$/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(refused >= 1, `refused ${refused}`);
+    // A client that waits before sending again is not taken for a flooder: it never reconnected.
+    assert.equal(connects, 1);
+    for (const orderId of orders) {
+      const o = await get(herald, `/payments/orders/${orderId}?appId=${APP}`);
+      assert.equal(o.status, 200);
+      assert.equal((o.body.events as unknown[]).length, 1);
+    }
+  });
+});
+
 for (const kind of STORES) {
   describe(`payments on the ${kind} store: machines`, () => {
     let herald: Herald;

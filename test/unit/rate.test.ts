@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { EventRateLimiter, type RateState } from '../../src/gateway/rate.js';
 
-const fresh = (): RateState => ({ eventTat: 0, eventsRefused: 0, refusedNoticeAt: 0 });
+const fresh = (): RateState => ({ eventTat: 0, eventsRefused: 0, refusedSince: 0 });
 
 describe('EventRateLimiter (client events per connection)', () => {
   it('lets a burst through at once, then refuses with the wait until the next event passes', () => {
@@ -31,38 +31,54 @@ describe('EventRateLimiter (client events per connection)', () => {
     assert.ok(passed >= 10 + 499 && passed <= 10 + 501, `passed ${passed}`);
   });
 
-  it('forgives refusals once the bucket is full again, and closes a flooder exactly once', () => {
+  it('closes a connection with more than `burst` refusals in one second, once; a client that waits is not closed', () => {
     const limiter = new EventRateLimiter(10, 3);
-    const s = fresh();
-    const t0 = 5_000;
-    for (let i = 0; i < 3; i++) limiter.take(s, t0);
-    assert.equal(limiter.take(s, t0).ok, false);
-    assert.equal(s.eventsRefused, 1);
-    // Quiet long enough for the whole burst to come back: the count starts again.
-    assert.equal(limiter.take(s, t0 + 1_000).ok, true);
-    assert.equal(s.eventsRefused, 0);
-
-    // A flooder: every refusal past the burst (3) closes once, at the 4th.
+    // A flooder: 3 pass, then every event 1 ms apart is refused; the 4th refusal closes, once.
     const f = fresh();
+    const t0 = 5_000;
     for (let i = 0; i < 3; i++) limiter.take(f, t0);
     const closes: number[] = [];
     for (let i = 1; i <= 10; i++) {
-      const v = limiter.take(f, t0 + i); // 1 ms apart: never a whole interval
+      const v = limiter.take(f, t0 + i);
       if (!v.ok && v.close) closes.push(i);
     }
     assert.deepEqual(closes, [4]);
-    // An event that passes while the bucket is not full does not forgive the flood.
-    assert.equal(limiter.take(f, t0 + 100).ok, true);
-    assert.equal(f.eventsRefused, 10);
+
+    // A client that sends its refused events again after retryAfterMs: its few pending events are
+    // refused a few times each, fewer than `burst` in a second.
+    const patient = new EventRateLimiter(10, 10);
+    const w = fresh();
+    let now = 10_000;
+    for (let i = 0; i < 10; i++) patient.take(w, now);
+    let pending = 3; // three more events to send
+    let closed = false;
+    for (let round = 0; round < 50 && pending > 0; round++) {
+      let wait = 0;
+      for (let k = 0; k < pending; k++) {
+        const v = patient.take(w, now);
+        if (v.ok) pending--;
+        else {
+          closed ||= v.close;
+          wait = v.retryAfterMs;
+        }
+      }
+      now += wait;
+    }
+    assert.equal(pending, 0);
+    assert.equal(closed, false);
   });
 
-  it('tells refused events at most once a second', () => {
-    const limiter = new EventRateLimiter(1, 1);
+  it('tells a client without acks once per one-second window of refusals', () => {
+    const limiter = new EventRateLimiter(0.5, 1); // one event per 2 s
     const s = fresh();
-    assert.equal(limiter.notice(s, 10), true);
-    assert.equal(limiter.notice(s, 500), false);
-    assert.equal(limiter.notice(s, 1_009), false);
-    assert.equal(limiter.notice(s, 1_010), true);
+    assert.equal(limiter.take(s, 10).ok, true);
+    const notices = [20, 500, 1_019, 1_020, 1_500].map((t) => {
+      const v = limiter.take(s, t);
+      assert.equal(v.ok, false);
+      return !v.ok && v.notice;
+    });
+    // All refused: a window opens at 20 and the next at 1,020.
+    assert.deepEqual(notices, [true, false, false, true, false]);
   });
 
   it('refuses settings that cannot limit anything', () => {
