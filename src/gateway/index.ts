@@ -359,6 +359,7 @@ export class SocketConn implements Conn, RateState {
   eventTat = 0;
   eventsRefused = 0;
   refusedSince = 0;
+  retryTat = 0;
 
   /** Topics whose counts this connection watches; made at first use (most connections watch none). */
   get watches(): Set<string> {

@@ -5,13 +5,17 @@
  * written as one number per connection): `rate` events per second on average, `burst` at once.
  *
  * An event over the limit is not handled: it is answered `rate_limited` (its ack, or an `error` event at
- * most once per second, so the answers do not become a flood of their own). A connection that has more
- * than `burst` events refused within one second ignores the answers: it is closed (a client library
- * reconnects; a flooder has to connect again). A client that waits and sends a refused event again has
- * at most its pending events refused at a time, and is not closed.
+ * most once per second, so the answers do not become a flood of their own) with `retryAfterMs`, the time
+ * of a slot of its own: refused events get successive slots one interval apart, so a client with many
+ * refused events that sends each again after its `retryAfterMs` has them pass one by one instead of all
+ * competing for the next slot and being refused again round after round (that made a polite client with
+ * a few pending events collect more than `burst` refusals within a second and be closed). A slot is a
+ * hint, not a reservation: another event may take it, and the event is then refused again with a later
+ * slot. A connection that has more than `burst` events refused within one second ignores the answers: it
+ * is closed (a client library reconnects; a flooder has to connect again).
  */
 
-/** The state the limiter keeps on each connection (three numbers, no object of its own). */
+/** The state the limiter keeps on each connection (four numbers, no object of its own). */
 export interface RateState {
   /** The theoretical arrival time (ms, `performance.now()` clock) of the next event; 0 when unused. */
   eventTat: number;
@@ -19,6 +23,8 @@ export interface RateState {
   eventsRefused: number;
   /** Start of the current one-second window of refusals (ms, same clock); 0 before the first. */
   refusedSince: number;
+  /** The slot the next refused event is told to come back at (ms, same clock); 0 when unused. */
+  retryTat: number;
 }
 
 export type RateVerdict =
@@ -64,9 +70,12 @@ export class EventRateLimiter {
       notice = true;
     }
     s.eventsRefused++;
+    // The first free slot is when the next event would pass; later refusals queue behind it.
+    const slot = Math.max(s.retryTat, tat - this.tolerance);
+    s.retryTat = slot + this.interval;
     return {
       ok: false,
-      retryAfterMs: Math.ceil(tat - now - this.tolerance),
+      retryAfterMs: Math.ceil(slot - now),
       notice,
       // Once, at the first refusal past `burst` in the window (the connection is closed then).
       close: s.eventsRefused === this.burst + 1,
