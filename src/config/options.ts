@@ -638,7 +638,13 @@ export const OPTIONS = {
   },
   paymentCurrency: {
     env: 'PAYMENT_CURRENCY',
-    type: { kind: 'string', pattern: /^[A-Z]{3}$/ },
+    type: {
+      kind: 'string',
+      // The codes Node.js's ICU knows: a common slip such as RMB (not an ISO 4217 code) would otherwise
+      // be the currency of every event that gives none, with the wrong decimals and spoken name.
+      pattern: new RegExp(`^(?:${Intl.supportedValuesOf('currency').join('|')})$`),
+      means: 'an ISO 4217 currency code (CNY, HKD, USD, JPY, ...; RMB is not one)',
+    },
     default: 'CNY',
     doc: 'ISO 4217 currency of payment events that give an amount without a currency.',
   },

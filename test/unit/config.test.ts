@@ -185,6 +185,18 @@ describe('loadConfig', () => {
     assert.equal(configError(() => loadConfig({ CLIENT_EVENT_BURST: '0' })).key, 'CLIENT_EVENT_BURST');
   });
 
+  it('PAYMENT_CURRENCY: an ISO 4217 code, not a well-formed slip such as RMB', () => {
+    assert.equal(loadConfig({}).paymentCurrency, 'CNY');
+    for (const ok of ['USD', 'JPY', 'HKD', 'KWD']) {
+      assert.equal(loadConfig({ PAYMENT_CURRENCY: ok }).paymentCurrency, ok);
+    }
+    for (const bad of ['RMB', 'XYZ', 'cny', 'CN', 'CNYY', ' CNY']) {
+      const e = configError(() => loadConfig({ PAYMENT_CURRENCY: bad }));
+      assert.equal(e.key, 'PAYMENT_CURRENCY', bad);
+      assert.match(e.message, /ISO 4217/, bad);
+    }
+  });
+
   it('MAX_JSON_DEPTH: 128 by default, 8 to 1000 from the environment or the file', () => {
     assert.equal(loadConfig({}).maxJsonDepth, 128);
     assert.equal(loadConfig({ MAX_JSON_DEPTH: '8' }).maxJsonDepth, 8);
