@@ -264,7 +264,7 @@ export const OPTIONS = {
     env: 'COUNT_INTERVAL',
     type: { kind: 'duration', min: 0, max: 60_000 },
     default: 100,
-    doc: 'Count updates for one topic are coalesced to at most one per this interval per watcher.',
+    doc: 'Count updates for one topic are coalesced to at most one per this interval per watcher. 0: each change is sent as soon as it is read (changes that come while a count is being read still go as one update); watchers of a busy topic then get an update per join or leave.',
   },
   pingInterval: {
     env: 'PING_INTERVAL',
