@@ -624,9 +624,12 @@ export class WebhookQueue {
    *
    * Idempotent per `batchId` (a UUID made once per batch, passed again on every retry of it): a statement
    * that committed but whose answer was lost (the connection broke) is written again by the caller, and
-   * must not log the attempts or count them in the merchants' totals, times and failures a second time. The
-   * id is recorded first (ON CONFLICT DO NOTHING) and every change is made only when that insert happened,
-   * so a batch written again changes nothing and returns no transitions. Ids are kept for a day (cleanup).
+   * must not log the attempts or count them in the merchants' totals, times and failures a second time.
+   * The statement records the id with the transitions it made; when the id is there already it changes
+   * nothing and returns the transitions recorded the first time (the caller never saw them: its alerts,
+   * open breakers and woken delay queues depend on them). Two runs of one batch at once (PostgreSQL): the
+   * second waits on the first's locks, then fails on the id's key and is run again as a replay. Ids are
+   * kept for a day (cleanup).
    */
   async complete(
     batchId: string,
@@ -659,28 +662,39 @@ export class WebhookQueue {
       last_code: u.lastCode,
       last_error: u.lastError,
     }));
-    const r = await this.store.query<{
-      merchant_key: string;
-      merchant_id: string | null;
-      notify_url: string;
-      old_state: BreakerState;
-      breaker_state: BreakerState;
-      was_slow: boolean;
-      is_slow: boolean;
-      avg_ms: number;
-      consecutive_failures: number;
-    }>(
-      statement(
-        'webhook_complete',
-        `WITH b AS (
-         -- A concurrent run of the same batch (the first one still committing) waits on this row, then
-         -- inserts nothing; x and y are empty unless this run recorded the batch, so nothing below changes.
-         INSERT INTO webhook_result_batches (id) VALUES ($9::uuid) ON CONFLICT (id) DO NOTHING
-         RETURNING 1
+    const params = [
+      JSON.stringify(d),
+      JSON.stringify(m),
+      this.s.nodeId,
+      this.s.breakerThreshold,
+      this.s.slowMinSamples,
+      this.s.slowThreshold,
+      this.s.breakerOpen,
+      this.s.lease,
+      batchId,
+    ];
+    const run = () =>
+      this.store.query<{
+        merchant_key: string;
+        merchant_id: string | null;
+        notify_url: string;
+        old_state: BreakerState;
+        breaker_state: BreakerState;
+        was_slow: boolean;
+        is_slow: boolean;
+        avg_ms: number;
+        consecutive_failures: number;
+      }>(
+        statement(
+          'webhook_complete',
+          `WITH prev AS (
+         -- A batch written before: x and y are empty, nothing below changes, and the answer is the
+         -- transitions recorded then.
+         SELECT transitions FROM webhook_result_batches WHERE id = $9::uuid
        ), x AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, status text, attempts int, delay_ms double precision,
            code int, error text, order_no text, merchant_key text, url text, outcome text, response_body text, duration_ms int)
-         WHERE EXISTS (SELECT 1 FROM b)
+         WHERE NOT EXISTS (SELECT 1 FROM prev)
        ), upd AS (
          UPDATE webhook_deliveries d SET
            status = x.status,
@@ -701,7 +715,7 @@ export class WebhookQueue {
        ), y AS (
          SELECT * FROM jsonb_to_recordset($2::jsonb) AS y(merchant_key text, times jsonb, successes int, failures int,
            had_success boolean, trail int, gone_url text, last_gone boolean, last_code int, last_error text)
-         WHERE EXISTS (SELECT 1 FROM b)
+         WHERE NOT EXISTS (SELECT 1 FROM prev)
        ), old AS (
          SELECT m.* FROM webhook_merchants m WHERE m.merchant_key IN (SELECT merchant_key FROM y)
          ORDER BY m.merchant_key FOR UPDATE
@@ -723,8 +737,8 @@ export class WebhookQueue {
              ELSE old_state
            END AS new_state
          FROM calc2
-       )
-       UPDATE webhook_merchants m SET
+       ), res AS (
+         UPDATE webhook_merchants m SET
          recent_ms = c.recent,
          avg_ms = c.avg,
          is_slow = cardinality(c.recent) >= $5::int AND c.avg > $6::double precision,
@@ -745,21 +759,30 @@ export class WebhookQueue {
          updated_at = now()
        FROM calc3 c
        WHERE m.merchant_key = c.merchant_key
-       RETURNING m.merchant_key, m.merchant_id, m.notify_url, c.old_state, m.breaker_state, c.was_slow, m.is_slow,
-         m.avg_ms, m.consecutive_failures`,
-      ),
-      [
-        JSON.stringify(d),
-        JSON.stringify(m),
-        this.s.nodeId,
-        this.s.breakerThreshold,
-        this.s.slowMinSamples,
-        this.s.slowThreshold,
-        this.s.breakerOpen,
-        this.s.lease,
-        batchId,
-      ],
-    );
+       RETURNING m.merchant_key, m.merchant_id, m.notify_url, c.old_state::text AS old_state,
+         m.breaker_state::text AS breaker_state, c.was_slow, m.is_slow, m.avg_ms::double precision AS avg_ms,
+         m.consecutive_failures::int AS consecutive_failures
+       ), rec AS (
+         -- Without ON CONFLICT: a concurrent run of the same batch fails here and is run again (replay).
+         INSERT INTO webhook_result_batches (id, transitions)
+         SELECT $9::uuid, t FROM (SELECT coalesce(jsonb_agg(to_jsonb(res)), '[]'::jsonb) AS t FROM res) a
+         WHERE NOT EXISTS (SELECT 1 FROM prev)
+       )
+       SELECT * FROM res
+       UNION ALL
+       SELECT t.* FROM prev, jsonb_to_recordset(prev.transitions) AS t(merchant_key text, merchant_id text,
+         notify_url text, old_state text, breaker_state text, was_slow boolean, is_slow boolean,
+         avg_ms double precision, consecutive_failures int)`,
+        ),
+        params,
+      );
+    let r: Awaited<ReturnType<typeof run>>;
+    try {
+      r = await run();
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== '23505') throw err;
+      r = await run();
+    }
     const transitions = r.rows.map((x) => ({
       merchantKey: x.merchant_key,
       merchantId: x.merchant_id,

@@ -90,4 +90,13 @@ export const WEBHOOK_MIGRATIONS: Migration[] = [
       CREATE INDEX IF NOT EXISTS webhook_result_batches_created ON webhook_result_batches (created_at);
     `,
   },
+  {
+    // The breaker and slow-flag transitions a batch made, kept with its id: a batch written again after
+    // a lost answer returns them, so the node still alerts, stops sending to a merchant whose breaker the
+    // first write opened, and wakes the delay queue of one it closed (WebhookQueue.complete).
+    id: '018_webhook_result_batch_transitions',
+    sql: `
+      ALTER TABLE webhook_result_batches ADD COLUMN IF NOT EXISTS transitions jsonb NOT NULL DEFAULT '[]'::jsonb;
+    `,
+  },
 ];
