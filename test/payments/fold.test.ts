@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { encodeMinutes, encodeStates, foldCounts } from '../../src/payments/ledger.js';
+import {
+  EMBEDDED_VACUUM_TABLES,
+  encodeMinutes,
+  encodeStates,
+  foldCounts,
+  pruneMinuteCounts,
+} from '../../src/payments/ledger.js';
 import type { Store } from '../../src/store/index.js';
 import { testStores } from '../helpers.js';
 
@@ -100,6 +106,90 @@ describe('payment counter fold', () => {
       assert.equal(rest.rows, 5);
       assert.equal(rest.more, false);
       assert.deepEqual(await counters(store), { created: { '': 5, m0: 1, m1: 2, m2: 2 }, events: 5 });
+    });
+
+    it(`updates the counters in place fold after fold, so their table does not grow with every sweep (${kind})`, async () => {
+      // Every sweep adds to the same counters (each merchant's, per state and hour and per minute). A full
+      // page cannot take the new version of a row: each update then wrote a new row version elsewhere
+      // and a new entry in every index, and the embedded store has no autovacuum to reclaim them (the
+      // state counters grew ~10x their live size in an hour at 3,000 events/s). The tables keep room on
+      // each page (fillfactor) so that these updates stay on the page (HOT) and pruning reclaims them.
+      const store = await open('in-place');
+      const merchants = Array.from({ length: 200 }, (_, i) => `m${i}`);
+      const fold = async () => {
+        await store.query('INSERT INTO payment_count_deltas (states, minutes) VALUES ($1, $2)', [
+          encodeStates(merchants.map((m) => ({ a: 'app', m, h: null, s: 'paying', d: 1 }))),
+          encodeMinutes(merchants.map((m) => ({ a: 'app', m, e: 1, t: 1 }))),
+        ]);
+        const r = await foldCounts(store, 100, 1);
+        assert.equal(r.rows, 1);
+      };
+      const size = async () => {
+        const r = await store.query<{ s: string | number; m: string | number }>(
+          `SELECT pg_total_relation_size('payment_state_counts')::text AS s,
+             pg_total_relation_size('payment_minute_counts')::text AS m`,
+        );
+        return { states: Number(r.rows[0]?.s), minutes: Number(r.rows[0]?.m) };
+      };
+      await fold();
+      const first = await size();
+      // The sweeps of 20 minutes (each a new minute row for every merchant at most once a minute; here
+      // all in one minute, the harder case: every fold updates the same rows).
+      for (let i = 0; i < 240; i++) await fold();
+      const later = await size();
+      const c = await counters(store);
+      assert.equal(c.events, 241 * 200);
+      console.log(JSON.stringify({ kind, first, later }));
+      assert.ok(
+        later.states <= 1.5 * first.states,
+        `state counters ${first.states} -> ${later.states} bytes`,
+      );
+      assert.ok(
+        later.minutes <= 1.5 * first.minutes,
+        `minute counters ${first.minutes} -> ${later.minutes} bytes`,
+      );
+    });
+
+    it(`keeps the per-minute counters' table from growing while minutes come and are pruned, with the sweep's upkeep (${kind})`, async () => {
+      // Three hours of minutes, folded 4 times a minute, the prune keeping 30 minutes, and every 10
+      // minutes the sweep's prune and (embedded) vacuum. Without the vacuum the space of the pruned rows
+      // was never reused on the embedded store: the table grew by the same amount every hour.
+      const store = await open('minutes');
+      const merchants = Array.from({ length: 100 }, (_, i) => `m${i}`);
+      const MIN = 60_000;
+      const start = Date.now() - 180 * MIN;
+      const sizeAt: number[] = [];
+      for (let minute = 0; minute < 180; minute++) {
+        for (let f = 0; f < 4; f++) {
+          await store.query(
+            'INSERT INTO payment_count_deltas (states, minutes, created_at) VALUES ($1, $2, $3)',
+            [
+              encodeStates(merchants.map((m) => ({ a: 'app', m, h: null, s: 'paying', d: 1 }))),
+              encodeMinutes(merchants.map((m) => ({ a: 'app', m, e: 1, t: 1 }))),
+              new Date(start + minute * MIN + f * 15_000),
+            ],
+          );
+          await foldCounts(store, 100, 1);
+        }
+        if (minute % 10 === 9) {
+          // Keep the 30 minutes before the simulated "now".
+          await pruneMinuteCounts(store, (180 - minute + 30) * MIN);
+          for (const table of EMBEDDED_VACUUM_TABLES) await store.query(`VACUUM ${table}`);
+        }
+        if (minute % 60 === 59) {
+          const r = await store.query<{ s: string }>(
+            `SELECT pg_total_relation_size('payment_minute_counts')::text AS s`,
+          );
+          sizeAt.push(Number(r.rows[0]?.s));
+        }
+      }
+      const kept = await store.query<{ n: number }>(
+        'SELECT count(DISTINCT minute)::int AS n FROM payment_minute_counts',
+      );
+      assert.ok((kept.rows[0]?.n as number) <= 40, `${kept.rows[0]?.n} minutes kept`);
+      const [h1, , h3] = sizeAt as [number, number, number];
+      console.log(JSON.stringify({ kind, sizeAt }));
+      assert.ok(h3 <= 1.3 * h1, `minute counters after each hour: ${sizeAt.join(', ')} bytes`);
     });
   }
 });

@@ -156,4 +156,17 @@ export const PAYMENT_MIGRATIONS: Migration[] = [
       ALTER TABLE payment_machines ADD COLUMN IF NOT EXISTS changed_at timestamptz;
     `,
   },
+  {
+    // Every fold of the counter deltas (each sweep) updates the current hour's and minute's counters. On
+    // full pages each update wrote the new row version on another page with new entries in every index
+    // (the state counters reached ~12x their live size within an hour); with room left on each page the
+    // updates stay on their page (HOT) and page pruning reclaims the old versions, without vacuum.
+    // Measured on PGlite: a fold's upsert of 600 counters 15-25 % faster, the state counters 112 KiB an
+    // hour instead of 736 (200 merchants).
+    id: '029_payments_counter_fillfactor',
+    sql: `
+      ALTER TABLE payment_state_counts SET (fillfactor = 50);
+      ALTER TABLE payment_minute_counts SET (fillfactor = 50);
+    `,
+  },
 ];
