@@ -1373,7 +1373,8 @@ export async function stats(q: Queryable, f: Omit<OrderFilter, 'state'>, minutes
 /**
  * The tables the sweep vacuums on the embedded store (PGlite has no autovacuum), one statement each:
  * bookkeeping rows that come and go with every open order and batch, and the counters, which every fold
- * updates and the hourly prune deletes from. Without it the space of deleted and updated rows is never
+ * updates and the hourly prune deletes from, and the machines (a row updated at every connect and
+ * disconnect). Without it the space of deleted and updated rows is never
  * reused: the per-minute counters grew ~60-85 MB a day at 200 busy merchants although the prune kept
  * only two days of them.
  */
@@ -1383,6 +1384,7 @@ export const EMBEDDED_VACUUM_TABLES = [
   'payment_count_deltas',
   'payment_state_counts',
   'payment_minute_counts',
+  'payment_machines',
 ] as const;
 
 /** Deletes per-minute counters older than `keepMs` (stats read at most a day back). */

@@ -139,7 +139,6 @@ describe('payment counter fold', () => {
       const later = await size();
       const c = await counters(store);
       assert.equal(c.events, 241 * 200);
-      console.log(JSON.stringify({ kind, first, later }));
       assert.ok(
         later.states <= 1.5 * first.states,
         `state counters ${first.states} -> ${later.states} bytes`,
@@ -188,7 +187,6 @@ describe('payment counter fold', () => {
       );
       assert.ok((kept.rows[0]?.n as number) <= 40, `${kept.rows[0]?.n} minutes kept`);
       const [h1, , h3] = sizeAt as [number, number, number];
-      console.log(JSON.stringify({ kind, sizeAt }));
       assert.ok(h3 <= 1.3 * h1, `minute counters after each hour: ${sizeAt.join(', ')} bytes`);
     });
   }
