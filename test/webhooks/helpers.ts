@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import type { Config } from '../../src/config/index.js';
+import type { QueueSettings } from '../../src/webhooks/queue.js';
 import { startTestHerald, type TestHerald } from '../helpers.js';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -28,6 +29,22 @@ export const FAST: Partial<Config> = {
 const schemas: string[] = [];
 
 /** A unique schema for one node on PostgreSQL; dropped by dropSchemas(). */
+/** Queue settings for tests that drive a WebhookQueue directly (the defaults' shape, a 1-minute lease). */
+export function queueSettings(nodeId: string, singleNode: boolean): QueueSettings {
+  return {
+    nodeId,
+    singleNode,
+    lease: 60_000,
+    merchantLeases: 10,
+    slowLeases: 2,
+    slowThreshold: 3000,
+    slowMinSamples: 100,
+    breakerThreshold: 5,
+    breakerOpen: 300_000,
+    breakerDelay: 60_000,
+  };
+}
+
 export function newSchema(): string {
   const s = `t_webhooks_${randomBytes(6).toString('hex')}`;
   schemas.push(s);

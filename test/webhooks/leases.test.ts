@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { openStore, type Store } from '../../src/store/index.js';
 import { type QueueSettings, WebhookQueue } from '../../src/webhooks/queue.js';
-import { dropSchemas, newSchema, TEST_DATABASE_URL } from './helpers.js';
+import { dropSchemas, newSchema, queueSettings, TEST_DATABASE_URL } from './helpers.js';
 
 after(dropSchemas);
 
@@ -14,18 +14,7 @@ after(dropSchemas);
  */
 describe('webhook claims: leases across nodes (PostgreSQL)', () => {
   let store: Store;
-  const settings = (nodeId: string): QueueSettings => ({
-    nodeId,
-    singleNode: false,
-    lease: 60_000,
-    merchantLeases: 10,
-    slowLeases: 2,
-    slowThreshold: 3000,
-    slowMinSamples: 100,
-    breakerThreshold: 5,
-    breakerOpen: 300_000,
-    breakerDelay: 60_000,
-  });
+  const settings = (nodeId: string): QueueSettings => queueSettings(nodeId, false);
 
   before(async () => {
     store = await openStore({ databaseUrl: TEST_DATABASE_URL, databaseSchema: newSchema(), dataDir: '' });

@@ -12,7 +12,7 @@ import {
   WebhookQueue,
 } from '../../src/webhooks/queue.js';
 import type { ClaimedDelivery } from '../../src/webhooks/types.js';
-import { dropSchemas, newSchema, STORES, TEST_DATABASE_URL } from './helpers.js';
+import { dropSchemas, newSchema, queueSettings, STORES, TEST_DATABASE_URL } from './helpers.js';
 
 after(dropSchemas);
 
@@ -27,18 +27,7 @@ for (const kind of STORES) {
     let store: Store;
     let dir: string;
     let q: WebhookQueue;
-    const settings: QueueSettings = {
-      nodeId: 'node-a',
-      singleNode: kind === 'embedded',
-      lease: 60_000,
-      merchantLeases: 10,
-      slowLeases: 2,
-      slowThreshold: 3000,
-      slowMinSamples: 100,
-      breakerThreshold: 5,
-      breakerOpen: 300_000,
-      breakerDelay: 60_000,
-    };
+    const settings: QueueSettings = queueSettings('node-a', kind === 'embedded');
 
     before(async () => {
       dir = mkdtempSync(join(tmpdir(), 'herald-results-once-'));

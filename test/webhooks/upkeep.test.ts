@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openStore, type Store } from '../../src/store/index.js';
 import { type QueueSettings, WebhookQueue } from '../../src/webhooks/queue.js';
+import { queueSettings } from './helpers.js';
 
 /**
  * The embedded store (PGlite) has no autovacuum: a table from which rows are deleted keeps their space
@@ -16,18 +17,7 @@ describe('webhook retention upkeep (embedded store)', () => {
   let store: Store;
   let dir: string;
   let q: WebhookQueue;
-  const settings: QueueSettings = {
-    nodeId: 'node-a',
-    singleNode: true,
-    lease: 60_000,
-    merchantLeases: 10,
-    slowLeases: 2,
-    slowThreshold: 3000,
-    slowMinSamples: 100,
-    breakerThreshold: 5,
-    breakerOpen: 300_000,
-    breakerDelay: 60_000,
-  };
+  const settings: QueueSettings = queueSettings('node-a', true);
   const DAY = 86_400_000;
 
   before(async () => {
