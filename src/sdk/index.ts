@@ -88,11 +88,12 @@ export interface ConnectOptions {
   socketOptions?: Partial<ManagerOptions & SocketOptions>;
 }
 
-/** An error answered by the server, with its stable code. */
+/** An error answered by the server, with its stable code (and its details, e.g. `retryAfterMs`). */
 export class HeraldClientError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    readonly details?: Record<string, unknown>,
   ) {
     super(message);
     this.name = 'HeraldClientError';
@@ -106,7 +107,7 @@ type Ack =
       counts?: Record<string, TopicCount>;
       streams?: Record<string, StreamPosition & { recovered: boolean; replayed: number; error?: string }>;
     }
-  | { ok: false; error: { code: string; message: string } };
+  | { ok: false; error: { code: string; message: string; details?: Record<string, unknown> } };
 
 export interface HeraldClient {
   /** The underlying socket.io-client socket. */
@@ -137,6 +138,14 @@ export interface HeraldClient {
 }
 
 const MAX_PER_CALL = 100;
+/**
+ * An event the server refused as over its per-connection limit (`rate_limited`, CLIENT_EVENT_RATE) is
+ * sent again after the server's `retryAfterMs` (each refused event is told a slot of its own), up to this
+ * many times; then the error reaches the caller.
+ */
+const RATE_LIMIT_RETRIES = 5;
+/** The longest wait the SDK accepts from `retryAfterMs` before giving the error to the caller. */
+const RATE_LIMIT_MAX_WAIT_MS = 10_000;
 /** How long received notifications' receipts are gathered before they are sent (ms). */
 const RECEIPT_DELAY_MS = 20;
 /**
@@ -236,11 +245,25 @@ export function connect(options: ConnectOptions): HeraldClient {
     }, options.heartbeatTimeoutMs);
   };
 
+  /** Emits with an ack; a `rate_limited` answer is sent again after its `retryAfterMs` (a few times). */
+  const ask = async (event: string, payload: unknown): Promise<Ack> => {
+    for (let attempt = 0; ; attempt++) {
+      const ack = (await socket.timeout(ackTimeout).emitWithAck(event, payload)) as Ack;
+      if (ack.ok || ack.error.code !== 'rate_limited' || attempt >= RATE_LIMIT_RETRIES) return ack;
+      const after = ack.error.details?.retryAfterMs;
+      const wait = typeof after === 'number' && Number.isFinite(after) && after >= 0 ? after : 1000;
+      if (wait > RATE_LIMIT_MAX_WAIT_MS || status === 'closed') return ack;
+      await new Promise((r) => setTimeout(r, wait + Math.random() * 10));
+    }
+  };
+  const fail = (ack: Ack & { ok: false }) =>
+    new HeraldClientError(ack.error.code, ack.error.message, ack.error.details);
+
   const request = async (event: string, list: string[]): Promise<Ack[]> => {
     const out: Ack[] = [];
     for (const part of chunks(list, MAX_PER_CALL)) {
-      const ack = (await socket.timeout(ackTimeout).emitWithAck(event, part)) as Ack;
-      if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+      const ack = await ask(event, part);
+      if (!ack.ok) throw fail(ack);
       out.push(ack);
     }
     return out;
@@ -267,8 +290,8 @@ export function connect(options: ConnectOptions): HeraldClient {
     if (!useRecovery) return request('subscribe', list);
     const out: Ack[] = [];
     for (const part of chunks(list, MAX_PER_CALL)) {
-      const ack = (await socket.timeout(ackTimeout).emitWithAck('recover', { topics: part })) as Ack;
-      if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+      const ack = await ask('recover', { topics: part });
+      if (!ack.ok) throw fail(ack);
       learn(ack);
       out.push(ack);
     }
@@ -284,10 +307,8 @@ export function connect(options: ConnectOptions): HeraldClient {
         for (const [stream, p] of positions) {
           if (!stream.startsWith('t:') || topics.has(stream.slice(2))) streams[stream] = p;
         }
-        const ack = (await socket
-          .timeout(ackTimeout)
-          .emitWithAck('recover', { topics: [...topics], streams: reconnect ? streams : {} })) as Ack;
-        if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+        const ack = await ask('recover', { topics: [...topics], streams: reconnect ? streams : {} });
+        if (!ack.ok) throw fail(ack);
         const given = new Set(Object.keys(reconnect ? streams : {}));
         // The gaps of the streams asked for are answered here (replays, then the current position).
         learn(ack, given);
@@ -338,8 +359,8 @@ export function connect(options: ConnectOptions): HeraldClient {
       for (const part of chunks(asked, MAX_PER_CALL)) {
         const streams: Record<string, StreamPosition> = {};
         for (const s of part) streams[s] = positions.get(s) as StreamPosition;
-        const ack = (await socket.timeout(ackTimeout).emitWithAck('recover', { streams })) as Ack;
-        if (!ack.ok) throw new HeraldClientError(ack.error.code, ack.error.message);
+        const ack = await ask('recover', { streams });
+        if (!ack.ok) throw fail(ack);
         const given = new Set(part);
         learn(ack, given);
         for (const s of part) {

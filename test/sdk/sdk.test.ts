@@ -122,3 +122,42 @@ describe('SDK', () => {
     assert.deepEqual([...c.topics], ['a2']);
   });
 });
+
+describe('SDK under CLIENT_EVENT_RATE', () => {
+  let herald: TestHerald;
+  const clients: HeraldClient[] = [];
+  before(async () => {
+    // 4 events a second, 2 at once.
+    herald = await startTestHerald({ clientEventRate: 4, clientEventBurst: 2 });
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await herald.cleanup();
+  });
+
+  it('sends a refused subscribe again after retryAfterMs: every call resolves, every topic delivers', async () => {
+    const c = sdkConnect({
+      url: herald.url(),
+      appId: 'sdk-app',
+      clientId: 'sdk-limited',
+      socketOptions: { transports: ['websocket'] },
+    });
+    clients.push(c);
+    await until(() => c.status === 'connected', 5000, 'connected');
+    const got: unknown[] = [];
+    c.on((d) => got.push(d));
+    // Five calls at once: two pass, three are refused with slots 250, 500 and 750 ms ahead.
+    const topics = ['r1', 'r2', 'r3', 'r4', 'r5'];
+    const answers = await Promise.all(topics.map((t) => c.subscribe(t)));
+    assert.deepEqual(
+      answers,
+      topics.map((t) => [t]),
+    );
+    const metrics = await (await fetch(`${herald.url()}/metrics`)).text();
+    const refused = Number(/^herald_client_events_refused_total (\S+)$/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(refused >= 3, `refused ${refused}`);
+    assert.equal(c.status, 'connected');
+    await post(herald, '/notify', { appId: 'sdk-app', eventTopics: topics, data: { all: true } });
+    await until(() => got.length === 1, 3000, 'the notification');
+  });
+});
