@@ -165,6 +165,8 @@ async function scrape(url: string): Promise<{
   cache?: Record<string, number>;
   /** Sweep steps (herald_payment_sweep_seconds): count and total seconds by step. */
   sweep?: Record<string, { count: number; sum: number }>;
+  /** Embedded store turns (herald_embedded_store_hold_seconds) by op: count, seconds, count over 25 ms. */
+  hold?: Record<string, { count: number; sum: number; over25: number }>;
 }> {
   try {
     const text = await (await fetch(`${url}/metrics`)).text();
@@ -202,6 +204,23 @@ async function scrape(url: string): Promise<{
           return acc;
         },
         {} as Record<string, { count: number; sum: number }>,
+      ),
+      hold: [
+        ...text.matchAll(
+          /^herald_embedded_store_hold_seconds_(sum|count|bucket)\{(?:le="([0-9.+Inf]+)",)?op="([^"]+)"(?:,le="([0-9.+Inf]+)")?\} ([0-9.e+-]+)$/gm,
+        ),
+      ].reduce(
+        (acc, m) => {
+          const op = m[3] as string;
+          const o = acc[op] ?? { count: 0, sum: 0, over25: 0 };
+          acc[op] = o;
+          const le = m[2] ?? m[4];
+          if (m[1] === 'sum') o.sum = Number(m[5]);
+          else if (m[1] === 'count') o.count = Number(m[5]);
+          else if (le === '0.025') o.over25 = -Number(m[5]);
+          return acc;
+        },
+        {} as Record<string, { count: number; sum: number; over25: number }>,
       ),
       cache: Object.fromEntries(
         [...text.matchAll(/^herald_payment_order_cache_total\{result="(\w+)"\} ([0-9.e+-]+)$/gm)].map((m) => [
@@ -614,6 +633,21 @@ export async function run(
           const n = v.count - was.count;
           return n > 0 ? [[step, { runs: n, avg: round(((v.sum - was.sum) / n) * 1000) }]] : [];
         }),
+      ),
+      // Embedded store turns in the measured window, by op: the ten that held it longest in total
+      // (turns, average ms, turns over 25 ms).
+      storeHold: Object.fromEntries(
+        Object.entries(metrics1.hold ?? {})
+          .map(([op, v]) => {
+            const was = metrics0.hold?.[op] ?? { count: 0, sum: 0, over25: 0 };
+            const n = v.count - was.count;
+            const over = v.count + v.over25 - (was.count + was.over25);
+            return [op, { turns: n, ms: (v.sum - was.sum) * 1000, over25ms: over }] as const;
+          })
+          .filter(([, v]) => v.turns > 0)
+          .sort((a, b) => b[1].ms - a[1].ms)
+          .slice(0, 10)
+          .map(([op, v]) => [op, { turns: v.turns, avgMs: round(v.ms / v.turns), over25ms: v.over25ms }]),
       ),
       // Orders of the measured batches by source: cache hit, assumed new, read from the store, stale.
       orderCache: Object.fromEntries(

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { Counter, Gauge } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { AccessControl } from './auth/index.js';
 import { MemoryBus, MemoryPresence } from './bus/memory.js';
 import { RedisCluster } from './bus/redis.js';
@@ -28,6 +28,7 @@ import { Router } from './router/index.js';
 import { NotifyService } from './router/notify.js';
 import { OfflineForwarder } from './router/offline.js';
 import type { Notification } from './router/types.js';
+import { EmbeddedStore } from './store/embedded.js';
 import { openStore, type Store } from './store/index.js';
 import { WebhookEngine, webhookRoutes } from './webhooks/index.js';
 
@@ -162,6 +163,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     onAppRemoved: (appId) => cluster?.appRemoved(appId),
   });
   const metrics = new Metrics(router);
+  if (store instanceof EmbeddedStore) observeEmbeddedStore(store, metrics.registry);
   const deliverLocal = (n: Notification): number => {
     const written = router.deliver(n);
     if (written > 0) metrics.deliveries.inc({ app: n.appId }, written);
@@ -598,4 +600,30 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     stop,
     shutdownPending,
   };
+}
+
+/**
+ * The embedded store runs every statement in turn on one connection: how long turns waited for it and
+ * how long each kind held it (a transaction for its whole span) tell an operator whether the store is
+ * what slows the payment intake or the webhook engine, and which part holds it.
+ */
+function observeEmbeddedStore(store: EmbeddedStore, registry: Registry): void {
+  const buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+  const wait = new Histogram({
+    name: 'herald_embedded_store_wait_seconds',
+    help: 'Time statements and transactions queued for the embedded store (one connection) behind others.',
+    buckets,
+    registers: [registry],
+  });
+  const hold = new Histogram({
+    name: 'herald_embedded_store_hold_seconds',
+    help: 'Time the embedded store was held, by statement (prepared name, or verb and first table) or transaction (named after its first statement).',
+    labelNames: ['op'],
+    buckets,
+    registers: [registry],
+  });
+  store.observe((op, waitMs, holdMs) => {
+    wait.observe(waitMs / 1000);
+    hold.observe({ op }, holdMs / 1000);
+  });
 }

@@ -35,6 +35,24 @@ export class SqlError extends Error {
   }
 }
 
+/**
+ * What one turn on the embedded store's single connection cost: `op` names it (a prepared statement's
+ * name, `transaction`, `exec`, or the verb and first table of an unnamed statement), `waitMs` is the time
+ * it queued behind other turns, `holdMs` the time it held the connection (a transaction's whole span,
+ * main-thread work between its statements included).
+ */
+export type StoreTurnObserver = (op: string, waitMs: number, holdMs: number) => void;
+
+/** A short, bounded name for an unnamed statement: its verb and first table (`select payment_orders`). */
+export function statementLabel(sql: string): string {
+  const verb = /^\s*(\w+)/.exec(sql)?.[1]?.toLowerCase() ?? 'sql';
+  const table =
+    /\b(?:FROM|INTO|UPDATE|TABLE|VACUUM)\s+(?:ONLY\s+|IF\s+(?:NOT\s+)?EXISTS\s+)?"?([a-z_][a-z0-9_]*)/i.exec(
+      sql,
+    )?.[1];
+  return table ? `${verb} ${table.toLowerCase()}` : verb;
+}
+
 class Mutex {
   private tail: Promise<void> = Promise.resolve();
   run<T>(fn: () => Promise<T>): Promise<T> {
@@ -99,6 +117,8 @@ export class EmbeddedStore implements Store {
   private readonly mutex = new Mutex();
   private closed = false;
   private readonly lockFile: string;
+  private observer: StoreTurnObserver | undefined;
+  private readonly labels = new Map<string, string>();
 
   private constructor(worker: Worker, lockFile: string) {
     this.worker = worker;
@@ -169,33 +189,80 @@ export class EmbeddedStore implements Store {
     return this.send(req as WorkerRequest) as Promise<QueryResult<T>>;
   }
 
+  /** Reports every turn on the connection (metrics); one observer. */
+  observe(observer: StoreTurnObserver | undefined): void {
+    this.observer = observer;
+  }
+
+  /** Runs `fn` when the connection is free, timed for the observer. */
+  private turn<T>(op: () => string, fn: () => Promise<T>): Promise<T> {
+    const observer = this.observer;
+    if (!observer) return this.mutex.run(fn);
+    const queued = performance.now();
+    return this.mutex.run(async () => {
+      const start = performance.now();
+      try {
+        return await fn();
+      } finally {
+        observer(op(), start - queued, performance.now() - start);
+      }
+    });
+  }
+
+  private label(sql: string | Statement): string {
+    if (typeof sql !== 'string') return sql.name;
+    let l = this.labels.get(sql);
+    if (l === undefined) {
+      l = statementLabel(sql);
+      // Texts are constants of the code (values go in parameters); bounded all the same.
+      if (this.labels.size < 1000) this.labels.set(sql, l);
+    }
+    return l;
+  }
+
   query<T = Record<string, unknown>>(
     sql: string | Statement,
     params: readonly unknown[] = [],
   ): Promise<QueryResult<T>> {
-    return this.mutex.run(() => this.raw<T>(sql, params));
+    return this.turn(
+      () => this.label(sql),
+      () => this.raw<T>(sql, params),
+    );
   }
 
   /** Runs several statements separated by semicolons (no parameters). */
   exec(sql: string): Promise<void> {
-    return this.mutex.run(async () => {
-      await this.send({ op: 'exec', sql } as WorkerRequest);
-    });
+    return this.turn(
+      () => 'exec',
+      async () => {
+        await this.send({ op: 'exec', sql } as WorkerRequest);
+      },
+    );
   }
 
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
-    return this.mutex.run(async () => {
-      await this.raw('BEGIN');
-      const tx: Queryable = { query: (sql, params) => this.raw(sql, params ?? []) };
-      try {
-        const out = await fn(tx);
-        await this.raw('COMMIT');
-        return out;
-      } catch (err) {
-        await this.raw('ROLLBACK').catch(() => undefined);
-        throw err;
-      }
-    });
+    // Named after its first statement: `transaction select payment_outbox_batches`.
+    let first = '';
+    return this.turn(
+      () => `transaction ${first}`.trimEnd(),
+      async () => {
+        await this.raw('BEGIN');
+        const tx: Queryable = {
+          query: (sql, params) => {
+            if (first === '' && this.observer) first = this.label(sql);
+            return this.raw(sql, params ?? []);
+          },
+        };
+        try {
+          const out = await fn(tx);
+          await this.raw('COMMIT');
+          return out;
+        } catch (err) {
+          await this.raw('ROLLBACK').catch(() => undefined);
+          throw err;
+        }
+      },
+    );
   }
 
   ping(timeoutMs = 2000): Promise<void> {

@@ -66,6 +66,13 @@ describe('HTTP: operations endpoints', () => {
     a.close();
   });
 
+  it('GET /metrics: the embedded store reports its turns (wait, and hold by statement)', async () => {
+    const text = await metrics();
+    // The start-up's and readiness checks' statements at least.
+    assert.ok((sample(text, 'herald_embedded_store_wait_seconds_count') ?? 0) > 0);
+    assert.match(text, /^herald_embedded_store_hold_seconds_count\{op="[a-z_ ]+"\} [1-9]/m);
+  });
+
   it('GET /metrics: published notifications and deliveries count exactly', async () => {
     const app = 'ops-deliveries';
     const s = await Promise.all([1, 2, 3].map((i) => connect(herald, app, { clientId: `d${i}` })));

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { EmbeddedStore, statementLabel } from '../../src/store/embedded.js';
 import { statement } from '../../src/store/index.js';
 import { testStores } from '../helpers.js';
 
@@ -63,4 +64,62 @@ describe('prepared statements', () => {
       }
     });
   }
+});
+
+describe('embedded store turns (herald_embedded_store_* metrics)', () => {
+  const stores = testStores('t_turns');
+
+  it('names unnamed statements by verb and first table, bounded', () => {
+    assert.equal(statementLabel('SELECT id FROM payment_orders WHERE x = $1'), 'select payment_orders');
+    assert.equal(
+      statementLabel('WITH d AS (DELETE FROM payment_count_deltas RETURNING 1) SELECT 1'),
+      'with payment_count_deltas',
+    );
+    assert.equal(statementLabel('  update webhook_queue SET a = 1'), 'update webhook_queue');
+    assert.equal(statementLabel('VACUUM payment_machines'), 'vacuum payment_machines');
+    assert.equal(statementLabel('SELECT 1'), 'select');
+    assert.equal(statementLabel(''), 'sql');
+  });
+
+  it('reports each statement and transaction: its name, its wait behind others, how long it held the store', async () => {
+    const store = await stores.open('embedded');
+    assert.ok(store instanceof EmbeddedStore);
+    const turns: { op: string; waitMs: number; holdMs: number }[] = [];
+    store.observe((op, waitMs, holdMs) => turns.push({ op, waitMs, holdMs }));
+    await store.query(statement('test_turn', 'SELECT $1::int AS n'), [1]);
+    await store.query('CREATE TABLE IF NOT EXISTS turn_probe (n int)');
+    // Two at once: the second waits for the first, which holds the store ~50 ms.
+    await Promise.all([
+      store.query('SELECT pg_sleep(0.05) FROM turn_probe UNION ALL SELECT pg_sleep(0.05)'),
+      store.query('INSERT INTO turn_probe (n) VALUES (1)'),
+    ]);
+    await store.transaction(async (tx) => {
+      await tx.query('SELECT n FROM turn_probe');
+      await new Promise((r) => setTimeout(r, 30));
+      await tx.query('SELECT 1');
+    });
+    store.observe(undefined);
+    await store.query('SELECT 1');
+    assert.deepEqual(
+      turns.map((t) => t.op),
+      [
+        'herald_test_turn',
+        'create turn_probe',
+        'select turn_probe',
+        'insert turn_probe',
+        'transaction select turn_probe',
+      ],
+    );
+    const [, , sleep, insert, tx] = turns as [
+      unknown,
+      unknown,
+      (typeof turns)[0],
+      (typeof turns)[0],
+      (typeof turns)[0],
+    ];
+    assert.ok(sleep.holdMs >= 45, `the sleep held ${sleep.holdMs} ms`);
+    assert.ok(insert.waitMs >= 40, `the insert waited ${insert.waitMs} ms`);
+    // A transaction holds the store for its whole span, the main thread's work between statements too.
+    assert.ok(tx.holdMs >= 28, `the transaction held ${tx.holdMs} ms`);
+  });
 });
