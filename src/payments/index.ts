@@ -218,6 +218,8 @@ export class Payments {
   /** Outbox rows whose notifications are all published, to delete (by the next batch, or on their own). */
   private published: string[] = [];
   private publishedTimer: NodeJS.Timeout | undefined;
+  /** When the oldest row of `published` was added. */
+  private publishedSince = 0;
   private deleting: Promise<void> | undefined;
   /** Publishes started and not yet finished (awaited by stop()). */
   private readonly publishing = new Set<Promise<unknown>>();
@@ -766,14 +768,28 @@ export class Payments {
     return list;
   }
 
-  /** Records published outbox rows; deletes them on their own when no batch takes them soon. */
+  /**
+   * Records published outbox rows; deletes them on their own when no batch takes them within
+   * PUBLISHED_FLUSH_MS (the node went quiet). Under load every batch takes the rows published before it,
+   * so the timer finds only rows published a moment ago and waits again: deleting those on their own
+   * cost the embedded store ~250 statements a minute at 3,000 events/s (6 ms each).
+   */
   private donePublishing(ids: string[]): void {
+    if (ids.length === 0) return;
+    if (this.published.length === 0) this.publishedSince = Date.now();
     for (const id of ids) this.published.push(id);
-    if (this.publishedTimer || this.published.length === 0) return;
+    this.armPublished(PUBLISHED_FLUSH_MS);
+  }
+
+  private armPublished(ms: number): void {
+    if (this.publishedTimer) return;
     this.publishedTimer = setTimeout(() => {
       this.publishedTimer = undefined;
-      void this.flushPublished();
-    }, PUBLISHED_FLUSH_MS);
+      if (this.published.length === 0) return;
+      const age = Date.now() - this.publishedSince;
+      if (age < PUBLISHED_FLUSH_MS) this.armPublished(PUBLISHED_FLUSH_MS - age);
+      else void this.flushPublished();
+    }, ms);
     this.publishedTimer.unref();
   }
 

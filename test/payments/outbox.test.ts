@@ -149,6 +149,51 @@ for (const kind of STORES) {
       }
     });
 
+    it('deletes published rows with the next batch under a steady stream, on their own once it stops', async () => {
+      const herald = await startNode(newSpot(kind));
+      try {
+        // Statements that delete published rows on their own (not within a batch write).
+        let alone = 0;
+        const store = herald.store as unknown as {
+          query: (sql: unknown, params?: unknown) => Promise<unknown>;
+        };
+        const real = store.query.bind(herald.store);
+        store.query = (sql, params) => {
+          if (typeof sql === 'string' && sql.startsWith('DELETE FROM payment_outbox_batches')) alone++;
+          return real(sql, params);
+        };
+        const pos = await machine(herald, APP, 'pos-stream', 'm-stream');
+        // A report every 25 ms for 1.5 s, each a transition (one outbox row), not waiting for answers.
+        const acks: Promise<Record<string, unknown>>[] = [];
+        for (let i = 0; i < 60; i++) {
+          acks.push(report(pos, ev({ orderId: newOrderId(), type: 'created', amount: 1 })));
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        const answers = await Promise.all(acks);
+        assert.ok(answers.every((a) => a.state === 'created'));
+        const during = alone;
+        // Then the node is quiet: the rows published last are deleted on their own.
+        await eventually(
+          async () =>
+            Number(
+              (
+                await herald.store.query<{ n: number }>(
+                  'SELECT count(*)::int AS n FROM payment_outbox_batches',
+                )
+              ).rows[0]?.n,
+            ) === 0,
+          5000,
+          'the outbox emptied',
+        );
+        // Every 200 ms before (7 or more in 1.5 s): the timer deleted rows the next batch would have.
+        assert.ok(during <= 2, `${during} deletes on their own during the stream`);
+        assert.ok(alone >= 1 && alone <= during + 1, `${alone} deletes on their own in all`);
+        pos.close();
+      } finally {
+        await herald.stop();
+      }
+    });
+
     it('publishes again, from the sweep, a notification whose publish failed, once, with its id', async () => {
       const herald = await startNode(newSpot(kind), { paymentSweepInterval: 100 });
       try {
