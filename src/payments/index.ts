@@ -21,6 +21,8 @@ import type { Store } from '../store/index.js';
 import { announcement } from './announce.js';
 import { PaymentIntake } from './intake.js';
 import {
+  anyOutboxOlder,
+  anyTimedOut,
   applyEvents,
   claimOutbox,
   claimTimedOut,
@@ -560,6 +562,7 @@ export class Payments {
       (first && store.kind === 'embedded' ? Math.min(minAge, Date.now() - this.startedAt) : minAge);
     let total = 0;
     for (let round = 0; round < 20 && !this.stopped; round++) {
+      if (!(await anyOutboxOlder(store, age))) break;
       const n = await store.transaction(async (tx) => {
         const rows = await claimOutbox(tx, age, OUTBOX_BATCH);
         if (rows.length === 0) return { rows: 0, notifications: 0 };
@@ -591,6 +594,7 @@ export class Payments {
     const { store, config } = this.deps;
     let total = 0;
     for (let round = 0; round < 50 && !this.stopped; round++) {
+      if (!(await anyTimedOut(store, config.paymentTimeout))) return total;
       const now = new Date();
       let known = new Set<string>();
       let renamed = false;

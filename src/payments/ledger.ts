@@ -95,6 +95,19 @@ export async function loadOrders(
 }
 
 /**
+ * Whether some open order was created more than `timeoutMs` ago: read outside any transaction, so that
+ * a sweep with nothing to close does not hold the embedded store's one connection for a transaction's
+ * round trips (BEGIN, claim, COMMIT: ~18 ms at 3,000 events/s, every sweep).
+ */
+export async function anyTimedOut(q: Queryable, timeoutMs: number): Promise<boolean> {
+  const { rows } = await q.query(
+    `SELECT 1 FROM payment_open_orders WHERE created_at < now() - $1::float8 * interval '1 millisecond' LIMIT 1`,
+    [timeoutMs],
+  );
+  return rows.length > 0;
+}
+
+/**
  * Claims up to `limit` orders that are still `created`/`paying` `timeoutMs` after they were created,
  * locked for this transaction; rows another node is working on are skipped.
  */
@@ -807,6 +820,15 @@ async function writeBatch(q: Queryable, w: WriteInput): Promise<void> {
 export async function deletePublished(q: Queryable, ids: readonly string[]): Promise<void> {
   if (ids.length === 0) return;
   await q.query('DELETE FROM payment_outbox_batches WHERE id = ANY($1::text[])', [ids]);
+}
+
+/** Whether some outbox row was written at least `minAgeMs` ago (read outside a transaction; see anyTimedOut). */
+export async function anyOutboxOlder(q: Queryable, minAgeMs: number): Promise<boolean> {
+  const { rows } = await q.query(
+    `SELECT 1 FROM payment_outbox_batches WHERE created_at <= now() - $1::float8 * interval '1 millisecond' LIMIT 1`,
+    [minAgeMs],
+  );
+  return rows.length > 0;
 }
 
 /**

@@ -194,6 +194,38 @@ for (const kind of STORES) {
       }
     });
 
+    it('a sweep with nothing to close or publish again opens no transaction', async () => {
+      const herald = await startNode(newSpot(kind), { paymentTimeout: 60_000 });
+      try {
+        const pos = await machine(herald, APP, 'pos-idle', 'm-idle');
+        assert.equal(
+          (await report(pos, ev({ orderId: newOrderId(), type: 'created', amount: 2 }))).state,
+          'created',
+        );
+        // The first sweep runs the hourly retention too (a transaction per app).
+        await herald.payments.sweep();
+        let transactions = 0;
+        const store = herald.store as unknown as { transaction: (fn: unknown) => Promise<unknown> };
+        const real = store.transaction.bind(herald.store);
+        store.transaction = (fn) => {
+          transactions++;
+          return real(fn as never);
+        };
+        const swept = await herald.payments.sweep();
+        assert.deepEqual(
+          { ...swept, transactions },
+          { closed: 0, webhooks: 0, republished: 0, transactions: 0 },
+        );
+        // Once an order is due, the sweep takes it in a transaction.
+        await herald.store.query(`UPDATE payment_open_orders SET created_at = now() - interval '2 minutes'`);
+        assert.equal((await herald.payments.sweep()).closed, 1);
+        assert.ok(transactions >= 1);
+        pos.close();
+      } finally {
+        await herald.stop();
+      }
+    });
+
     it('publishes again, from the sweep, a notification whose publish failed, once, with its id', async () => {
       const herald = await startNode(newSpot(kind), { paymentSweepInterval: 100 });
       try {
