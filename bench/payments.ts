@@ -166,7 +166,7 @@ async function scrape(url: string): Promise<{
   /** Sweep steps (herald_payment_sweep_seconds): count and total seconds by step. */
   sweep?: Record<string, { count: number; sum: number }>;
   /** Embedded store turns (herald_embedded_store_hold_seconds) by op: count, seconds, count over 25 ms. */
-  hold?: Record<string, { count: number; sum: number; over25: number }>;
+  hold?: Record<string, { count: number; sum: number; over25: number; over250: number }>;
 }> {
   try {
     const text = await (await fetch(`${url}/metrics`)).text();
@@ -212,15 +212,16 @@ async function scrape(url: string): Promise<{
       ].reduce(
         (acc, m) => {
           const op = m[3] as string;
-          const o = acc[op] ?? { count: 0, sum: 0, over25: 0 };
+          const o = acc[op] ?? { count: 0, sum: 0, over25: 0, over250: 0 };
           acc[op] = o;
           const le = m[2] ?? m[4];
           if (m[1] === 'sum') o.sum = Number(m[5]);
           else if (m[1] === 'count') o.count = Number(m[5]);
           else if (le === '0.025') o.over25 = -Number(m[5]);
+          else if (le === '0.25') o.over250 = -Number(m[5]);
           return acc;
         },
-        {} as Record<string, { count: number; sum: number; over25: number }>,
+        {} as Record<string, { count: number; sum: number; over25: number; over250: number }>,
       ),
       cache: Object.fromEntries(
         [...text.matchAll(/^herald_payment_order_cache_total\{result="(\w+)"\} ([0-9.e+-]+)$/gm)].map((m) => [
@@ -635,19 +636,26 @@ export async function run(
         }),
       ),
       // Embedded store turns in the measured window, by op: the ten that held it longest in total
-      // (turns, average ms, turns over 25 ms).
+      // (turns, average ms, turns over 25 and 250 ms).
       storeHold: Object.fromEntries(
         Object.entries(metrics1.hold ?? {})
           .map(([op, v]) => {
-            const was = metrics0.hold?.[op] ?? { count: 0, sum: 0, over25: 0 };
+            const was = metrics0.hold?.[op] ?? { count: 0, sum: 0, over25: 0, over250: 0 };
             const n = v.count - was.count;
             const over = v.count + v.over25 - (was.count + was.over25);
-            return [op, { turns: n, ms: (v.sum - was.sum) * 1000, over25ms: over }] as const;
+            const over250 = v.count + v.over250 - (was.count + was.over250);
+            return [
+              op,
+              { turns: n, ms: (v.sum - was.sum) * 1000, over25ms: over, over250ms: over250 },
+            ] as const;
           })
           .filter(([, v]) => v.turns > 0)
           .sort((a, b) => b[1].ms - a[1].ms)
           .slice(0, 10)
-          .map(([op, v]) => [op, { turns: v.turns, avgMs: round(v.ms / v.turns), over25ms: v.over25ms }]),
+          .map(([op, v]) => [
+            op,
+            { turns: v.turns, avgMs: round(v.ms / v.turns), over25ms: v.over25ms, over250ms: v.over250ms },
+          ]),
       ),
       // Orders of the measured batches by source: cache hit, assumed new, read from the store, stale.
       orderCache: Object.fromEntries(
