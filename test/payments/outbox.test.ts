@@ -28,6 +28,12 @@ type Update = { data: Record<string, unknown>; meta: Record<string, unknown> };
 
 after(cleanupSpots);
 
+/** Rows in the realtime outbox (transitions whose notifications are not known to be published). */
+async function outboxRows(herald: Herald): Promise<number> {
+  const r = await herald.store.query<{ n: number }>('SELECT count(*)::int AS n FROM payment_outbox_batches');
+  return Number(r.rows[0]?.n);
+}
+
 /** Starts Herald as a child process on `spot`, with the test hook that kills it after the first commit. */
 async function startCrashingNode(spot: StoreSpot): Promise<{ child: ChildProcess; url: string }> {
   const port = await freePort();
@@ -105,10 +111,7 @@ for (const kind of STORES) {
       try {
         const order = await get(herald, `/payments/orders/${orderId}?appId=${APP}`);
         assert.equal(order.body.state, 'created');
-        const waiting = await herald.store.query<{ n: number }>(
-          'SELECT count(*)::int AS n FROM payment_outbox_batches',
-        );
-        assert.equal(Number(waiting.rows[0]?.n), 1);
+        assert.equal(await outboxRows(herald), 1);
 
         const app = await merchantApp(herald, APP, 'm-crash');
         const got = collect(app) as unknown as Update[];
@@ -128,10 +131,7 @@ for (const kind of STORES) {
           },
         );
         // Published once: the row is gone and a second pass publishes nothing.
-        const left = await herald.store.query<{ n: number }>(
-          'SELECT count(*)::int AS n FROM payment_outbox_batches',
-        );
-        assert.equal(Number(left.rows[0]?.n), 0);
+        assert.equal(await outboxRows(herald), 0);
         assert.equal(await herald.payments.republishOutbox(0), 0);
 
         // The machine sends the unanswered report again: stored once, answered duplicate.
@@ -173,18 +173,7 @@ for (const kind of STORES) {
         assert.ok(answers.every((a) => a.state === 'created'));
         const during = alone;
         // Then the node is quiet: the rows published last are deleted on their own.
-        await eventually(
-          async () =>
-            Number(
-              (
-                await herald.store.query<{ n: number }>(
-                  'SELECT count(*)::int AS n FROM payment_outbox_batches',
-                )
-              ).rows[0]?.n,
-            ) === 0,
-          5000,
-          'the outbox emptied',
-        );
+        await eventually(async () => (await outboxRows(herald)) === 0, 5000, 'the outbox emptied');
         // Every 200 ms before (7 or more in 1.5 s): the timer deleted rows the next batch would have.
         assert.ok(during <= 2, `${during} deletes on their own during the stream`);
         assert.ok(alone >= 1 && alone <= during + 1, `${alone} deletes on their own in all`);
@@ -254,18 +243,7 @@ for (const kind of STORES) {
         );
         const mine = got.filter((u) => u.data.orderId === orderId);
         assert.equal(mine[0]?.meta.id, notificationIdOf(APP, String(event.eventId)));
-        await eventually(
-          async () =>
-            Number(
-              (
-                await herald.store.query<{ n: number }>(
-                  'SELECT count(*)::int AS n FROM payment_outbox_batches',
-                )
-              ).rows[0]?.n,
-            ) === 0,
-          5000,
-          'the outbox row deleted',
-        );
+        await eventually(async () => (await outboxRows(herald)) === 0, 5000, 'the outbox row deleted');
         assert.equal(got.filter((u) => u.data.orderId === orderId).length, 1);
         pos.close();
         app.close();
