@@ -53,6 +53,12 @@ export const ErrorCodes = {
     message: 'deviceId must be 1-128 characters without control characters.',
   },
 
+  too_many_connections: {
+    status: 503,
+    message:
+      'This node holds as many connections as it may (MAX_CONNECTIONS), or this client id as many as one client may (MAX_CONNECTIONS_PER_CLIENT); close others or retry later.',
+  },
+
   // topics and subscriptions
   invalid_topic: {
     status: 400,

@@ -504,14 +504,20 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
   }
   const address = http.server.address() as AddressInfo;
   logger.info(
-    { port: address.port, host: config.host, version: VERSION, startupMs: Date.now() - startedAt },
+    {
+      port: address.port,
+      host: config.host,
+      version: VERSION,
+      startupMs: Date.now() - startedAt,
+      maxConnections: Number.isFinite(gateway.maxConnections) ? gateway.maxConnections : null,
+    },
     'herald listening',
   );
   const files = openFilesLimit();
   if (files && files.soft < OPEN_FILES_WARN_BELOW) {
     logger.warn(
       { openFilesSoft: files.soft, openFilesHard: files.hard },
-      `the open-files limit (${files.soft}) lets this node hold about ${Math.max(0, files.soft - OPEN_FILES_RESERVED)} client connections; raise it (ulimit -n, LimitNOFILE= in systemd, --ulimit nofile= in Docker) for more`,
+      `the open-files limit (${files.soft}) lets this node hold about ${Math.max(0, files.soft - OPEN_FILES_RESERVED)} client connections${config.maxConnections > 0 ? '' : ' (MAX_CONNECTIONS unset: new ones past that are refused as too_many_connections)'}; raise it (ulimit -n, LimitNOFILE= in systemd, --ulimit nofile= in Docker) for more`,
     );
   }
   if (options.compactHeapAfterStart) collectGarbage(logger);

@@ -43,6 +43,10 @@ export interface Config {
   adminToken: string | undefined;
   /** GET /metrics needs `Authorization: Bearer <metricsToken>` when set. */
   metricsToken: string | undefined;
+  /** MAX_CONNECTIONS: 0 derives the cap from the open-files limit (see Gateway). */
+  maxConnections: number;
+  /** MAX_CONNECTIONS_PER_CLIENT: 0 is no cap. */
+  maxConnectionsPerClient: number;
   maxTopicsPerCall: number;
   maxTopicsPerConnection: number;
   /** CLIENT_EVENT_RATE / CLIENT_EVENT_BURST: the per-connection limit on client events (gateway/rate.ts). */

@@ -238,6 +238,26 @@ export const OPTIONS = {
     default: 100,
     doc: 'Topics in one subscribe/unsubscribe/subscribeCount call.',
   },
+  maxConnections: {
+    env: 'MAX_CONNECTIONS',
+    type: { kind: 'int', min: 0, max: 100_000_000 },
+    default: 0,
+    doc:
+      'Client connections (Socket.IO, console included) this node holds at most. One more is refused at its handshake ' +
+      '(HTTP 403 `too_many_connections`; Socket.IO clients retry with back-off, through a load balancer maybe on ' +
+      'another node) and the node goes on serving its connections, its HTTP API and probes. 0: the open-files ' +
+      'limit less 200 where Linux tells it (each connection is an open file: past the limit the node could accept ' +
+      'nothing, probes included), otherwise no cap.',
+  },
+  maxConnectionsPerClient: {
+    env: 'MAX_CONNECTIONS_PER_CLIENT',
+    type: { kind: 'int', min: 0, max: 100_000_000 },
+    default: 100,
+    doc:
+      'Connections one client id of an app may hold on this node at once (its devices, tabs, apps). One more is ' +
+      'refused with connect_error `too_many_connections`: a client that leaks connections cannot take a node ' +
+      'for itself. Anonymous clients are each their own id. 0: no cap.',
+  },
   maxTopicsPerConnection: {
     env: 'MAX_TOPICS_PER_CONNECTION',
     type: { kind: 'int', min: 1, max: 1_000_000 },

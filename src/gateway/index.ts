@@ -4,6 +4,7 @@ import type { AccessControl, ClientIdentity } from '../auth/index.js';
 import type { Config } from '../config/index.js';
 import { type ErrorBody, HeraldError, isHeraldError } from '../errors.js';
 import { ConnectGcPacer } from '../gc.js';
+import { OPEN_FILES_RESERVED, type OpenFilesLimit, openFilesLimit } from '../limits.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics/index.js';
 import type { CountNotifier } from '../router/counts.js';
@@ -524,6 +525,20 @@ export interface GatewayDeps {
 type Ack = (response: { ok: true } & Record<string, unknown>) => void;
 type ErrAck = (response: { ok: false; error: ErrorBody }) => void;
 
+function clientKey(appId: string, clientId: string): string {
+  return `${appId}\u0000${clientId}`;
+}
+
+/**
+ * MAX_CONNECTIONS, or when 0 the open-files limit less what the node keeps open besides connections:
+ * past that limit accept() fails (EMFILE) for everything, HTTP API and probes included.
+ */
+export function connectionCap(configured: number, files: OpenFilesLimit | undefined): number {
+  if (configured > 0) return configured;
+  if (files && Number.isFinite(files.soft)) return Math.max(1, files.soft - OPEN_FILES_RESERVED);
+  return Number.POSITIVE_INFINITY;
+}
+
 function toErrorBody(err: unknown): ErrorBody {
   if (isHeraldError(err)) return err.toBody();
   return { code: 'internal_error', message: 'Internal error; it has been logged.' };
@@ -541,6 +556,11 @@ export class Gateway {
   private readonly gcPacer: ConnectGcPacer;
   /** CLIENT_EVENT_RATE / CLIENT_EVENT_BURST; undefined when the rate is 0 (no limit). */
   private readonly limiter: EventRateLimiter | undefined;
+  /** Engine.IO connections this node accepts at once (MAX_CONNECTIONS, or from the open-files limit). */
+  readonly maxConnections: number;
+  /** Connections per app and client id held or being admitted (MAX_CONNECTIONS_PER_CLIENT; not anonymous). */
+  private readonly perClient = new Map<string, number>();
+  private lastFullWarning = 0;
 
   constructor(
     httpServer: HttpServer,
@@ -552,6 +572,7 @@ export class Gateway {
       config.clientEventRate > 0
         ? new EventRateLimiter(config.clientEventRate, config.clientEventBurst)
         : undefined;
+    this.maxConnections = connectionCap(config.maxConnections, openFilesLimit());
     const origins = config.corsOrigins;
     this.io = new Server(httpServer, {
       cors: { origin: origins.includes('*') ? true : origins, credentials: true },
@@ -562,9 +583,13 @@ export class Gateway {
       serveClient: false,
       perMessageDeflate: false,
       httpCompression: false,
+      // Called for new connections only (a handshake), not for the requests of connected ones.
       allowRequest: (_req, callback) => {
-        if (this.accepting) callback(null, true);
-        else callback('shutting_down', false);
+        if (!this.accepting) callback('shutting_down', false);
+        else if (this.io.engine.clientsCount >= this.maxConnections) {
+          this.refusedFull();
+          callback('too_many_connections', false);
+        } else callback(null, true);
       },
     });
     this.io.engine.on('connection', prepareEngineSocket);
@@ -586,6 +611,25 @@ export class Gateway {
       this.authenticate(socket).then(
         async (identity) => {
           socket.data.identity = identity;
+          const counted = this.admitClient(socket.nsp.name.slice(1), identity.clientId);
+          if (counted === false) {
+            next(
+              this.connectError(
+                new HeraldError(
+                  'too_many_connections',
+                  `Client ${JSON.stringify(identity.clientId)} holds ${config.maxConnectionsPerClient} connections to this node, as many as one client may (MAX_CONNECTIONS_PER_CLIENT); close one first.`,
+                ),
+              ),
+            );
+            return;
+          }
+          if (counted !== undefined) {
+            // Counted from now; given back at disconnect, or here if the socket never connects (its
+            // client left meanwhile: Socket.IO connects it in the next tick or not at all).
+            setImmediate(() => {
+              if (socket.data.conn === undefined) this.releaseClient(counted);
+            });
+          }
           if (deps.admit) {
             socket.data.admitted = await deps
               .admit(socket.nsp.name.slice(1), identity.clientId)
@@ -729,8 +773,54 @@ export class Gateway {
   private readonly onDisconnect = ((gateway: Gateway) =>
     function (this: Socket): void {
       const conn = this.data.conn as SocketConn | undefined;
-      if (conn) gateway.deps.router.remove(conn);
+      if (conn) {
+        gateway.deps.router.remove(conn);
+        if (gateway.countsClient(conn.clientId)) gateway.releaseClient(clientKey(conn.appId, conn.clientId));
+      }
     })(this);
+
+  private countsClient(clientId: string): boolean {
+    return this.deps.config.maxConnectionsPerClient > 0 && !clientId.startsWith('anon:');
+  }
+
+  /**
+   * Counts a connection of a client id: its key when counted, undefined when not counted (anonymous, or
+   * no cap), false when the client already holds MAX_CONNECTIONS_PER_CLIENT connections here.
+   */
+  private admitClient(appId: string, clientId: string): string | undefined | false {
+    if (!this.countsClient(clientId)) return undefined;
+    const key = clientKey(appId, clientId);
+    const held = this.perClient.get(key) ?? 0;
+    if (held >= this.deps.config.maxConnectionsPerClient) {
+      this.deps.metrics.connectionsRefused.inc({ reason: 'client' });
+      return false;
+    }
+    this.perClient.set(key, held + 1);
+    return key;
+  }
+
+  private releaseClient(key: string): void {
+    const held = this.perClient.get(key) ?? 0;
+    if (held <= 1) this.perClient.delete(key);
+    else this.perClient.set(key, held - 1);
+  }
+
+  /** Connections a client id holds here (counted ones only); for tests and the console. */
+  clientConnections(appId: string, clientId: string): number {
+    return this.perClient.get(clientKey(appId, clientId)) ?? 0;
+  }
+
+  /** A handshake refused at MAX_CONNECTIONS: counted, and logged once a minute at most. */
+  private refusedFull(): void {
+    this.deps.metrics.connectionsRefused.inc({ reason: 'node' });
+    const now = Date.now();
+    if (now - this.lastFullWarning < 60_000) return;
+    this.lastFullWarning = now;
+    this.deps.logger.warn(
+      { connections: this.io.engine.clientsCount, max: this.maxConnections },
+      'this node holds MAX_CONNECTIONS connections: new ones are refused (too_many_connections) until some close',
+    );
+  }
 
   private readonly onEvent = ((gateway: Gateway) =>
     function (this: Socket, event: string, ...args: unknown[]): void {

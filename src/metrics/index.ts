@@ -74,6 +74,7 @@ export class Metrics {
   readonly clientEventsRefused: Counter;
   readonly floodingClients: Counter;
   readonly connectGc: Counter;
+  readonly connectionsRefused: Counter<'reason'>;
 
   constructor(gateway: GatewayStats) {
     const registers = [this.registry];
@@ -142,6 +143,12 @@ export class Metrics {
     this.countUpdates = new Counter({
       name: 'herald_count_updates_total',
       help: 'Count updates written to watchers.',
+      registers,
+    });
+    this.connectionsRefused = new Counter({
+      name: 'herald_connections_refused_total',
+      help: 'Connections refused as too_many_connections: node (MAX_CONNECTIONS) or client (MAX_CONNECTIONS_PER_CLIENT).',
+      labelNames: ['reason'],
       registers,
     });
     this.slowClients = new Counter({
