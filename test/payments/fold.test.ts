@@ -146,6 +146,24 @@ describe('payment counter fold', () => {
       const later = await size();
       const c = await counters(store);
       assert.equal(c.events, 241 * 200);
+      // Both tables keep half of each page free (migration 029).
+      const options = await store.query<{ relname: string; reloptions: string[] | string | null }>(
+        `SELECT relname, reloptions FROM pg_class
+         WHERE relname IN ('payment_state_counts', 'payment_minute_counts') AND relkind = 'r'
+           AND relnamespace = current_schema()::regnamespace ORDER BY relname`,
+      );
+      assert.deepEqual(
+        options.rows.map((r) => [r.relname, String(r.reloptions)]),
+        [
+          ['payment_minute_counts', 'fillfactor=50'],
+          ['payment_state_counts', 'fillfactor=50'],
+        ],
+      );
+      // On a PostgreSQL server the old row versions are reclaimed only once no transaction of the
+      // database may still see them: other tests' transactions (CI runs test files side by side) hold
+      // that back, and autovacuum reclaims them later anyway. The embedded store has no autovacuum and no
+      // other sessions: there the sizes must stay level.
+      if (kind === 'postgres') return;
       assert.ok(
         later.states <= 1.5 * first.states,
         `state counters ${first.states} -> ${later.states} bytes`,
