@@ -66,6 +66,56 @@ const prepared = new Map();
 const { serialize } = protocol;
 const quiet = { syncToFs: false };
 
+const encoder = new TextEncoder();
+/** The Bind message's buffer, reused (see bindMessage); grown when a message needs more. */
+let scratch = new Uint8Array(64 * 1024);
+let scratchView = new DataView(scratch.buffer);
+
+/**
+ * The Bind message of a prepared statement with text parameters, written into one reused buffer.
+ * pg-protocol's serializer (PGlite's `serialize.bind`) grows a fresh ArrayBuffer by half at a time for
+ * every message and copies it twice more: for the payment batch write (tens of KB of JSON parameters,
+ * ~100 statements a second) that was megabytes of short-lived external memory a second, and V8 answers
+ * external memory with full collections (this worker ran a mark-compact every ~0.5 s under
+ * `npm run bench -- payments`, each pausing the store). The buffer is read synchronously by
+ * `execProtocol` before it returns, so reusing it is safe (statements run one at a time).
+ * @param {string} name @param {(string | null)[]} values
+ */
+function bindMessage(name, values) {
+  // Worst case UTF-8: 3 bytes per UTF-16 code unit.
+  let max = 16 + name.length * 3 + values.length * 4;
+  for (const v of values) if (v !== null) max += v.length * 3;
+  if (scratch.length < max) {
+    scratch = new Uint8Array(Math.max(max, scratch.length * 2));
+    scratchView = new DataView(scratch.buffer);
+  }
+  const b = scratch;
+  const view = scratchView;
+  let o = 5; // 'B' and the length, written last
+  b[o++] = 0; // unnamed portal
+  o += encoder.encodeInto(name, b.subarray(o)).written;
+  b[o++] = 0;
+  view.setInt16(o, 0); // no parameter format codes: all text
+  o += 2;
+  view.setInt16(o, values.length);
+  o += 2;
+  for (const v of values) {
+    if (v === null) {
+      view.setInt32(o, -1);
+      o += 4;
+    } else {
+      const n = encoder.encodeInto(v, b.subarray(o + 4)).written;
+      view.setInt32(o, n);
+      o += 4 + n;
+    }
+  }
+  view.setInt16(o, 0); // no result format codes: all text
+  o += 2;
+  b[0] = 0x42; // 'B'
+  view.setInt32(1, o - 1);
+  return b.subarray(0, o);
+}
+
 /**
  * Runs a named statement with the extended protocol, as PGlite's `query` does for an unnamed one
  * (Parse once, then Bind, Describe, Execute and Sync), and parses the rows with the same type parsers.
@@ -98,7 +148,10 @@ async function runNamed(name, text, params) {
     /** @type {Parameters<typeof pgParse.parseResults>[0]} */
     const messages = [];
     try {
-      messages.push(...(await db.execProtocol(serialize.bind({ statement: name, values }), quiet)).messages);
+      const bind = values.every((v) => v === null || typeof v === 'string')
+        ? bindMessage(name, /** @type {(string | null)[]} */ (values))
+        : serialize.bind({ statement: name, values });
+      messages.push(...(await db.execProtocol(bind, quiet)).messages);
       messages.push(...(await db.execProtocol(serialize.describe({ type: 'P' }), quiet)).messages);
       messages.push(...(await db.execProtocol(serialize.execute({}), quiet)).messages);
     } finally {

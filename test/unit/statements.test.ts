@@ -66,6 +66,42 @@ describe('prepared statements', () => {
   }
 });
 
+describe('prepared statements: parameters as they are bound', () => {
+  const stores = testStores('t_bind');
+  const echo = statement(
+    'test_bind_echo',
+    'SELECT $1::text AS a, $2::text AS b, $3::int AS n, $4::text[] AS list, $5::jsonb AS doc, $6::text AS big',
+  );
+
+  for (const kind of ['postgres', 'embedded'] as const) {
+    it(`come back unchanged: multi-byte text, null, empty, numbers, arrays, JSON, 300 KB (${kind})`, async () => {
+      const store = await stores.open(kind);
+      const big = '收款 4.00 元 😀 '.repeat(20_000);
+      for (const a of ['收款 4.00 元', '😀 ab', '', 'plain']) {
+        const r = await store.query<Record<string, unknown>>(echo, [
+          a,
+          null,
+          42,
+          ['x', '收', 'y z', ''],
+          JSON.stringify({ k: '元', n: [1, 2] }),
+          big,
+        ]);
+        const row = r.rows[0] as Record<string, unknown>;
+        assert.equal(row.a, a);
+        assert.equal(row.b, null);
+        assert.equal(row.n, 42);
+        assert.deepEqual(row.list, ['x', '收', 'y z', '']);
+        assert.deepEqual(row.doc, { k: '元', n: [1, 2] });
+        assert.equal(row.big, big);
+      }
+      // A short statement after a long one: nothing of the long one's buffer leaks into it.
+      const short = await store.query<{ a: string }>(echo, ['s', null, 1, [], '{}', '']);
+      assert.equal(short.rows[0]?.a, 's');
+      assert.equal(short.rows[0]?.big as unknown, '');
+    });
+  }
+});
+
 describe('embedded store turns (herald_embedded_store_* metrics)', () => {
   const stores = testStores('t_turns');
 
