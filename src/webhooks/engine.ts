@@ -144,6 +144,8 @@ export class WebhookEngine {
   private ramp = 1;
   private wakeUp: (() => void) | undefined;
   private woken = false;
+  /** The last claim found nothing: the next poll probes the queue before claiming (see run). */
+  private lastClaimEmpty = false;
   private readonly inFlight = new Map<string, InFlight>();
   /** In-flight requests in the slow lane (slow merchants, or running longer than WEBHOOK_SLOW_LANE_AFTER). */
   private slowLane = 0;
@@ -657,10 +659,20 @@ export class WebhookEngine {
         const chunk = Math.min(claimMax, Math.max(1, Math.floor(budget / 4)));
         // Free slots after a pump: nothing buffered can start, so a claim is needed however small.
         const starving = this.freeSlots() > 0;
-        if (room > 0 && (room >= chunk || starving || trials.length > 0) && this.state === 'running') {
+        // After a claim that found nothing, an empty queue is told by a cheap probe (an enqueue on this
+        // node wakes the dispatcher; one on another node is found at the next poll, as before).
+        const empty =
+          this.lastClaimEmpty && trials.length === 0 && room > 0 && !(await this.queue.anyQueued());
+        if (
+          !empty &&
+          room > 0 &&
+          (room >= chunk || starving || trials.length > 0) &&
+          this.state === 'running'
+        ) {
           const want = Math.min(room, claimMax);
           const claimedAt = Date.now();
           const rows = await this.queue.claim(want, trials, this.heldLeases(), this.lagCaps());
+          this.lastClaimEmpty = rows.length === 0;
           if (trials.length > 0) {
             const used = new Set(rows.filter((r) => r.trial).map((r) => r.merchantKey));
             const unused = trials.filter((t) => !used.has(t));

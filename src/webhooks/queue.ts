@@ -356,6 +356,21 @@ export class WebhookQueue {
     }
   }
 
+  /**
+   * Whether any webhook waits in the queue (due or not), through the queued rows' partial index: far
+   * cheaper than a claim, which is planned and run in full even when the queue is empty (5-9 ms of the
+   * embedded store's one connection at every poll).
+   */
+  async anyQueued(): Promise<boolean> {
+    const r = await this.store.query(
+      statement(
+        'webhook_any_queued',
+        `SELECT 1 FROM webhook_deliveries WHERE status IN ${QUEUED_STATUSES} LIMIT 1`,
+      ),
+    );
+    return r.rows.length > 0;
+  }
+
   /** The embedded store serves one process: every lease left in it belongs to a process that died. */
   async releaseAllLeases(): Promise<number> {
     const r = await this.store.query(

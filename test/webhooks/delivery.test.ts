@@ -87,6 +87,36 @@ for (const store of STORES) {
       }
     });
 
+    it('an idle dispatcher probes the queue instead of claiming at every poll, and sends new work at once', async () => {
+      const node = await startNode(store, { webhookPollInterval: 20 });
+      const m = await Merchant.start();
+      try {
+        const queue = (
+          node.webhooks as unknown as { queue: { claim: (...a: unknown[]) => Promise<unknown[]> } }
+        ).queue;
+        const real = queue.claim.bind(queue);
+        let claims = 0;
+        queue.claim = (...a) => {
+          claims++;
+          return real(...a);
+        };
+        // Nothing queued: 25 polls in 500 ms, and at most the first claims (each was a full claim before).
+        await sleep(500);
+        assert.ok(claims <= 2, `${claims} claims while the queue was empty`);
+        const r = await call(node.url(), 'POST', '/merchant-notify', {
+          orderNo: orderNo(),
+          notifyUrl: m.url('/idle'),
+          payload: { amount: 1 },
+        });
+        assert.equal(r.status, 202, JSON.stringify(r.body));
+        await waitFor(() => m.received.length >= 1, 3000, 'the webhook sent after the idle polls');
+        assert.equal((await deliveryFinished(node, String(r.body.data.id))).status, 'delivered');
+      } finally {
+        await m.close();
+        await node.cleanup();
+      }
+    });
+
     it('retries a failing merchant on the schedule (3 retries) and then marks the webhook failed', async () => {
       const m = await Merchant.start(status(500, 'boom'));
       try {
