@@ -139,6 +139,19 @@ export interface HeraldClient {
 
 const MAX_PER_CALL = 100;
 /**
+ * Refusals of the connect after which the same connect may pass later (a node at its connection cap or
+ * stopping, a client at its cap until one of its connections closes): tried again with the back-off.
+ * Others (`unknown_app`, `invalid_client_id`, a fixed token refused, ...) would be refused again.
+ */
+const RETRIED_REFUSALS = new Set([
+  'too_many_connections',
+  'shutting_down',
+  'not_ready',
+  'internal_error',
+  'store_unavailable',
+  'cluster_unavailable',
+]);
+/**
  * An event the server refused as over its per-connection limit (`rate_limited`, CLIENT_EVENT_RATE) is
  * sent again after the server's `retryAfterMs` (each refused event is told a slot of its own), up to this
  * many times; then the error reaches the caller.
@@ -458,6 +471,35 @@ export function connect(options: ConnectOptions): HeraldClient {
     if (reason === 'io server disconnect' && status !== 'closed') socket.connect();
   });
   socket.io.on('reconnect_attempt', () => setStatus('connecting'));
+  // A connect the server refused (its `connect_error` carries `data.code`) is not tried again by
+  // socket.io-client, which would leave the client `connecting` for good: the refusal is reported
+  // (`onStatus('disconnected', code)`), and one that may pass later is tried again with the back-off
+  // (a token function is asked for a fresh token on every try).
+  let refusals = 0;
+  let refusalTimer: ReturnType<typeof setTimeout> | undefined;
+  socket.on('connect_error', (err: Error & { data?: { code?: unknown } }) => {
+    if (socket.active || status === 'closed') return; // a transport failure: Socket.IO retries by itself
+    const code = typeof err.data?.code === 'string' ? err.data.code : 'connect_refused';
+    setStatus('disconnected', code);
+    const retry =
+      RETRIED_REFUSALS.has(code) || (code === 'invalid_token' && typeof options.token === 'function');
+    if (!retry || refusals >= (backoff.attempts ?? Number.POSITIVE_INFINITY)) return;
+    const first = backoff.initialDelayMs ?? 500;
+    const jitter = backoff.jitter ?? 0.5;
+    const delay =
+      Math.min(backoff.maxDelayMs ?? 10_000, first * 2 ** Math.min(refusals, 20)) *
+      (1 + (Math.random() * 2 - 1) * jitter);
+    refusals++;
+    refusalTimer = setTimeout(() => {
+      refusalTimer = undefined;
+      if (status === 'closed' || socket.connected) return;
+      setStatus('connecting');
+      socket.connect();
+    }, delay);
+  });
+  socket.on('connect', () => {
+    refusals = 0;
+  });
   socket.on('dataUpdate', (data: unknown, meta: Meta) => {
     if (
       meta &&
@@ -583,6 +625,7 @@ export function connect(options: ConnectOptions): HeraldClient {
     close() {
       setStatus('closed');
       if (heartbeatTimer) clearTimeout(heartbeatTimer);
+      if (refusalTimer) clearTimeout(refusalTimer);
       if (catchUpTimer) clearTimeout(catchUpTimer);
       if (receiptTimer) {
         clearTimeout(receiptTimer);

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { SignJWT } from 'jose';
 import type { SocketConn } from '../../src/gateway/index.js';
 import { type HeraldClient, HeraldClientError, connect as sdkConnect } from '../../src/sdk/index.js';
-import { post, startTestHerald, type TestHerald, until } from '../helpers.js';
+import { connect as connectRaw, post, sleep, startTestHerald, type TestHerald, until } from '../helpers.js';
 
 /** Closes the server side transport of every socket of a client id, as a network drop would. */
 function dropTransport(herald: TestHerald, clientId: string): number {
@@ -159,5 +160,96 @@ describe('SDK under CLIENT_EVENT_RATE', () => {
     assert.equal(c.status, 'connected');
     await post(herald, '/notify', { appId: 'sdk-app', eventTopics: topics, data: { all: true } });
     await until(() => got.length === 1, 3000, 'the notification');
+  });
+});
+
+describe('SDK: connects the server refused', () => {
+  const SHOP = {
+    id: 'sdk-shop',
+    secret: 'a-long-random-secret-for-the-sdk-shop',
+    apiKeys: ['sdk-shop-key-0001'],
+  };
+  let herald: TestHerald;
+  const clients: HeraldClient[] = [];
+  const statuses = (c: HeraldClient) => {
+    const seen: string[] = [];
+    c.onStatus((s, reason) => seen.push(reason ? `${s}:${reason}` : s));
+    return seen;
+  };
+  const token = (claims: { sub: string; exp?: number }) =>
+    new SignJWT({})
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject(claims.sub)
+      .setIssuedAt(Math.floor(Date.now() / 1000) - 120)
+      .setExpirationTime(claims.exp ?? Math.floor(Date.now() / 1000) + 300)
+      .sign(new TextEncoder().encode(SHOP.secret));
+
+  before(async () => {
+    herald = await startTestHerald({ apps: [SHOP], maxConnectionsPerClient: 1 });
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await herald.cleanup();
+  });
+
+  it('reports too_many_connections and connects once the client has a connection free', async () => {
+    const holder = await connectRaw(herald, SHOP.id, { token: await token({ sub: 'capped' }) });
+    const c = sdkConnect({
+      url: herald.url(),
+      appId: SHOP.id,
+      token: () => token({ sub: 'capped' }),
+      reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+      socketOptions: { transports: ['websocket'] },
+    });
+    clients.push(c);
+    const seen = statuses(c);
+    await until(() => seen.includes('disconnected:too_many_connections'), 3000, 'the refusal reported');
+    holder.close();
+    await until(() => c.status === 'connected', 5000, 'connected once the other connection closed');
+    assert.deepEqual(await c.subscribe('after-cap'), ['after-cap']);
+  });
+
+  it('asks the token function again after invalid_token (an expired token is refreshed)', async () => {
+    let calls = 0;
+    const c = sdkConnect({
+      url: herald.url(),
+      appId: SHOP.id,
+      token: () => {
+        calls++;
+        return calls === 1
+          ? token({ sub: 'refresh', exp: Math.floor(Date.now() / 1000) - 60 })
+          : token({ sub: 'refresh' });
+      },
+      reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+      socketOptions: { transports: ['websocket'] },
+    });
+    clients.push(c);
+    const seen = statuses(c);
+    await until(() => c.status === 'connected', 5000, 'connected with the refreshed token');
+    assert.ok(seen.includes('disconnected:invalid_token'), seen.join());
+    assert.ok(calls >= 2);
+  });
+
+  it('does not try again a refusal that would repeat (a fixed token refused, an unknown app)', async () => {
+    for (const [appId, tok, code] of [
+      [SHOP.id, 'not.a.jwt', 'invalid_token'],
+      ['no-such-app', await token({ sub: 'x' }), 'unknown_app'],
+    ] as const) {
+      const c = sdkConnect({
+        url: herald.url(),
+        appId,
+        token: tok,
+        reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+        socketOptions: { transports: ['websocket'] },
+      });
+      clients.push(c);
+      const seen = statuses(c);
+      let refused = 0;
+      c.socket.on('connect_error', () => refused++);
+      await until(() => seen.includes(`disconnected:${code}`), 3000, `${code} reported`);
+      await sleep(300);
+      assert.equal(refused, 1, `${code}: tried once`);
+      assert.equal(c.status, 'disconnected');
+    }
   });
 });
