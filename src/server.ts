@@ -632,4 +632,24 @@ function observeEmbeddedStore(store: EmbeddedStore, registry: Registry): void {
     wait.observe(waitMs / 1000);
     hold.observe({ op }, holdMs / 1000);
   });
+  const checkpoints = store.checkpointStats;
+  new Counter({
+    name: 'herald_embedded_store_checkpoints_total',
+    help: 'Checkpoints the embedded store ran (by WAL size or interval; their hold is op="checkpoint" above), and those that failed.',
+    labelNames: ['result'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ result: 'done' }, checkpoints.checkpoints);
+      this.inc({ result: 'failed' }, checkpoints.failures);
+    },
+  });
+  new Gauge({
+    name: 'herald_embedded_store_wal_bytes',
+    help: 'WAL the embedded store wrote since its last checkpoint (as of the last check, every 10 s): what a crash would replay.',
+    registers: [registry],
+    collect() {
+      this.set(checkpoints.walBytes);
+    },
+  });
 }

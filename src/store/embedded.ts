@@ -4,12 +4,73 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { pingStore } from './ping.js';
-import type { Queryable, QueryResult, Statement, Store } from './types.js';
+import { type Queryable, type QueryResult, type Statement, type Store, statement } from './types.js';
 
 interface WorkerInit {
   dir: string;
   schema: string;
   templatePath: string | undefined;
+  settings: Record<string, string>;
+}
+
+/**
+ * PostgreSQL settings of the embedded store, on top of PGlite's (which already runs without fsync: its
+ * writes reach the operating system's cache, so a killed process loses nothing committed, a power cut may).
+ * - `wal_init_zero=off`: a new 16 MB WAL segment is not first filled with zeros. Under the payment intake
+ *   (~4.5 MB of WAL a second at 3,000 events/s) that fill held a batch write for 25-100 ms every ~3 s
+ *   (`npm run bench -- payments --series`: the worst latency of a 250 ms window peaked at that period).
+ * - `full_page_writes=off`: after a checkpoint, the first change of each page would log the whole page,
+ *   against pages torn by a crash in the middle of their write. PGlite writes a page with one `write`
+ *   call to the operating system, which a killed process cannot tear, and what a power cut can do is
+ *   already uncovered without fsync; the page images doubled the WAL written after each checkpoint.
+ * - `max_wal_size`, `min_wal_size`: how much finished WAL is kept for reuse after a checkpoint.
+ */
+export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = {
+  wal_init_zero: 'off',
+  full_page_writes: 'off',
+  max_wal_size: '512MB',
+  min_wal_size: '64MB',
+};
+
+/**
+ * When the embedded store checkpoints. PGlite runs PostgreSQL as a single process, without the
+ * checkpointer that would do it on its own: its WAL grew without end while a node ran (1.1 GB in
+ * 200 s of payment intake, `npx tsx bench/tools/wal-cost.mts --seconds 200`), to be replayed in full
+ * after a crash. A `CHECKPOINT` holds the store while it writes the changed pages (60-105 ms after
+ * 128 MiB of WAL, every ~30 s at 3,000 events/s; 20-50 ms after 32 MiB, every ~8 s), so it runs when the
+ * WAL written since the last one passes `walBytes`, or after `intervalMs` when any was written; checked
+ * every `checkMs`.
+ */
+export interface CheckpointPolicy {
+  walBytes: number;
+  intervalMs: number;
+  checkMs: number;
+}
+
+export const DEFAULT_CHECKPOINTS: CheckpointPolicy = {
+  walBytes: 128 * 1024 * 1024,
+  intervalMs: 5 * 60_000,
+  checkMs: 10_000,
+};
+
+/** WAL written since the last checkpoint began (its redo point), in bytes. */
+const WAL_SINCE_CHECKPOINT = statement(
+  'wal_since_checkpoint',
+  'SELECT (pg_current_wal_insert_lsn() - (pg_control_checkpoint()).redo_lsn)::float8 AS bytes',
+);
+
+/** What the checkpointer did (for metrics). */
+export interface CheckpointStats {
+  checkpoints: number;
+  failures: number;
+  /** WAL written since the last checkpoint, as of the last check. */
+  walBytes: number;
+  lastMs: number;
+}
+
+export interface EmbeddedOptions {
+  settings?: Record<string, string>;
+  checkpoints?: CheckpointPolicy;
 }
 
 type WorkerRequest =
@@ -119,10 +180,20 @@ export class EmbeddedStore implements Store {
   private readonly lockFile: string;
   private observer: StoreTurnObserver | undefined;
   private readonly labels = new Map<string, string>();
+  private readonly checkpointTimer: NodeJS.Timeout;
+  private checkpointRunning = false;
+  private lastCheckpoint = Date.now();
+  readonly checkpointStats: CheckpointStats = { checkpoints: 0, failures: 0, walBytes: 0, lastMs: 0 };
 
-  private constructor(worker: Worker, lockFile: string) {
+  private constructor(
+    worker: Worker,
+    lockFile: string,
+    private readonly checkpoints: CheckpointPolicy,
+  ) {
     this.worker = worker;
     this.lockFile = lockFile;
+    this.checkpointTimer = setInterval(() => void this.checkpointIfDue(), checkpoints.checkMs);
+    this.checkpointTimer.unref();
     worker.on('message', (msg: WorkerResponse) => {
       if (!('ok' in msg)) return;
       const p = this.pending.get(msg.id);
@@ -135,7 +206,7 @@ export class EmbeddedStore implements Store {
     worker.on('exit', () => this.failAll(new Error('embedded store worker exited')));
   }
 
-  static async open(dataDir: string, schema: string): Promise<EmbeddedStore> {
+  static async open(dataDir: string, schema: string, options: EmbeddedOptions = {}): Promise<EmbeddedStore> {
     const dir = resolve(dataDir);
     const lockFile = takeLock(dir);
     const workerUrl = new URL('./pglite-worker.js', import.meta.url);
@@ -143,6 +214,7 @@ export class EmbeddedStore implements Store {
       dir: join(dir, 'pg'),
       schema,
       templatePath: join(tmpdir(), `herald-pglite-${pgliteVersion()}.tar`),
+      settings: { ...EMBEDDED_SETTINGS, ...options.settings },
     };
     const worker = new Worker(workerUrl, { workerData: init });
     try {
@@ -162,10 +234,40 @@ export class EmbeddedStore implements Store {
       rmSync(lockFile, { force: true });
       throw err;
     }
-    return new EmbeddedStore(worker, lockFile);
+    return new EmbeddedStore(worker, lockFile, options.checkpoints ?? DEFAULT_CHECKPOINTS);
+  }
+
+  /** Checkpoints when enough WAL was written, or some and long enough ago (see CheckpointPolicy). */
+  async checkpointIfDue(): Promise<boolean> {
+    if (this.closed || this.checkpointRunning) return false;
+    this.checkpointRunning = true;
+    try {
+      const r = await this.query<{ bytes: number }>(WAL_SINCE_CHECKPOINT);
+      const bytes = Number(r.rows[0]?.bytes ?? 0);
+      this.checkpointStats.walBytes = bytes;
+      // A checkpoint's own record is a few hundred bytes: more than 64 KB means real writes since.
+      const due =
+        bytes >= this.checkpoints.walBytes ||
+        (bytes > 65_536 && Date.now() - this.lastCheckpoint >= this.checkpoints.intervalMs);
+      if (!due) return false;
+      const start = performance.now();
+      await this.query('CHECKPOINT');
+      this.checkpointStats.lastMs = performance.now() - start;
+      this.checkpointStats.checkpoints++;
+      this.checkpointStats.walBytes = 0;
+      this.lastCheckpoint = Date.now();
+      return true;
+    } catch {
+      // A closed store ends the timer; a failed checkpoint is tried again at the next check.
+      if (!this.closed) this.checkpointStats.failures++;
+      return false;
+    } finally {
+      this.checkpointRunning = false;
+    }
   }
 
   private failAll(err: Error): void {
+    clearInterval(this.checkpointTimer);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     this.closed = true;
@@ -270,6 +372,7 @@ export class EmbeddedStore implements Store {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.checkpointTimer);
     if (this.closed) return;
     try {
       await this.mutex.run(() => this.send({ op: 'close' } as WorkerRequest));

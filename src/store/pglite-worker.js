@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { PGlite, parse as pgParse, protocol } from '@electric-sql/pglite';
 
-/** @type {{ dir: string, schema: string, templatePath: string | undefined }} */
+/** @type {{ dir: string, schema: string, templatePath: string | undefined, settings: Record<string, string> }} */
 const init = workerData;
 const port = parentPort;
 if (!port) throw new Error('pglite-worker must run in a worker thread');
@@ -20,7 +20,14 @@ const INT8 = 20;
 async function open() {
   mkdirSync(init.dir, { recursive: true });
   const fresh = !existsSync(join(init.dir, 'PG_VERSION'));
-  const options = { parsers: { [INT8]: (/** @type {string} */ v) => Number(v) } };
+  const options = {
+    parsers: { [INT8]: (/** @type {string} */ v) => Number(v) },
+    // PGlite's own start parameters, then the store's settings (see EMBEDDED_SETTINGS in embedded.ts).
+    startParams: [
+      ...PGlite.defaultStartParams,
+      ...Object.entries(init.settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+    ],
+  };
   if (fresh && init.templatePath && existsSync(init.templatePath)) {
     // A ready-made empty cluster: about 5x faster than running initdb again.
     const blob = new Blob([readFileSync(init.templatePath)]);

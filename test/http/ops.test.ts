@@ -71,6 +71,9 @@ describe('HTTP: operations endpoints', () => {
     // The start-up's and readiness checks' statements at least.
     assert.ok((sample(text, 'herald_embedded_store_wait_seconds_count') ?? 0) > 0);
     assert.match(text, /^herald_embedded_store_hold_seconds_count\{op="[a-z_ ]+"\} [1-9]/m);
+    // The checkpointer's figures (test/unit/checkpoints.test.ts checks what they count).
+    assert.match(text, /^herald_embedded_store_checkpoints_total\{result="done"\} \d+$/m);
+    assert.match(text, /^herald_embedded_store_wal_bytes \d+$/m);
   });
 
   it('GET /metrics: published notifications and deliveries count exactly', async () => {
