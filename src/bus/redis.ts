@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
+import { LRUCache } from 'lru-cache';
 import { clusterUnavailable } from '../errors.js';
 import type { History } from '../history/index.js';
 import { RedisHistory } from '../history/redis.js';
@@ -214,7 +215,7 @@ export class RedisCluster {
    * announced before this node listened again) reaches nobody otherwise. At most COUNT_READ_MAX, the
    * least recently read go first.
    */
-  private countRead = new Map<string, { appId: string; topic: string }>();
+  private countRead = new LRUCache<string, { appId: string; topic: string }>({ max: COUNT_READ_MAX });
   private flushScheduled = false;
   private resyncNeeded = false;
   /** Whether a heartbeat of this node has reached Redis (a later one that adds the node anew was reaped). */
@@ -949,11 +950,8 @@ export class RedisCluster {
   /** The cluster-wide count, or this node's own when Redis is away. */
   private async count(appId: string, topic: string): Promise<TopicCount> {
     const at = `${appId}|${topic}`;
-    this.countRead.delete(at);
+    // An LRU list: a full Map dropping its first key at each read would skip every deleted slot.
     this.countRead.set(at, { appId, topic });
-    if (this.countRead.size > COUNT_READ_MAX) {
-      this.countRead.delete(this.countRead.keys().next().value as string);
-    }
     if (!this.commandsReady()) return this.localOnly(appId, topic);
     try {
       const tmp = this.key(`tmp:${this.nodeId}:${this.tmpCounter++}`);

@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import { TIMEOUT_STATES } from './state-machine.js';
 import type { Order } from './types.js';
 
@@ -11,43 +12,44 @@ import type { Order } from './types.js';
  * of them still has the version it had here (changed orders by the version their update expects,
  * the others by a check of their own), and a batch that assumed an order is new inserts it only if it
  * does not exist. When another node or the timeout sweep changed an order meanwhile, the write aborts
- * and the batch runs again from the store. Bounded: past `max` orders the oldest go first.
+ * and the batch runs again from the store. Bounded: past `max` orders the least recently used go first
+ * (an LRU list: a Map's first key costs a skip over every key deleted before it, see MemoryReceipts).
  */
 export class OrderCache {
-  private readonly orders = new Map<string, Order>();
+  private readonly orders: LRUCache<string, Order> | undefined;
   hits = 0;
   misses = 0;
 
-  constructor(readonly max: number) {}
+  constructor(readonly max: number) {
+    this.orders = max > 0 ? new LRUCache<string, Order>({ max }) : undefined;
+  }
 
   get size(): number {
-    return this.orders.size;
+    return this.orders?.size ?? 0;
   }
 
   /** A copy of the cached order (the batch mutates it; the cache keeps what was committed). */
   get(key: string): Order | undefined {
-    const o = this.orders.get(key);
+    const o = this.orders?.get(key);
     if (!o) return undefined;
     return { ...o, createdAt: o.createdAt, updatedAt: o.updatedAt };
   }
 
   /** Keeps an order as committed: open orders are kept (as the newest), the others forgotten. */
   set(key: string, order: Order): void {
-    if (this.max <= 0) return;
-    this.orders.delete(key);
-    if (!TIMEOUT_STATES.includes(order.state)) return;
-    this.orders.set(key, order);
-    if (this.orders.size > this.max) {
-      const oldest = this.orders.keys().next().value as string;
-      this.orders.delete(oldest);
+    if (!this.orders) return;
+    if (!TIMEOUT_STATES.includes(order.state)) {
+      this.orders.delete(key);
+      return;
     }
+    this.orders.set(key, order);
   }
 
   delete(key: string): void {
-    this.orders.delete(key);
+    this.orders?.delete(key);
   }
 
   clear(): void {
-    this.orders.clear();
+    this.orders?.clear();
   }
 }

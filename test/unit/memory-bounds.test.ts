@@ -213,6 +213,38 @@ describe('in-memory receipts bounds', () => {
     }
   });
 
+  it('receipts: the oldest expected go first, whatever was looked up or recorded since; re-published ones last', async () => {
+    const r = new MemoryReceipts(60_000, 3);
+    try {
+      const [a, b, c, d] = Array.from({ length: 4 }, () => note({ users: ['u'] })) as Notification[];
+      for (const n of [a, b, c] as Notification[]) await r.expect(n);
+      // Receipts and reads do not make a notification younger.
+      assert.equal(
+        await r.record('app', (a as Notification).id, { clientId: 'u', deviceId: null, at: 1 }),
+        true,
+      );
+      assert.ok(await r.get((a as Notification).id));
+      // Expected again (same id): it goes to the back, so b is now the oldest.
+      await r.expect(a as Notification);
+      await r.expect(d as Notification);
+      assert.equal(await r.get((b as Notification).id), undefined);
+      assert.ok(await r.get((a as Notification).id));
+      assert.equal(r.evicted, 1);
+      // The sweep drops the expired ones only (from the oldest end).
+      const old = { ...note({ users: ['u'] }), ts: Date.now() - 120_000 };
+      const fresh = new MemoryReceipts(60_000, 10);
+      await fresh.expect(old);
+      await fresh.expect(c as Notification);
+      fresh.sweep();
+      assert.equal(fresh.size, 1);
+      assert.equal(await fresh.get(old.id), undefined);
+      assert.ok(await fresh.get((c as Notification).id));
+      fresh.close();
+    } finally {
+      r.close();
+    }
+  });
+
   it('records one receipt per client and device, also for a broadcast heard by many', async () => {
     const r = new MemoryReceipts(3_600_000, 1000);
     try {
