@@ -8,28 +8,16 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
-import { PaymentIntake } from '../../src/payments/intake.js';
-import { OrderCache } from '../../src/payments/order-cache.js';
 import { openStore } from '../../src/store/index.js';
 import { paymentEvent } from '../../test/payments/helpers.js';
+import { toolIntake } from './intake.js';
 
 const n = Number(process.argv[2] ?? 10000);
 const runs = Number(process.argv[3] ?? 40);
 const dir = mkdtempSync(join(tmpdir(), 'plan-cost-'));
 const schema = `plan_cost_${Date.now().toString(36)}`;
 const store = await openStore({ databaseUrl: process.env.DB, databaseSchema: schema, dataDir: dir });
-const mk = (cacheSize: number) =>
-  new PaymentIntake({
-    store,
-    logger: pino({ level: 'silent' }),
-    defaultCurrency: 'CNY',
-    batchMax: 500,
-    lanes: 1,
-    onCommitted: () => undefined,
-    cache: new OrderCache(cacheSize),
-    realtime: () => ({}),
-  });
+const mk = (cacheSize: number) => toolIntake(store, cacheSize);
 try {
   let intake = mk(100);
   const t0 = performance.now();

@@ -9,26 +9,15 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
-import { PaymentIntake } from '../../src/payments/intake.js';
-import { OrderCache } from '../../src/payments/order-cache.js';
 import { openStore } from '../../src/store/index.js';
 import { paymentEvent } from '../../test/payments/helpers.js';
+import { toolIntake } from './intake.js';
 
 const runs = Number(process.argv[2] ?? 30);
 const dir = mkdtempSync(join(tmpdir(), 'store-cost-'));
 const schema = `store_cost_${Date.now().toString(36)}`;
 const store = await openStore({ databaseUrl: process.env.DB, databaseSchema: schema, dataDir: dir });
-const intake = new PaymentIntake({
-  store,
-  logger: pino({ level: 'silent' }),
-  defaultCurrency: 'CNY',
-  batchMax: 500,
-  lanes: 1,
-  onCommitted: () => undefined,
-  cache: new OrderCache(100_000),
-  realtime: () => ({}),
-});
+const intake = toolIntake(store);
 const figures: Record<string, number> = {};
 const time = async (label: string, f: () => Promise<unknown>) => {
   await f();

@@ -15,12 +15,10 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import pino from 'pino';
-import { PaymentIntake } from '../../src/payments/intake.js';
-import { OrderCache } from '../../src/payments/order-cache.js';
 import { DEFAULT_CHECKPOINTS, EmbeddedStore } from '../../src/store/embedded.js';
 import { migrate } from '../../src/store/migrations.js';
 import { paymentEvent } from '../../test/payments/helpers.js';
+import { toolIntake } from './intake.js';
 
 const { values } = parseArgs({
   options: {
@@ -57,16 +55,7 @@ const store = await EmbeddedStore.open(dir, 'herald', {
 });
 await migrate(store);
 const openMs = Math.round(performance.now() - opened);
-const intake = new PaymentIntake({
-  store,
-  logger: pino({ level: 'silent' }),
-  defaultCurrency: 'CNY',
-  batchMax: 500,
-  lanes: 1,
-  onCommitted: () => undefined,
-  cache: new OrderCache(100_000),
-  realtime: () => ({}),
-});
+const intake = toolIntake(store);
 const walBytes = () => {
   const wal = join(dir, 'pg', 'pg_wal');
   let bytes = 0;
