@@ -15,7 +15,8 @@ interface WorkerInit {
 
 /**
  * PostgreSQL settings of the embedded store, on top of PGlite's (which already runs without fsync: its
- * writes reach the operating system's cache, so a killed process loses nothing committed, a power cut may).
+ * writes reach the operating system's cache, so a killed process loses nothing committed; a power cut may lose
+ * what the system had not written yet, or damage the folder).
  * - `wal_init_zero=off`: a new 16 MB WAL segment is not first filled with zeros. Under the payment intake
  *   (~4.5 MB of WAL a second at 3,000 events/s) that fill held a batch write for 25-100 ms every ~3 s
  *   (`npm run bench -- payments --series`: the worst latency of a 250 ms window peaked at that period).
