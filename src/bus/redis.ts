@@ -10,6 +10,7 @@ import { ONLINE_TOPIC, type TopicChange } from '../router/index.js';
 import type { Notification, TopicCount } from '../router/types.js';
 import { BatchPublisher, type OutgoingNotification } from './publisher.js';
 import { NOW_MS_LUA, Script } from './script.js';
+import { watchStalls } from './stall.js';
 import type { Bus, ClusterMessage, LocalDeliver, Presence, PublishOptions } from './types.js';
 
 export interface RedisClusterOptions {
@@ -221,6 +222,7 @@ export class RedisCluster {
   /** Whether a heartbeat of this node has reached Redis (a later one that adds the node anew was reaped). */
   private beaten = false;
   private heartbeat: NodeJS.Timeout | undefined;
+  private readonly stopStallWatch: () => void;
   private closed = false;
   private tmpCounter = 0;
   private lastPublishError = 0;
@@ -256,9 +258,10 @@ export class RedisCluster {
       ...common,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
-      socketTimeout: opts.stallMs ?? STALL_MS,
       enableAutoPipelining: true,
     });
+    // ioredis's `socketTimeout`, checked a few times per stall period instead of per write (see stall.ts).
+    this.stopStallWatch = watchStalls(this.pub, opts.stallMs ?? STALL_MS);
     this.sub = new Redis(opts.url, { ...common, autoResubscribe: true });
     this.publisher = new BatchPublisher({
       redis: this.pub,
@@ -1034,6 +1037,7 @@ export class RedisCluster {
     if (this.closed) return;
     this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
+    this.stopStallWatch();
     for (const t of this.apps.values()) if (t) clearTimeout(t);
     if (this.pending.size) await this.flush().catch(() => undefined);
     if (this.pub.status === 'ready') {

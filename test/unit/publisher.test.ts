@@ -16,9 +16,13 @@ interface Call {
 
 function fakeRedis(): { redis: Redis; calls: Call[] } {
   const calls: Call[] = [];
+  // The publisher sends its script call as one command (EVALSHA sha numkeys ...args).
   const redis = {
-    evalsha: (_sha: string, _keys: number, ...args: (string | number)[]) =>
-      new Promise((answer, fail) => calls.push({ args, answer, fail })),
+    sendCommand: (command: { name: string; args: string[] }) => {
+      assert.equal(command.name, 'evalsha');
+      assert.equal(command.args[1], '0');
+      return new Promise((answer, fail) => calls.push({ args: command.args.slice(2), answer, fail }));
+    },
   } as unknown as Redis;
   return { redis, calls };
 }
