@@ -12,6 +12,10 @@ export class MemoryBus implements Bus {
     return this.deliver(n);
   }
 
+  publishNow(n: Notification): number {
+    return this.deliver(n);
+  }
+
   healthy(): boolean {
     return true;
   }

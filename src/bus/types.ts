@@ -16,6 +16,11 @@ export interface Bus {
    */
   publish(n: Notification, opts?: PublishOptions): Promise<number | undefined>;
   /**
+   * The same as `publish`, done before it returns, on a bus that can (one node: the local router):
+   * the number of sockets reached. Lets a caller publish without a promise per notification.
+   */
+  publishNow?(n: Notification): number;
+  /**
    * Appends `n` to `history` (setting its offsets) and publishes it in one step (cluster: one Redis
    * script instead of two round trips). Returns `undefined`, having done nothing, when this bus cannot
    * do that with this history (the caller appends, then publishes). A rejection means that nothing was

@@ -35,6 +35,8 @@ export interface HistoryRule {
 export interface History {
   /** Assigns offsets in each stream of `n` (sets `n.pos`) and stores it. */
   append(n: Notification): Promise<void>;
+  /** `append`, done before it returns, by a history that can (in memory). */
+  appendNow?(n: Notification): void;
   /** What a client at `from` missed in a stream. */
   since(appId: string, stream: string, from: StreamPosition): Promise<RecoveryResult>;
   /** The stream's current position (a client that starts following it now starts here). */
@@ -50,19 +52,28 @@ export const newEpoch = (): string => randomUUID().slice(0, 8);
 
 /** Picks the first matching rule, else the defaults. */
 export class HistoryPolicy {
+  /** What each rule and the defaults answer, made once (`for` runs for every stream of every notification). */
+  private readonly answers: readonly { readonly size: number; readonly ttlMs: number }[];
+  private readonly defaults: { readonly size: number; readonly ttlMs: number };
+
   constructor(
     private readonly rules: readonly HistoryRule[],
     private readonly size: number,
     private readonly ttlMs: number,
-  ) {}
+  ) {
+    this.answers = rules.map((r) => Object.freeze({ size: r.size, ttlMs: r.ttlMs }));
+    this.defaults = Object.freeze({ size, ttlMs });
+  }
 
-  for(appId: string, stream: string): { size: number; ttlMs: number } {
-    for (const r of this.rules) {
+  for(appId: string, stream: string): { readonly size: number; readonly ttlMs: number } {
+    const rules = this.rules;
+    for (let i = 0; i < rules.length; i++) {
+      const r = rules[i] as HistoryRule;
       if (r.appId !== undefined && r.appId !== appId) continue;
       if (r.prefix !== undefined && !stream.startsWith(r.prefix)) continue;
-      return { size: r.size, ttlMs: r.ttlMs };
+      return this.answers[i] as { size: number; ttlMs: number };
     }
-    return { size: this.size, ttlMs: this.ttlMs };
+    return this.defaults;
   }
 
   enabled(): boolean {
@@ -197,6 +208,10 @@ export class MemoryHistory implements History {
   }
 
   async append(n: Notification): Promise<void> {
+    this.appendNow(n);
+  }
+
+  appendNow(n: Notification): void {
     const now = Date.now();
     let kept: Kept | undefined;
     for (const key of streamsOf(n)) {
@@ -327,6 +342,7 @@ export class MemoryHistory implements History {
 /** No history: notifications carry no offsets and recovery always reports `recovered: false`. */
 export class NoHistory implements History {
   async append(): Promise<void> {}
+  appendNow(): void {}
   async since(): Promise<RecoveryResult> {
     return { recovered: false, offset: 0, epoch: '', entries: [] };
   }

@@ -54,11 +54,21 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
     if (!access.knows(body.appId))
       throw new HeraldError('unknown_app', `No app ${JSON.stringify(body.appId)} is configured.`);
     access.checkApiKey(body.appId, authorization);
-    return notify.publish(body, publishOptions);
+    const now = notify.publishNow(body);
+    return now ? Promise.resolve(now) : notify.publish(body, publishOptions);
   };
 
-  /** One item of a batch: its result, never a throw. */
-  const batchItem = async (n: unknown, i: number, authorization: string | undefined): Promise<ItemResult> => {
+  const failed = (err: unknown): ItemResult => ({ ok: false, error: toHeraldError(err).toBody() });
+
+  /**
+   * One item of a batch: its result, never a throw nor a rejection; the result itself when the item was
+   * published at once (one node: see NotifyService.publishNow), else a promise of it.
+   */
+  const batchItem = (
+    n: unknown,
+    i: number,
+    authorization: string | undefined,
+  ): ItemResult | Promise<ItemResult> => {
     try {
       if (!item.check(n)) {
         const limit = item.limitError(n);
@@ -71,10 +81,13 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
       if (!access.knows(n.appId))
         throw new HeraldError('unknown_app', `No app ${JSON.stringify(n.appId)} is configured.`);
       access.checkApiKey(n.appId, authorization);
-      const r = await notify.publish(n as NotifyInput, publishOptions);
-      return { ok: true as const, ...r };
+      const now = notify.publishNow(n as NotifyInput);
+      if (now) return { ok: true as const, ...now };
+      return notify
+        .publish(n as NotifyInput, publishOptions)
+        .then((r): ItemResult => ({ ok: true as const, ...r }), failed);
     } catch (err) {
-      return { ok: false as const, error: toHeraldError(err).toBody() };
+      return failed(err);
     }
   };
 
@@ -96,11 +109,17 @@ export function notifyRoutes(app: FastifyInstance, deps: NotifyRouteDeps): void 
     for (let start = 0; start < notifications.length; start += BATCH_SLICE) {
       const end = Math.min(notifications.length, start + BATCH_SLICE);
       const slice = await turns.run(() => {
-        const items: Promise<ItemResult>[] = [];
-        for (let i = start; i < end; i++) items.push(batchItem(notifications[i], i, authorization));
-        return items;
+        const items: (ItemResult | Promise<ItemResult>)[] = [];
+        let waits = false;
+        for (let i = start; i < end; i++) {
+          const r = batchItem(notifications[i], i, authorization);
+          if (r instanceof Promise) waits = true;
+          items.push(r);
+        }
+        return { items, waits };
       });
-      const done = await Promise.all(slice);
+      // Published at once (one node): no promise to wait for; else those of the slice, in order.
+      const done = slice.waits ? await Promise.all(slice.items) : (slice.items as ItemResult[]);
       for (let k = 0; k < done.length; k++) {
         const r = done[k] as ItemResult;
         if (r.ok) accepted++;

@@ -42,11 +42,29 @@ export interface AppCounter {
   readonly counter: Counter<'app'>;
 }
 
-function boundedByApp(counter: Counter<'app'>, labels: AppLabels): AppCounter {
+/**
+ * A per-app counter counted in a Map and added to the prom-client counter when it is read (a scrape,
+ * the console's stats): prom-client hashes and checks the labels of every `inc`, a few percent of a
+ * node's CPU at 40,000 notifications/s, for counts nobody reads in between.
+ */
+function boundedByApp(name: string, help: string, registers: Registry[], labels: AppLabels): AppCounter {
+  const pending = new Map<string, number>();
+  const counter = new Counter({
+    name,
+    help,
+    labelNames: ['app'],
+    registers,
+    collect() {
+      for (const [app, value] of pending) this.inc({ app }, value);
+      pending.clear();
+    },
+  });
   return {
     counter,
     inc(l, value = 1) {
-      counter.inc({ app: labels.of(l.app) }, value);
+      if (!(value >= 0) || !Number.isFinite(value)) throw new TypeError(`not a count: ${value}`);
+      const app = labels.of(l.app);
+      pending.set(app, (pending.get(app) ?? 0) + value);
     },
   };
 }
@@ -105,21 +123,15 @@ export class Metrics {
     });
     const appLabels = new AppLabels();
     this.published = boundedByApp(
-      new Counter({
-        name: 'herald_notifications_published_total',
-        help: `Notifications accepted by the HTTP API of this node (past ${MAX_APP_SERIES} apps, under app="_other").`,
-        labelNames: ['app'],
-        registers,
-      }),
+      'herald_notifications_published_total',
+      `Notifications accepted by the HTTP API of this node (past ${MAX_APP_SERIES} apps, under app="_other").`,
+      registers,
       appLabels,
     );
     this.deliveries = boundedByApp(
-      new Counter({
-        name: 'herald_deliveries_total',
-        help: `Notifications written to sockets on this node (past ${MAX_APP_SERIES} apps, under app="_other").`,
-        labelNames: ['app'],
-        registers,
-      }),
+      'herald_deliveries_total',
+      `Notifications written to sockets on this node (past ${MAX_APP_SERIES} apps, under app="_other").`,
+      registers,
       appLabels,
     );
     this.notifyToEmit = new Histogram({

@@ -139,6 +139,31 @@ export class NotifyService {
   }
 
   /**
+   * `publish`, done before it returns, when every step can be (one node: history in memory, the local
+   * bus, no delivery receipts to record): no promise and no turn of the microtask queue per
+   * notification, which a batch of 1,000 otherwise pays 1,000 times. Undefined, having done nothing,
+   * when a step is asynchronous (the caller then uses `publish`). Throws what `publish` rejects with.
+   */
+  publishNow(input: NotifyInput): NotifyResult | undefined {
+    const history = this.deps.history;
+    const publishNow = this.bus.publishNow;
+    if (publishNow === undefined || (history && history.appendNow === undefined)) return undefined;
+    if (input.ack === true && this.deps.receipts) return undefined;
+    const n = this.prepare(input);
+    if (history) {
+      try {
+        history.appendNow?.(n);
+      } catch (err) {
+        this.historyFailed(err);
+      }
+    }
+    const delivered = publishNow.call(this.bus, n);
+    this.deps.afterPublish?.(n);
+    this.metrics.published.inc({ app: n.appId });
+    return { id: n.id, ts: n.ts, delivered };
+  }
+
+  /**
    * Validates and publishes a notification. With `requireCluster` (see PublishOptions) a cluster node
    * that cannot reach Redis rejects with `cluster_unavailable` having delivered it nowhere, instead of
    * delivering it to its own sockets only.
