@@ -126,7 +126,7 @@ export const OPTIONS = {
     env: 'REDIS_STALL_TIMEOUT',
     type: { kind: 'duration', min: 500, max: 60_000 },
     default: 2000,
-    doc: 'Cluster mode: a Redis that owes a reply this long counts as down (its connection is dropped; notifications go to local sockets only until it answers). Raise it for a Redis whose failover pauses writes longer.',
+    doc: 'Cluster mode: a Redis that owes a reply this long counts as down (checked four times per period, so within 1.25 times it; its connection is dropped; notifications go to local sockets only until it answers). Raise it for a Redis whose failover pauses writes longer.',
   },
   redisDownNotify: {
     env: 'REDIS_DOWN_NOTIFY',
