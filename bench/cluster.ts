@@ -1,8 +1,8 @@
 /**
  * cluster: Herald as 3 nodes on Redis against Herald as 1 node, same load, one run.
  *
- *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 3000] [--nodes 3] [--targeted-rate R]
- *     [--rounds N | --interleave K]
+ *   npm run bench -- cluster [--n 6000] [--m 200] [--rate 20] [--targeted 10000] [--nodes 3] [--targeted-rate R]
+ *     [--interleave K (default 24) | --rounds N (targeted default 3000)]
  *
  * Phase 1, fan-out: N clients subscribe to one topic (spread evenly over the nodes), M notifications
  * are posted at `rate`/s round-robin to the nodes. Phase 2, targeted: `targeted` notifications each to
@@ -16,7 +16,8 @@
  * alternating order and reports the median ratios (and each round's). `--interleave K` keeps both set-ups up
  * at once and alternates K targeted slices of `--targeted` notifications between them (one fan-out phase and
  * one warm-up each first): the ratio of each slice pair and their median, less exposed to a machine whose
- * speed drifts from minute to minute. Traffic stays on 127.0.0.0/8.
+ * speed drifts from minute to minute. That is the default (24 slices of 10,000); `--rounds N` or
+ * `--interleave 0` measures the set-ups one after the other instead. Traffic stays on 127.0.0.0/8.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -243,7 +244,12 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
   const n = num(args, 'n', 6000);
   const m = num(args, 'm', 200);
   const rate = num(args, 'rate', 20);
-  const targeted = num(args, 'targeted', 3000);
+  // Interleaved by default (see `--interleave` below): one round of 3,000 targeted notifications is ~0.3 s
+  // of CPU per set-up, read from /proc in 10 ms ticks on a machine whose pace moves within a minute, and
+  // gave 1.39, 1.56 and 2.42 for the same build in three runs (BENCHMARKS.md, seventeenth session).
+  const rounds = num(args, 'rounds', 0);
+  const interleave = num(args, 'interleave', rounds > 0 ? 0 : 24);
+  const targeted = num(args, 'targeted', interleave > 0 ? 10_000 : 3000);
   const nodes = num(args, 'nodes', 3);
   const redisUrl = str(args, 'redis', process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379');
   const prefix = `bench-${randomBytes(3).toString('hex')}:`;
@@ -376,14 +382,13 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
   // of `targeted` notifications on each, alternating (single, cluster, cluster, single, ...): the machine's
   // drift from minute to minute then weighs on both alike, which separate rounds of a minute or two
   // each cannot promise on a shared VM. Idle nodes of the other set-up cost a few % of a core meanwhile.
-  const interleave = num(args, 'interleave', 0);
   if (interleave > 0) return runInterleaved(interleave);
   // --rounds N: the pair measured N times, the order alternating (single first, then cluster first, ...)
   // so that a machine that gets slower or faster during the run weighs on both set-ups alike; the
   // ratios reported are the medians of the rounds' ratios (each round's are listed too).
-  const rounds = Math.max(1, num(args, 'rounds', 1));
+  const roundCount = Math.max(1, rounds);
   const pairs: { single: Figures; cluster: Figures; ratios: ReturnType<typeof ratiosOf> }[] = [];
-  for (let r = 0; r < rounds; r++) {
+  for (let r = 0; r < roundCount; r++) {
     let one: Figures;
     let many: Figures;
     if (r % 2 === 0) {
@@ -394,7 +399,7 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
       one = await measureSingle();
     }
     pairs.push({ single: one, cluster: many, ratios: ratiosOf(one, many) });
-    if (rounds > 1) log(`round ${r + 1}/${rounds}: ${JSON.stringify(pairs.at(-1)?.ratios)}`);
+    if (roundCount > 1) log(`round ${r + 1}/${roundCount}: ${JSON.stringify(pairs.at(-1)?.ratios)}`);
   }
   const keys = Object.keys(pairs[0]?.ratios ?? {}) as (keyof ReturnType<typeof ratiosOf>)[];
   const ratios = Object.fromEntries(keys.map((k) => [k, median(pairs.map((p) => p.ratios[k]))]));
@@ -416,7 +421,7 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
     single: one,
     cluster: many,
     ratios,
-    ...(rounds > 1
+    ...(roundCount > 1
       ? {
           rounds: pairs.map((p) => ({
             ratios: p.ratios,

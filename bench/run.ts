@@ -5,7 +5,7 @@
  *   conns    idle memory per connected+subscribed client, connect rate  --sizes 10000,19000 [--gc]
  *   notify   targeted POST /notify and POST /notify/batch              --users --seconds --inflight --batch
  *   counts   1,000 count watchers while 5,000 clients join and leave    --watchers --churn --join-rate --hold
- *   cluster  3 nodes on Redis against 1 node: fan-out and targeted CPU per delivery, Redis CPU  --n --m --rate --targeted
+ *   cluster  3 nodes on Redis against 1 node: fan-out and targeted CPU per delivery, Redis CPU  --n --m --rate --targeted --interleave
  *   payments 2,000 machines running order lifecycles (bench/payments.ts)
  *   webhooks bench/webhooks.ts run(args), when that file exists
  *
