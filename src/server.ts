@@ -302,12 +302,15 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
     const h = history;
     new Gauge({
       name: 'herald_history_held',
-      help: 'Single node: history entries and streams held in memory (bounded by HISTORY_MAX_ENTRIES, HISTORY_MAX_STREAMS).',
+      help: 'Single node: history entries and streams held in memory (bounded by HISTORY_MAX_ENTRIES, HISTORY_MAX_STREAMS), and the bytes of the entries (`bytes`) and of the buffers holding them outside the JavaScript heap (`buffer_bytes`).',
       labelNames: ['kind'],
       registers: [metrics.registry],
       collect() {
         this.set({ kind: 'entries' }, h.size.entries);
         this.set({ kind: 'streams' }, h.size.streams);
+        const bytes = h.bytes;
+        this.set({ kind: 'bytes' }, bytes.live);
+        this.set({ kind: 'buffer_bytes' }, bytes.held);
       },
     });
     new Counter({

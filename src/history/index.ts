@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { HeraldError } from '../errors.js';
 import { streamsOf } from '../router/index.js';
 import { type Notification, newPositions } from '../router/types.js';
+import { EntryArena } from './arena.js';
 
 export interface StreamPosition {
   offset: number;
@@ -82,25 +83,25 @@ export class HistoryPolicy {
 }
 
 /**
- * What history keeps of a notification: what a replay sends (`data`, `id`, `ts`, `ack`), shared by its
- * entries in every stream. Not the notification itself: its targets and stream positions (users,
- * devices, topics, `pos` and one array per stream: a dozen objects more per notification) are of no use
- * to a replay, whose stream and offset the entry knows, and a node holds up to HISTORY_MAX_ENTRIES of
- * them for minutes, which the GC walks at every major collection.
- */
-type Kept = Pick<Notification, 'v' | 'id' | 'appId' | 'ts' | 'data' | 'ack'>;
-
-/**
- * A stream: its epoch, the offset of its last notification, and the notifications it holds, oldest first.
- * Offsets in a stream are consecutive and entries leave only from the front, so `kept[i]` has the offset
+ * A stream: its epoch, the offset of its last notification, and the notifications it holds, oldest first,
+ * as positions in the EntryArena. What the arena keeps of a notification is what a replay sends (`id`,
+ * `ts`, `data`, `ack`), one record shared by its entries in every stream; not its targets nor its
+ * positions, of no use to a replay, whose stream and offset the entry knows. Offsets in a stream are
+ * consecutive and entries leave only from the front, so `kept[i]` has the offset
  * `offset - kept.length + 1 + i`: no object per entry (a node holds up to HISTORY_MAX_ENTRIES of them, and
  * as many dropped ones waiting in the global order, which the GC would walk at every major collection).
  * An entry's age is its notification's `ts`.
  */
 interface Stream {
+  /**
+   * The stream's name, kept to name it in `Notification.pos`: a name made anew for each notification
+   * (`u:<user>`) would be looked up in V8's string table every time it is used as a key; this one once.
+   */
+  readonly key: string;
   epoch: string;
   offset: number;
-  kept: Kept[];
+  /** Positions in the EntryArena. */
+  kept: number[];
   touched: number;
 }
 
@@ -108,10 +109,18 @@ interface Stream {
 const firstOffset = (s: Stream): number => s.offset - s.kept.length + 1;
 
 /** A kept notification as a replay through `stream` sends it. */
-function replayOf(n: Kept, offset: number, stream: string, epoch: string): Notification {
+function replayOf(
+  e: { id: string; ts: number; data: string; ack: boolean },
+  appId: string,
+  offset: number,
+  stream: string,
+  epoch: string,
+): Notification {
   const pos = newPositions();
   pos[stream] = [offset, epoch];
-  return { ...n, pos };
+  const n: Notification = { v: 1, id: e.id, appId, ts: e.ts, data: e.data, pos };
+  if (e.ack) n.ack = true;
+  return n;
 }
 
 /** How long an idle stream keeps its offset and epoch after its entries expired. */
@@ -158,6 +167,8 @@ export class MemoryHistory implements History {
   private head = 0;
   private live = 0;
   private streams = 0;
+  /** The entries' bytes, outside the V8 heap. */
+  private readonly arena = new EntryArena();
   private readonly limits: MemoryHistoryLimits;
   /** Entries and streams dropped because a global limit was reached (not by size or TTL). */
   readonly evicted = { entries: 0, streams: 0 };
@@ -176,6 +187,11 @@ export class MemoryHistory implements History {
     return { entries: this.live, streams: this.streams };
   }
 
+  /** Bytes of the entries held (`live`) and of the memory holding them (`held`, whole segments). */
+  get bytes(): { live: number; held: number } {
+    return { live: this.arena.liveBytes, held: this.arena.heldBytes };
+  }
+
   private stream(appId: string, key: string, create: boolean): Stream | undefined {
     let app = this.apps.get(appId);
     if (!app) {
@@ -187,7 +203,7 @@ export class MemoryHistory implements History {
     if (!s && create) {
       // A flood of new streams does not wait for the sweep (amortized: at most once per max/2 new).
       if (this.streams >= this.limits.maxStreams * 1.5) this.sweep();
-      s = { epoch: newEpoch(), offset: 0, kept: [], touched: Date.now() };
+      s = { key, epoch: newEpoch(), offset: 0, kept: [], touched: Date.now() };
       if (!this.apps.has(appId)) this.apps.set(appId, app);
       app.set(key, s);
       this.streams++;
@@ -197,6 +213,7 @@ export class MemoryHistory implements History {
 
   /** Removes the first `count` entries of a stream. */
   private drop(s: Stream, count: number): void {
+    for (let i = 0; i < count; i++) this.arena.free(s.kept[i] as number);
     s.kept.splice(0, count);
     this.live -= count;
   }
@@ -213,7 +230,7 @@ export class MemoryHistory implements History {
 
   appendNow(n: Notification): void {
     const now = Date.now();
-    let kept: Kept | undefined;
+    let kept: number | undefined;
     for (const key of streamsOf(n)) {
       const { size, ttlMs } = this.policy.for(n.appId, key);
       if (size <= 0) continue;
@@ -223,19 +240,18 @@ export class MemoryHistory implements History {
       if (!s) continue;
       s.offset++;
       s.touched = now;
-      kept ??= n.ack
-        ? { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data, ack: true }
-        : { v: 1, id: n.id, appId: n.appId, ts: n.ts, data: n.data };
+      if (kept === undefined) kept = this.arena.append(n.id, n.ts, n.data, n.ack === true);
+      else this.arena.retain(kept);
       s.kept.push(kept);
       this.order.push(s);
       this.orderOffsets.push(s.offset);
       this.live++;
       const cutoff = now - ttlMs;
       let drop = Math.max(0, s.kept.length - size);
-      while (drop < s.kept.length && (s.kept[drop] as Kept).ts < cutoff) drop++;
+      while (drop < s.kept.length && this.arena.ts(s.kept[drop] as number) < cutoff) drop++;
       if (drop > 0) this.drop(s, drop);
       n.pos ??= newPositions();
-      n.pos[key] = [s.offset, s.epoch];
+      n.pos[s.key] = [s.offset, s.epoch];
     }
     while (this.live > this.limits.maxEntries && this.head < this.order.length) {
       const i = this.head++;
@@ -267,6 +283,25 @@ export class MemoryHistory implements History {
       this.orderOffsets = offsets;
       this.head = 0;
     }
+    if (this.arena.fragmented()) this.compactArena();
+  }
+
+  /**
+   * Moves the live entries of the arena's sparse segments (a few long-lived entries amid dropped ones) to
+   * its current segment, so that those segments are given back. Each live entry is in the global order
+   * once per stream holding it.
+   */
+  private compactArena(): void {
+    const sparse = this.arena.sparse();
+    if (sparse.size === 0) return;
+    const moved = new Map<number, number>();
+    for (let i = this.head; i < this.order.length; i++) {
+      if (!this.held(i)) continue;
+      const s = this.order[i] as Stream;
+      const k = (this.orderOffsets[i] as number) - firstOffset(s);
+      const pos = s.kept[k] as number;
+      if (sparse.has(this.arena.segmentOf(pos))) s.kept[k] = this.arena.move(pos, moved);
+    }
   }
 
   async since(appId: string, key: string, from: StreamPosition): Promise<RecoveryResult> {
@@ -282,7 +317,7 @@ export class MemoryHistory implements History {
     const base = firstOffset(s);
     // Entries after `from` that are not past their TTL (the sweep may not have dropped them yet).
     let at = Math.max(0, from.offset + 1 - base);
-    while (at < s.kept.length && (s.kept[at] as Kept).ts < cutoff) at++;
+    while (at < s.kept.length && this.arena.ts(s.kept[at] as number) < cutoff) at++;
     const live = s.kept.slice(at);
     const sameEpoch = from.epoch === s.epoch || (from.offset === 0 && from.epoch === '');
     const contiguous = from.offset >= s.offset || (live.length > 0 && base + at === from.offset + 1);
@@ -291,7 +326,9 @@ export class MemoryHistory implements History {
       offset: s.offset,
       epoch: s.epoch,
       // Each replayed notification with its position in this stream (what its live delivery carried).
-      entries: sameEpoch ? live.map((n, i) => replayOf(n, base + at + i, key, s.epoch)) : [],
+      entries: sameEpoch
+        ? live.map((p, i) => replayOf(this.arena.read(p), appId, base + at + i, key, s.epoch))
+        : [],
     };
   }
 
@@ -307,7 +344,7 @@ export class MemoryHistory implements History {
       for (const [key, s] of app) {
         const cutoff = now - this.policy.for(appId, key).ttlMs;
         let drop = 0;
-        while (drop < s.kept.length && (s.kept[drop] as Kept).ts < cutoff) drop++;
+        while (drop < s.kept.length && this.arena.ts(s.kept[drop] as number) < cutoff) drop++;
         if (drop) this.drop(s, drop);
         if (s.kept.length === 0 && now - s.touched > META_TTL_MS) {
           app.delete(key);

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { SEGMENT_BYTES } from '../../src/history/arena.js';
 import { HistoryPolicy, MemoryHistory } from '../../src/history/index.js';
 import { MemoryReceipts } from '../../src/history/receipts.js';
 import type { Notification } from '../../src/router/types.js';
@@ -136,12 +137,20 @@ describe('in-memory history bounds', () => {
       assert.ok(orderLength(h) <= 2 * 10 + 4096, `global order holds ${orderLength(h)}`);
       // The dropped entries still in the global order until it is compacted are (stream, offset) pairs:
       // they keep none of their notifications, the stream holds the last 10 only.
-      const { order, head } = h as unknown as { order: { kept: { id: string }[] }[]; head: number };
+      const { order, head } = h as unknown as { order: { kept: number[] }[]; head: number };
       const waiting = order.slice(head);
       assert.ok(waiting.length > 10, `${waiting.length} in the global order`);
       assert.ok(waiting.every((s) => s === waiting[0]));
+      assert.equal(waiting[0]?.kept.length, 10);
+      // Nor their bytes: the arena holds the 10 records, in at most a few segments.
+      assert.ok(h.bytes.live < 10 * 100, `${h.bytes.live} bytes live`);
+      assert.ok(h.bytes.held <= 6 * SEGMENT_BYTES, `${h.bytes.held} bytes held`);
+      const all = await h.since('app', 't:chat', {
+        offset: 0,
+        epoch: (await h.position('app', 't:chat'))?.epoch ?? '',
+      });
       assert.deepEqual(
-        waiting[0]?.kept.map((k) => k.id),
+        all.entries.map((n) => n.id),
         ids.slice(-10),
       );
       const r = await h.since('app', 't:chat', {

@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { EntryArena, SEGMENT_BYTES } from '../../src/history/arena.js';
+import { HistoryPolicy, MemoryHistory } from '../../src/history/index.js';
+import type { Notification } from '../../src/router/types.js';
+
+describe('history arena', () => {
+  it('gives back every entry as it was stored: ASCII, other text, unpaired surrogates, empty, ack', () => {
+    const a = new EntryArena();
+    const cases = [
+      { id: 'n-1', ts: 1_700_000_000_123, data: '{"s":1}', ack: false },
+      { id: 'n-2', ts: 1, data: '{"text":"收款 4.00 元","e":"é"}', ack: true },
+      { id: 'idé-\u{1F600}', ts: 2.5, data: '"\ud800 lone"', ack: false },
+      { id: '', ts: 0, data: '', ack: true },
+      { id: 'x'.repeat(300), ts: Number.MAX_SAFE_INTEGER, data: 'null', ack: false },
+    ];
+    const at = cases.map((c) => a.append(c.id, c.ts, c.data, c.ack));
+    at.forEach((pos, i) => {
+      assert.deepEqual(a.read(pos), cases[i]);
+      assert.equal(a.ts(pos), cases[i]?.ts);
+    });
+  });
+
+  it('stores a record larger than a segment in a segment of its own, and gives it back', () => {
+    const a = new EntryArena();
+    const small = a.append('s', 1, '{}', false);
+    const data = `"${'y'.repeat(SEGMENT_BYTES + 1000)}"`;
+    const big = a.append('big', 2, data, false);
+    assert.equal(a.read(big).data, data);
+    assert.equal(a.read(small).data, '{}');
+    assert.ok(a.heldBytes >= SEGMENT_BYTES * 2 + 1000);
+    const after = a.append('after', 3, '{}', false);
+    a.free(big);
+    assert.equal(a.read(after).id, 'after');
+    assert.ok(a.heldBytes < SEGMENT_BYTES * 3, `${a.heldBytes} bytes held`);
+  });
+
+  it('keeps a record held by several streams until the last lets it go', () => {
+    const a = new EntryArena();
+    const pos = a.append('shared', 5, '{"k":1}', false);
+    a.retain(pos);
+    a.retain(pos);
+    const bytes = a.liveBytes;
+    a.free(pos);
+    a.free(pos);
+    assert.equal(a.liveBytes, bytes);
+    assert.equal(a.read(pos).id, 'shared');
+    a.free(pos);
+    assert.equal(a.liveBytes, 0);
+  });
+
+  it('gives segments back once their records are freed, whatever the order', () => {
+    const a = new EntryArena();
+    const data = JSON.stringify({ pad: 'z'.repeat(1000) });
+    const held: number[] = [];
+    for (let i = 0; i < 5000; i++) held.push(a.append(`n-${i}`, i, data, false));
+    const segments = a.segmentCount;
+    assert.ok(segments >= 4, `${segments} segments`);
+    // Freed out of order (evens, then odds): nothing goes before its segment is empty.
+    for (let i = 0; i < held.length; i += 2) a.free(held[i] as number);
+    assert.equal(a.segmentCount, segments);
+    for (let i = 1; i < held.length; i += 2) {
+      assert.equal(a.read(held[i] as number).id, `n-${i}`);
+      a.free(held[i] as number);
+    }
+    assert.equal(a.liveBytes, 0);
+    assert.equal(a.segmentCount, 1, 'only the current segment is left');
+  });
+});
+
+let seq = 0;
+function note(target: { topics?: string[]; users?: string[] }, data = '{}'): Notification {
+  seq++;
+  return { v: 1, id: `n-${seq}`, appId: 'app', ts: Date.now(), data, ...target };
+}
+
+describe('in-memory history on the arena', () => {
+  it('moves the few long-lived entries out of sparse segments, and replays them unchanged', async () => {
+    // A quiet stream keeps its entries (size 100) while a busy one keeps its last 5: without moving the
+    // quiet stream's entries, each would keep a whole segment of dropped busy entries alive.
+    const h = new MemoryHistory(
+      new HistoryPolicy([{ prefix: 't:busy', size: 5, ttlMs: 300_000 }], 100, 300_000),
+      { maxEntries: 100_000, maxStreams: 1000 },
+    );
+    try {
+      const pad = JSON.stringify({ pad: 'p'.repeat(2000) });
+      const quiet: Notification[] = [];
+      for (let round = 0; round < 40; round++) {
+        const q = note({ topics: ['quiet'], users: ['u-1'] }, JSON.stringify({ round, text: '收款' }));
+        quiet.push(q);
+        await h.append(q);
+        for (let i = 0; i < 600; i++) await h.append(note({ topics: ['busy'] }, pad));
+      }
+      // 24,000 busy entries of ~2 KB went through (~48 MB); what is held stays near what is live.
+      assert.ok(h.bytes.held <= 2 * h.bytes.live + 6 * SEGMENT_BYTES, JSON.stringify(h.bytes));
+      const epoch = (await h.position('app', 't:quiet'))?.epoch ?? '';
+      const r = await h.since('app', 't:quiet', { offset: 0, epoch });
+      assert.equal(r.recovered, true);
+      assert.deepEqual(
+        r.entries.map((n) => [n.id, n.data, n.ts, n.pos?.['t:quiet']?.[0]]),
+        quiet.map((q, i) => [q.id, q.data, q.ts, i + 1]),
+      );
+      // The same records, shared with the user's stream, came along once.
+      const userEpoch = (await h.position('app', 'u:u-1'))?.epoch ?? '';
+      const u = await h.since('app', 'u:u-1', { offset: 0, epoch: userEpoch });
+      assert.deepEqual(
+        u.entries.map((n) => n.id),
+        quiet.map((q) => q.id),
+      );
+      const busy = await h.since('app', 't:busy', {
+        offset: 0,
+        epoch: (await h.position('app', 't:busy'))?.epoch ?? '',
+      });
+      assert.equal(busy.entries.length, 5);
+      assert.equal(busy.entries[4]?.data, pad);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('lets go of every byte when its entries expire', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 1000, 60_000), { maxEntries: 100_000 });
+    try {
+      for (let i = 0; i < 2000; i++) await h.append(note({ users: [`u-${i % 50}`] }, '{"a":1}'));
+      assert.ok(h.bytes.live > 0);
+      h.sweep(Date.now() + 61_000);
+      assert.deepEqual(h.size.entries, 0);
+      assert.equal(h.bytes.live, 0);
+      assert.ok(h.bytes.held <= SEGMENT_BYTES, `${h.bytes.held} bytes held`);
+    } finally {
+      await h.close();
+    }
+  });
+});
