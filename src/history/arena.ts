@@ -23,6 +23,8 @@ export const SEGMENT_BYTES = 1 << 20;
  * ASCII escaping makes at most 6 × as long, stored at most 2 bytes per character).
  */
 const SPAN = 2 ** 31;
+/** Emptied segments kept for reuse. */
+const SPARES = 4;
 /** Segment numbers wrap after this many; a number still in use is skipped. */
 const NUMBERS = 2 ** 21;
 
@@ -64,8 +66,12 @@ export class EntryArena {
   private readonly segments = new Map<number, Segment>();
   private current: Segment;
   private nextNo = 0;
-  /** One emptied standard segment, kept for the next (a node under load would otherwise allocate 1 MiB every few thousand entries). */
-  private spare: Buffer | undefined;
+  /**
+   * Emptied standard segments kept for the next ones (up to SPARES): a node under load would otherwise
+   * allocate 1 MiB every few thousand entries, and V8 counts such buffers as external memory, a reason
+   * for a major collection, until the collector frees them.
+   */
+  private readonly spares: Buffer[] = [];
   /** Bytes of live records. */
   liveBytes = 0;
   /** Bytes of the segments held (live or not). */
@@ -153,7 +159,7 @@ export class EntryArena {
     }
     this.segments.delete(no);
     this.heldBytes -= seg.buf.length;
-    if (seg.buf.length === SEGMENT_BYTES && this.spare === undefined) this.spare = seg.buf;
+    this.giveBack(seg.buf);
   }
 
   /**
@@ -229,19 +235,20 @@ export class EntryArena {
       // Left empty (its records all freed while it was current): given back now.
       this.segments.delete(cur.no);
       this.heldBytes -= cur.buf.length;
+      this.giveBack(cur.buf);
     }
     return this.current;
+  }
+
+  private giveBack(buf: Buffer): void {
+    if (buf.length === SEGMENT_BYTES && this.spares.length < SPARES) this.spares.push(buf);
   }
 
   private newSegment(bytes: number): Segment {
     let no = this.nextNo;
     while (this.segments.has(no)) no = (no + 1) % NUMBERS;
     this.nextNo = (no + 1) % NUMBERS;
-    let buf: Buffer;
-    if (bytes === SEGMENT_BYTES && this.spare) {
-      buf = this.spare;
-      this.spare = undefined;
-    } else buf = Buffer.allocUnsafeSlow(bytes);
+    const buf = (bytes === SEGMENT_BYTES ? this.spares.pop() : undefined) ?? Buffer.allocUnsafeSlow(bytes);
     const seg: Segment = { no, buf, used: 0, live: 0, liveBytes: 0 };
     this.segments.set(no, seg);
     this.heldBytes += bytes;
