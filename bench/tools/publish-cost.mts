@@ -5,13 +5,13 @@
  * counted and dropped. Prints the CPU ns (user + system) per notification for each of `rounds` runs of `n`, in this one process
  * (compare builds by running this before and after, alternated). Usage:
  *   npx tsx bench/tools/publish-cost.mts [n=200000] [users=10000] [rounds=7]
- * Runs the built code (dist/): `npx tsc -p tsconfig.build.json` first.
+ * Runs the TypeScript sources through tsx.
  */
-import { MemoryBus } from '../../dist/src/bus/memory.js';
-import { HistoryPolicy, MemoryHistory } from '../../dist/src/history/index.js';
-import { Router } from '../../dist/src/router/index.js';
-import { NotifyService } from '../../dist/src/router/notify.js';
-import type { Conn } from '../../dist/src/router/types.js';
+import { MemoryBus } from '../../src/bus/memory.js';
+import { HistoryPolicy, MemoryHistory } from '../../src/history/index.js';
+import { Router } from '../../src/router/index.js';
+import { NotifyService } from '../../src/router/notify.js';
+import type { Conn } from '../../src/router/types.js';
 
 const n = Number(process.argv[2] ?? 200_000);
 const users = Number(process.argv[3] ?? 10_000);
