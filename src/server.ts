@@ -270,6 +270,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       ? new RedisHistory(cluster.commands, config.redisPrefix, historyPolicy)
       : new MemoryHistory(historyPolicy, {
           maxEntries: config.historyMaxEntries,
+          maxBytes: config.historyMaxBytes,
           maxStreams: config.historyMaxStreams,
           follows: (appId, stream) => router.follows(appId, stream),
         });

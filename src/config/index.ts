@@ -31,6 +31,7 @@ export interface Config {
   historySize: number;
   historyTtl: number;
   historyMaxEntries: number;
+  historyMaxBytes: number;
   historyMaxStreams: number;
   historyRules: HistoryRule[];
   receiptTtl: number;

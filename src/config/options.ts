@@ -152,6 +152,12 @@ export const OPTIONS = {
     default: 200_000,
     doc: 'Single node: history entries kept in memory over all streams; past it the oldest go first (their streams then answer `recovered: false` for them). Redis keeps history in a cluster.',
   },
+  historyMaxBytes: {
+    env: 'HISTORY_MAX_BYTES',
+    type: { kind: 'int', min: 1 << 20, max: 2 ** 40 },
+    default: 256 * 1024 * 1024,
+    doc: 'Single node: bytes of history entries (id, time, data) kept in memory over all streams; past it the oldest go first, as for HISTORY_MAX_ENTRIES. Bounds the memory of large notifications (200,000 of 64 KB would be 12.8 GB).',
+  },
   historyMaxStreams: {
     env: 'HISTORY_MAX_STREAMS',
     type: { kind: 'int', min: 1000, max: 100_000_000 },

@@ -129,6 +129,8 @@ const META_TTL_MS = 3_600_000;
 export interface MemoryHistoryLimits {
   /** Entries kept over all streams; past it the globally oldest go first. */
   maxEntries: number;
+  /** Bytes of entries kept over all streams (EntryArena records); past it the globally oldest go first. */
+  maxBytes: number;
   /** Streams (offset and epoch) kept; past it the oldest-created are forgotten by the sweep. */
   maxStreams: number;
   /**
@@ -142,8 +144,8 @@ export interface MemoryHistoryLimits {
 /**
  * Single-node history, in memory. A restart starts new epochs, so clients learn they cannot recover.
  * Memory is bounded whatever the traffic: per stream by the policy (size, TTL), over all streams by
- * `maxEntries` (a global append order; the oldest entry of all is its stream's oldest, so eviction
- * drops from the front of one stream) and `maxStreams` (per-order or per-user topics create streams
+ * `maxEntries` and `maxBytes` (a global append order; the oldest entry of all is its stream's oldest, so
+ * eviction drops from the front of one stream) and `maxStreams` (per-order or per-user topics create streams
  * without end; an idle stream is forgotten after an hour, or sooner when there are too many).
  *
  * Only streams someone can recover are kept. A client holds a position in a stream only if the stream
@@ -177,7 +179,13 @@ export class MemoryHistory implements History {
     private readonly policy: HistoryPolicy,
     limits: Partial<MemoryHistoryLimits> = {},
   ) {
-    this.limits = { maxEntries: 200_000, maxStreams: 200_000, follows: () => true, ...limits };
+    this.limits = {
+      maxEntries: 200_000,
+      maxBytes: 256 * 1024 * 1024,
+      maxStreams: 200_000,
+      follows: () => true,
+      ...limits,
+    };
     this.sweeper = setInterval(() => this.sweep(), 30_000);
     this.sweeper.unref();
   }
@@ -253,7 +261,9 @@ export class MemoryHistory implements History {
       n.pos ??= newPositions();
       n.pos[s.key] = [s.offset, s.epoch];
     }
-    while (this.live > this.limits.maxEntries && this.head < this.order.length) {
+    const arena = this.arena;
+    const { maxEntries, maxBytes } = this.limits;
+    while ((this.live > maxEntries || arena.liveBytes > maxBytes) && this.head < this.order.length) {
       const i = this.head++;
       if (!this.held(i)) continue;
       // The oldest live entry of all is the oldest of its stream.

@@ -118,6 +118,38 @@ describe('in-memory history on the arena', () => {
     }
   });
 
+  it('keeps at most maxBytes of entries, the oldest of all going first', async () => {
+    const maxBytes = 4 * SEGMENT_BYTES;
+    const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000), { maxEntries: 100_000, maxBytes });
+    try {
+      // 64 KB notifications to 20 users: 2,000 of them (131 MB) would fit in maxEntries many times over.
+      const big = JSON.stringify({ blob: 'b'.repeat(64 * 1024) });
+      const sent: Notification[] = [];
+      for (let i = 0; i < 2000; i++) {
+        const n = note({ users: [`u-${i % 20}`] }, big);
+        sent.push(n);
+        await h.append(n);
+        assert.ok(h.bytes.live <= maxBytes, `${h.bytes.live} bytes live after ${i + 1}`);
+      }
+      assert.ok(h.bytes.held <= 2 * maxBytes + 6 * SEGMENT_BYTES, JSON.stringify(h.bytes));
+      assert.ok(h.evicted.entries > 1900, `${h.evicted.entries} evicted`);
+      // What is kept is the newest: each user's last few, replayed whole.
+      const kept = h.size.entries;
+      assert.ok(kept >= 40 && kept <= 64, `${kept} kept`);
+      const epoch = (await h.position('app', 'u:u-19'))?.epoch ?? '';
+      const r = await h.since('app', 'u:u-19', { offset: 0, epoch });
+      assert.equal(r.recovered, false, 'the first ones were evicted');
+      const last = sent.filter((n) => n.users?.[0] === 'u-19').slice(-r.entries.length);
+      assert.ok(r.entries.length >= 2);
+      assert.deepEqual(
+        r.entries.map((n) => [n.id, n.data.length]),
+        last.map((n) => [n.id, big.length]),
+      );
+    } finally {
+      await h.close();
+    }
+  });
+
   it('lets go of every byte when its entries expire', async () => {
     const h = new MemoryHistory(new HistoryPolicy([], 1000, 60_000), { maxEntries: 100_000 });
     try {
