@@ -12,7 +12,8 @@
  * live (entries leave by size, TTL and the global limit, mostly oldest first). The few that outlive
  * their neighbours (a quiet stream with a long TTL) would keep whole segments alive: when the segments
  * held exceed twice the live bytes by more than a few segments, the history moves the live records of
- * the sparsest segments to the current one (`sparse`, `move`).
+ * the sparse segments to the current one (`sparse`, `move`), a slice of a few milliseconds per turn of the
+ * event loop (MemoryHistory.compactStep).
  */
 
 /** Size of a segment; a record larger than that gets a segment of its own size. */

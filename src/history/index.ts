@@ -123,6 +123,9 @@ function replayOf(
   return n;
 }
 
+/** Longest slice of an arena compaction in one turn of the event loop. */
+const COMPACT_SLICE_MS = 2;
+
 /** How long an idle stream keeps its offset and epoch after its entries expired. */
 const META_TTL_MS = 3_600_000;
 
@@ -171,6 +174,12 @@ export class MemoryHistory implements History {
   private streams = 0;
   /** The entries' bytes, outside the V8 heap. */
   private readonly arena = new EntryArena();
+  /** The arena compaction under way: the segments it empties and how far it got in the global order. */
+  private compaction: { sparse: Set<number>; at: number } | undefined;
+  private compactionScheduled = false;
+  private closed = false;
+  /** Arena compactions completed. */
+  compactions = 0;
   private readonly limits: MemoryHistoryLimits;
   /** Entries and streams dropped because a global limit was reached (not by size or TTL). */
   readonly evicted = { entries: 0, streams: 0 };
@@ -279,9 +288,12 @@ export class MemoryHistory implements History {
     if (this.head > 4096 && this.head * 2 > this.order.length) {
       this.order = this.order.slice(this.head);
       this.orderOffsets = this.orderOffsets.slice(this.head);
+      if (this.compaction) this.compaction.at = Math.max(0, this.compaction.at - this.head);
       this.head = 0;
     }
     if (held > 2 * this.live + 4096) {
+      // An arena compaction under way starts its walk again (the indexes change); what it moved stays moved.
+      if (this.compaction) this.compaction.at = 0;
       const order: Stream[] = [];
       const offsets: number[] = [];
       for (let i = this.head; i < this.order.length; i++) {
@@ -293,25 +305,66 @@ export class MemoryHistory implements History {
       this.orderOffsets = offsets;
       this.head = 0;
     }
-    if (this.arena.fragmented()) this.compactArena();
+    if (this.compaction === undefined && this.arena.fragmented()) this.startCompaction();
   }
 
   /**
    * Moves the live entries of the arena's sparse segments (a few long-lived entries amid dropped ones) to
-   * its current segment, so that those segments are given back. Each live entry is in the global order
-   * once per stream holding it.
+   * its current segment, so that those segments are given back. Found through the global order, where
+   * each live entry is once per stream holding it; walked COMPACT_SLICE_MS at a time in turns of the
+   * event loop of their own (a walk of 200,000 entries that moves tens of MB took 170 ms in one go).
    */
-  private compactArena(): void {
+  private startCompaction(): void {
     const sparse = this.arena.sparse();
     if (sparse.size === 0) return;
+    this.compaction = { sparse, at: this.head };
+    this.scheduleCompaction();
+  }
+
+  private scheduleCompaction(): void {
+    if (this.compactionScheduled || this.closed) return;
+    this.compactionScheduled = true;
+    setImmediate(() => {
+      this.compactionScheduled = false;
+      this.compactStep();
+    });
+  }
+
+  /** One slice of the compaction under way; true once it is done (or there is none). */
+  compactStep(budgetMs = COMPACT_SLICE_MS): boolean {
+    const c = this.compaction;
+    if (!c || this.closed) return true;
+    const deadline = performance.now() + budgetMs;
+    // Copies made in this slice, so that a record held by several streams is copied once. Not kept
+    // across slices: a copy may be dropped in between and its place written again.
     const moved = new Map<number, number>();
-    for (let i = this.head; i < this.order.length; i++) {
-      if (!this.held(i)) continue;
-      const s = this.order[i] as Stream;
-      const k = (this.orderOffsets[i] as number) - firstOffset(s);
-      const pos = s.kept[k] as number;
-      if (sparse.has(this.arena.segmentOf(pos))) s.kept[k] = this.arena.move(pos, moved);
+    let i = Math.max(c.at, this.head);
+    while (i < this.order.length) {
+      const end = Math.min(this.order.length, i + 128);
+      for (; i < end; i++) {
+        if (!this.held(i)) continue;
+        const s = this.order[i] as Stream;
+        const k = (this.orderOffsets[i] as number) - firstOffset(s);
+        const pos = s.kept[k] as number;
+        if (c.sparse.has(this.arena.segmentOf(pos))) s.kept[k] = this.arena.move(pos, moved);
+      }
+      if (performance.now() >= deadline) break;
     }
+    c.at = i;
+    if (i < this.order.length) {
+      this.scheduleCompaction();
+      return false;
+    }
+    this.compaction = undefined;
+    this.compactions++;
+    // Still fragmented (entries dropped meanwhile): another pass over the segments sparse now.
+    if (this.arena.fragmented()) this.startCompaction();
+    return this.compaction === undefined;
+  }
+
+  /** Whether an arena compaction is under way. */
+  get compacting(): boolean {
+    return this.compaction !== undefined;
   }
 
   async since(appId: string, key: string, from: StreamPosition): Promise<RecoveryResult> {
@@ -382,6 +435,8 @@ export class MemoryHistory implements History {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.compaction = undefined;
     clearInterval(this.sweeper);
   }
 }

@@ -68,6 +68,14 @@ describe('history arena', () => {
   });
 });
 
+/** One turn of the event loop: what a server does between requests (an arena compaction runs in its own turns). */
+const turn = () => new Promise<void>((r) => setImmediate(r));
+
+async function settled(h: MemoryHistory): Promise<void> {
+  for (let i = 0; i < 1000 && h.compacting; i++) await turn();
+  assert.equal(h.compacting, false);
+}
+
 let seq = 0;
 function note(target: { topics?: string[]; users?: string[] }, data = '{}'): Notification {
   seq++;
@@ -90,7 +98,10 @@ describe('in-memory history on the arena', () => {
         quiet.push(q);
         await h.append(q);
         for (let i = 0; i < 600; i++) await h.append(note({ topics: ['busy'] }, pad));
+        await turn();
       }
+      await settled(h);
+      assert.ok(h.compactions > 0);
       // 24,000 busy entries of ~2 KB went through (~48 MB); what is held stays near what is live.
       assert.ok(h.bytes.held <= 2 * h.bytes.live + 6 * SEGMENT_BYTES, JSON.stringify(h.bytes));
       const epoch = (await h.position('app', 't:quiet'))?.epoch ?? '';
@@ -118,6 +129,34 @@ describe('in-memory history on the arena', () => {
     }
   });
 
+  it('compacts in slices of its own, a long walk never in one go, and stops with the history', async () => {
+    const h = new MemoryHistory(
+      new HistoryPolicy([{ prefix: 't:busy', size: 5, ttlMs: 3_600_000 }], 300, 3_600_000),
+      { maxEntries: 200_000 },
+    );
+    try {
+      const data = JSON.stringify({ s: 1, type: 'payment', status: 'success', orderId: 'order-1234567' });
+      // One quiet entry in five lives long, the busy ones are dropped: every segment stays a fifth full.
+      for (let i = 0; i < 150_000; i++) {
+        const topic = i % 5 === 0 ? `quiet-${i % 40_000}` : `busy-${i % 100}`;
+        h.appendNow(note({ topics: [topic] }, data));
+      }
+      assert.equal(h.compacting, true, 'a compaction started');
+      assert.equal(h.compactStep(0), false, 'a slice with no time left does not walk it all');
+      await settled(h);
+      assert.ok(h.bytes.held <= 2 * h.bytes.live + 6 * SEGMENT_BYTES, JSON.stringify(h.bytes));
+      const quiet = await h.since('app', 't:quiet-5', {
+        offset: 0,
+        epoch: (await h.position('app', 't:quiet-5'))?.epoch ?? '',
+      });
+      assert.ok(quiet.entries.length > 0);
+      assert.equal(quiet.entries[0]?.data, data);
+    } finally {
+      await h.close();
+    }
+    assert.equal(h.compacting, false);
+  });
+
   it('keeps at most maxBytes of entries, the oldest of all going first', async () => {
     const maxBytes = 4 * SEGMENT_BYTES;
     const h = new MemoryHistory(new HistoryPolicy([], 300, 300_000), { maxEntries: 100_000, maxBytes });
@@ -130,7 +169,9 @@ describe('in-memory history on the arena', () => {
         sent.push(n);
         await h.append(n);
         assert.ok(h.bytes.live <= maxBytes, `${h.bytes.live} bytes live after ${i + 1}`);
+        if (i % 20 === 0) await turn();
       }
+      await settled(h);
       assert.ok(h.bytes.held <= 2 * maxBytes + 6 * SEGMENT_BYTES, JSON.stringify(h.bytes));
       assert.ok(h.evicted.entries > 1900, `${h.evicted.entries} evicted`);
       // What is kept is the newest: each user's last few, replayed whole.
