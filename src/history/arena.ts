@@ -149,6 +149,7 @@ export class EntryArena {
       seg.buf.writeUInt32LE(refs, at + REFS);
       return;
     }
+    seg.buf.writeUInt32LE(0, at + REFS);
     const size = seg.buf.readUInt32LE(at);
     seg.live--;
     seg.liveBytes -= size;

@@ -257,8 +257,9 @@ export class MemoryHistory implements History {
       if (!s) continue;
       s.offset++;
       s.touched = now;
-      if (kept === undefined) kept = this.arena.append(n.id, n.ts, n.data, n.ack === true);
-      else this.arena.retain(kept);
+      // The record is stored once, held by this loop until its end (see below) and by each stream.
+      kept ??= this.arena.append(n.id, n.ts, n.data, n.ack === true);
+      this.arena.retain(kept);
       s.kept.push(kept);
       this.order.push(s);
       this.orderOffsets.push(s.offset);
@@ -270,6 +271,9 @@ export class MemoryHistory implements History {
       n.pos ??= newPositions();
       n.pos[s.key] = [s.offset, s.epoch];
     }
+    // The loop's own hold: a notification older than a stream's TTL (an outbox publishing it again) is
+    // dropped by that stream at once, and must stay stored for the next stream all the same.
+    if (kept !== undefined) this.arena.free(kept);
     const arena = this.arena;
     const { maxEntries, maxBytes } = this.limits;
     while ((this.live > maxEntries || arena.liveBytes > maxBytes) && this.head < this.order.length) {

@@ -191,6 +191,33 @@ describe('in-memory history on the arena', () => {
     }
   });
 
+  it('keeps a notification older than the TTL for a stream that holds it, when another dropped it at once', async () => {
+    const h = new MemoryHistory(new HistoryPolicy([], 300, 60_000));
+    const size = (n: Notification) => 21 + n.id.length + n.data.length;
+    try {
+      const fresh = note({ users: ['u'] }, '{"n":1}');
+      await h.append(fresh);
+      // An outbox publishing an old notification again: the empty topic stream drops it as soon as it is
+      // appended (a TTL drops from the front), the user's stream keeps it behind its fresh entry.
+      const old = { ...note({ topics: ['t'], users: ['u'] }, '{"old":true}'), ts: Date.now() - 120_000 };
+      await h.append(old);
+      assert.equal(h.size.entries, 2);
+      assert.equal(h.bytes.live, size(fresh) + size(old), 'the record the user stream holds is counted');
+      const later = note({ topics: ['t'], users: ['u'] }, '{"n":2}');
+      await h.append(later);
+      const epoch = (await h.position('app', 'u:u'))?.epoch ?? '';
+      const r = await h.since('app', 'u:u', { offset: 0, epoch });
+      assert.deepEqual(
+        r.entries.map((n) => [n.id, n.data]),
+        [fresh, old, later].map((n) => [n.id, n.data]),
+      );
+      h.sweep(Date.now() + 61_000);
+      assert.equal(h.bytes.live, 0);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('lets go of every byte when its entries expire', async () => {
     const h = new MemoryHistory(new HistoryPolicy([], 1000, 60_000), { maxEntries: 100_000 });
     try {
