@@ -178,6 +178,7 @@ export async function startHerald(options: HeraldOptions): Promise<Herald> {
       prefix: config.redisPrefix,
       presenceTtlMs: config.presenceTtl,
       stallMs: config.redisStallTimeout,
+      publishLingerMs: config.clusterPublishLinger,
       deliver: deliverLocal,
       onCountChange: countChanged,
       localCount: (appId, topic) => router.localCount(appId, topic),

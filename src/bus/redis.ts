@@ -21,6 +21,8 @@ export interface RedisClusterOptions {
   presenceTtlMs: number;
   /** A Redis that owes a reply this long counts as away (REDIS_STALL_TIMEOUT). @default 2000 */
   stallMs?: number;
+  /** How long notifications gathered during a script call may wait for more (CLUSTER_PUBLISH_LINGER). @default 0 */
+  publishLingerMs?: number;
   deliver: LocalDeliver;
   /** The cluster-wide count of a topic may have changed. */
   onCountChange: (appId: string, topic: string) => void;
@@ -269,6 +271,7 @@ export class RedisCluster {
       nodePrefix: this.key('node:'),
       nodeId: this.nodeId,
       presenceTtlMs: opts.presenceTtlMs,
+      lingerMs: opts.publishLingerMs ?? 0,
     });
     for (const [name, client] of [
       ['publisher', this.pub],

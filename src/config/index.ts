@@ -26,6 +26,8 @@ export interface Config {
   redisPrefix: string;
   presenceTtl: number;
   redisStallTimeout: number;
+  /** Cluster: how long notifications gathered during a Redis call may wait for more, ms. */
+  clusterPublishLinger: number;
   /** Cluster: what POST /notify does while Redis is unreachable (deliver locally, or refuse with 503). */
   redisDownNotify: 'local' | 'reject';
   historySize: number;

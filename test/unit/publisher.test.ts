@@ -42,8 +42,17 @@ const item = (i: number): OutgoingNotification => ({
 const heads = (c: Call | undefined) =>
   (c?.args ?? []).filter((a) => String(a).startsWith('{"v":1,"t":"notify"'));
 const turn = () => new Promise((r) => setImmediate(r));
-const publisherOn = (redis: Redis) =>
-  new BatchPublisher({ redis, nodesKey: 'p:nodes', nodePrefix: 'p:node:', nodeId: 'n1', presenceTtlMs: 1 });
+const publisherOn = (redis: Redis, lingerMs = 0) =>
+  new BatchPublisher({
+    redis,
+    nodesKey: 'p:nodes',
+    nodePrefix: 'p:node:',
+    nodeId: 'n1',
+    presenceTtlMs: 1,
+    lingerMs,
+  });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const ids = (c: Call | undefined) => heads(c).map((h) => JSON.parse(`${String(h)}}}`).n.id as string);
 
 describe('BatchPublisher', () => {
   it('gathers what is published while a call is in flight into the next call, in order', async () => {
@@ -101,5 +110,88 @@ describe('BatchPublisher', () => {
     for (let i = 0; i < 256; i++) void pub.publish(item(i)).catch(() => undefined);
     assert.equal(calls.length, 2, 'the 256th notification sends the batch');
     assert.equal(heads(calls[1]).length, 256);
+  });
+
+  describe('lingering (CLUSTER_PUBLISH_LINGER)', () => {
+    it('a lone notification still leaves at once', async () => {
+      const { redis, calls } = fakeRedis();
+      const pub = publisherOn(redis, 200);
+      void pub.publish(item(0));
+      await turn();
+      assert.equal(calls.length, 1);
+    });
+
+    it('what gathered during a call waits for more, then leaves in one call, in order', async () => {
+      const { redis, calls } = fakeRedis();
+      const pub = publisherOn(redis, 60);
+      const results = [pub.publish(item(0))];
+      await turn();
+      assert.equal(calls.length, 1);
+      results.push(pub.publish(item(1)), pub.publish(item(2)));
+      calls[0]?.answer([0]);
+      await turn();
+      await turn();
+      assert.equal(calls.length, 1, 'the two gathered during the call linger');
+      results.push(pub.publish(item(3)));
+      await turn();
+      assert.equal(calls.length, 1, 'a notification published while they linger joins them');
+      await sleep(100);
+      assert.equal(calls.length, 2, 'they leave once the linger is over');
+      assert.deepEqual(ids(calls[1]), ['1', '2', '3']);
+      calls[1]?.answer([0, 0, 0]);
+      assert.equal((await Promise.all(results)).length, 4);
+      assert.deepEqual(pub.stats, { calls: 2, notifications: 4 });
+    });
+
+    it('counts the linger from the first that gathered: after a slow call they leave at once', async () => {
+      const { redis, calls } = fakeRedis();
+      const pub = publisherOn(redis, 30);
+      void pub.publish(item(0));
+      await turn();
+      void pub.publish(item(1));
+      await sleep(50);
+      calls[0]?.answer([0]);
+      await turn();
+      await turn();
+      assert.equal(calls.length, 2);
+      assert.deepEqual(ids(calls[1]), ['1']);
+    });
+
+    it('enough gathered leaves at once', async () => {
+      const { redis, calls } = fakeRedis();
+      const pub = publisherOn(redis, 10_000);
+      void pub.publish(item(-1));
+      await turn();
+      for (let i = 0; i < 32; i++) void pub.publish(item(i));
+      calls[0]?.answer([0]);
+      await turn();
+      await turn();
+      assert.equal(calls.length, 2);
+      assert.equal(heads(calls[1]).length, 32);
+    });
+
+    it('a batch that fills while lingering leaves at once, and the linger sends nothing after it', async () => {
+      const { redis, calls } = fakeRedis();
+      const pub = publisherOn(redis, 40);
+      void pub.publish(item(-1));
+      await turn();
+      void pub.publish(item(0));
+      calls[0]?.answer([0]);
+      await turn();
+      await turn();
+      assert.equal(calls.length, 1, 'lingering');
+      for (let i = 1; i < 256; i++) void pub.publish(item(i));
+      assert.equal(calls.length, 2, 'the 256th sends the batch');
+      assert.equal(heads(calls[1]).length, 256);
+      await sleep(80);
+      assert.equal(calls.length, 2, 'no empty call when the linger would have ended');
+      void pub.publish(item(256));
+      await turn();
+      assert.equal(calls.length, 2, 'one call in flight: the next waits for it');
+      calls[1]?.answer(new Array(256).fill(0));
+      await sleep(80);
+      assert.equal(calls.length, 3);
+      assert.deepEqual(ids(calls[2]), ['256']);
+    });
   });
 });
