@@ -359,6 +359,18 @@ export async function run(argv: string[] | Args): Promise<Record<string, unknown
           clusterNetUs: rows.map((r) => r.cluster.netCpuUsPerDelivery),
           redisUs: rows.map((r) => r.cluster.redisCpuUsPerDelivery),
           notificationsPerCall: rows.map((r) => r.cluster.notificationsPerCall),
+          // Publish -> receive, the medians of the slices' p50 and p99 (with `--targeted-rate`, at an offered
+          // load below saturation; else mostly the wait behind the requests in flight).
+          latencyMs: {
+            single: {
+              p50: median(rows.map((r) => r.single.p50Ms)),
+              p99: median(rows.map((r) => r.single.p99Ms)),
+            },
+            cluster: {
+              p50: median(rows.map((r) => r.cluster.p50Ms)),
+              p99: median(rows.map((r) => r.cluster.p99Ms)),
+            },
+          },
           lost: rows.reduce(
             (sum, r) =>
               sum + (r.single.expected - r.single.deliveries) + (r.cluster.expected - r.cluster.deliveries),
