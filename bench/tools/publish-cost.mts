@@ -4,7 +4,8 @@
  * frame encoding, the connection's queue) for `users` users with one connection each, whose writes are
  * counted and dropped. Prints the CPU ns (user + system) per notification for each of `rounds` runs of `n`, in this one process
  * (compare builds by running this before and after, alternated). Usage:
- *   npx tsx bench/tools/publish-cost.mts [n=200000] [users=10000] [rounds=7]
+ *   npx tsx bench/tools/publish-cost.mts [n=200000] [users=10000] [rounds=7] [historySize=300]
+ * (`historySize` 0: no history, as HISTORY_SIZE=0, to see what the history append costs).
  * Runs the TypeScript sources through tsx.
  */
 import { MemoryBus } from '../../src/bus/memory.js';
@@ -16,6 +17,7 @@ import type { Conn } from '../../src/router/types.js';
 const n = Number(process.argv[2] ?? 200_000);
 const users = Number(process.argv[3] ?? 10_000);
 const rounds = Number(process.argv[4] ?? 7);
+const historySize = Number(process.argv[5] ?? 300);
 
 const router = new Router();
 let written = 0;
@@ -36,7 +38,7 @@ for (let i = 0; i < users; i++) {
   };
   router.add(conn);
 }
-const history = new MemoryHistory(new HistoryPolicy([], 300, 300_000), {
+const history = new MemoryHistory(new HistoryPolicy([], historySize, 300_000), {
   maxEntries: 200_000,
   maxStreams: 200_000,
   follows: (appId, stream) => router.follows(appId, stream),

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { HeraldError } from '../errors.js';
 import { streamsOf } from '../router/index.js';
-import { type Notification, newPositions } from '../router/types.js';
+import { type Notification, setPosition } from '../router/types.js';
 import { EntryArena } from './arena.js';
 
 export interface StreamPosition {
@@ -116,9 +116,8 @@ function replayOf(
   stream: string,
   epoch: string,
 ): Notification {
-  const pos = newPositions();
-  pos[stream] = [offset, epoch];
-  const n: Notification = { v: 1, id: e.id, appId, ts: e.ts, data: e.data, pos };
+  const n: Notification = { v: 1, id: e.id, appId, ts: e.ts, data: e.data };
+  setPosition(n, stream, [offset, epoch]);
   if (e.ack) n.ack = true;
   return n;
 }
@@ -268,8 +267,7 @@ export class MemoryHistory implements History {
       let drop = Math.max(0, s.kept.length - size);
       while (drop < s.kept.length && this.arena.ts(s.kept[drop] as number) < cutoff) drop++;
       if (drop > 0) this.drop(s, drop);
-      n.pos ??= newPositions();
-      n.pos[s.key] = [s.offset, s.epoch];
+      setPosition(n, s.key, [s.offset, s.epoch]);
     }
     // The loop's own hold: a notification older than a stream's TTL (an outbox publishing it again) is
     // dropped by that stream at once, and must stay stored for the next stream all the same.

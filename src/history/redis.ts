@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { Script } from '../bus/script.js';
 import { streamsOf } from '../router/index.js';
-import { type Notification, newPositions } from '../router/types.js';
+import { type Notification, setPosition } from '../router/types.js';
 import {
   type History,
   type HistoryPolicy,
@@ -82,9 +82,8 @@ export class RedisHistory implements History {
     triples: readonly (string | number)[],
     res: readonly unknown[],
   ): void {
-    n.pos ??= newPositions();
     for (let i = 0, k = 0; k < triples.length; i += 2, k += 3) {
-      n.pos[triples[k] as string] = [Number(res[i]), String(res[i + 1])];
+      setPosition(n, triples[k] as string, [Number(res[i]), String(res[i + 1])]);
     }
   }
 
@@ -135,8 +134,7 @@ export class RedisHistory implements History {
       const n: Notification = { v: 1, id: e.id, appId, ts: e.ts, data: e.data };
       if (e.ack) n.ack = true;
       const off = Number(id.split('-')[0]);
-      n.pos = newPositions();
-      n.pos[key] = [off, epoch];
+      setPosition(n, key, [off, epoch]);
       entries.push({ offset: off, n });
     }
     const first = entries[0];

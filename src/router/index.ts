@@ -1,5 +1,5 @@
 import { encodeEvent, type Frame } from './frame.js';
-import type { Conn, Meta, Notification, TopicCount } from './types.js';
+import { type Conn, type Meta, type Notification, positionIn, type TopicCount } from './types.js';
 
 export { encodeEvent, type Frame } from './frame.js';
 export type { Conn, Meta, Notification, TopicCount } from './types.js';
@@ -114,7 +114,7 @@ export function metaFor(
 ): Meta {
   const meta: Meta = { id: n.id, ts: n.ts };
   if (topic !== undefined) meta.topic = topic;
-  const pos = n.pos?.[stream];
+  const pos = positionIn(n, stream);
   if (pos) {
     meta.stream = stream;
     meta.offset = pos[0];

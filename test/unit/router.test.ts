@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Frame } from '../../src/router/frame.js';
-import { type Conn, type Notification, ONLINE_TOPIC, Router } from '../../src/router/index.js';
+import { type Conn, metaFor, type Notification, ONLINE_TOPIC, Router } from '../../src/router/index.js';
+import { FIRST_STREAM, positionIn, setPosition } from '../../src/router/types.js';
 
 /** A socket as the router sees it, recording what is written to it. */
 class FakeConn implements Conn {
@@ -153,6 +154,46 @@ describe('Router.deliver', () => {
     );
     assert.equal(r.alicePhone.frames.length, 0);
     assert.equal(r.aliceWeb.frames.length, 1);
+  });
+});
+
+describe('stream positions (setPosition, positionIn)', () => {
+  it('the first stream read through its shortcut and any other through pos give the same positions', () => {
+    const n = note('app', { users: ['alice'], topics: ['news'] });
+    setPosition(n, 't:news', [7, 'e1']);
+    setPosition(n, 'u:alice', [3, 'e2']);
+    // The router makes its stream names up anew: equal text, another string.
+    const made = (prefix: string, name: string) => `${prefix}:${name}`;
+    assert.deepEqual(positionIn(n, made('t', 'news')), [7, 'e1']);
+    assert.deepEqual(positionIn(n, made('u', 'alice')), [3, 'e2']);
+    assert.equal(positionIn(n, 'd:phone'), undefined);
+    assert.equal(n[FIRST_STREAM], 't:news');
+    // The shortcut never travels: what another node receives has only `pos`, and reads the same.
+    const sent = JSON.parse(JSON.stringify(n)) as Notification;
+    assert.equal(sent[FIRST_STREAM], undefined);
+    assert.deepEqual(positionIn(sent, 't:news'), [7, 'e1']);
+    assert.deepEqual(positionIn(sent, 'u:alice'), [3, 'e2']);
+    assert.deepEqual(metaFor(sent, 'u:alice', undefined), metaFor(n, made('u', 'alice'), undefined));
+  });
+
+  it('a stream given a new position (a notification appended again) answers the new one', () => {
+    const n = note('app', { users: ['bob'] });
+    setPosition(n, 'u:bob', [1, 'e1']);
+    setPosition(n, 'u:bob', [2, 'e2']);
+    assert.deepEqual(positionIn(n, 'u:bob'), [2, 'e2']);
+    assert.deepEqual(n.pos?.['u:bob'], [2, 'e2']);
+    const meta = metaFor(n, 'u:bob', undefined);
+    assert.equal(meta.offset, 2);
+    assert.equal(meta.epoch, 'e2');
+    assert.equal(meta.stream, 'u:bob');
+  });
+
+  it('a notification without positions has none, and its meta names no stream', () => {
+    const n = note('app', { users: ['bob'] });
+    assert.equal(positionIn(n, 'u:bob'), undefined);
+    const meta = metaFor(n, 'u:bob', undefined);
+    assert.equal(meta.stream, undefined);
+    assert.equal(meta.offset, undefined);
   });
 });
 
