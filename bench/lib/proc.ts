@@ -49,6 +49,16 @@ export function cpuSplitMicros(pid: number): { user: number; system: number } {
   return { user: (Number(rest[11]) * 1e6) / CLK_TCK, system: (Number(rest[12]) * 1e6) / CLK_TCK };
 }
 
+/**
+ * Write-type system calls a process has made (all threads: write, writev, send*), from `syscw` in
+ * /proc/<pid>/io. Over a fan-out phase, nearly all of a server's are its socket writes, so their number per
+ * delivery shows how many frames one write carries.
+ */
+export function writeSyscalls(pid: number): number {
+  const m = /^syscw: (\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+  return m ? Number(m[1]) : Number.NaN;
+}
+
 /** Resident set size of a process in bytes, from /proc/<pid>/status. */
 /**
  * Nanoseconds a thread has run and has waited on a run queue (runnable, not running), from

@@ -7,7 +7,7 @@
 
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { nowUs, Poster, readStamp, Samples } from '../lib/http.js';
-import { cpuSplitMicros, othersMeter } from '../lib/proc.js';
+import { cpuSplitMicros, othersMeter, writeSyscalls } from '../lib/proc.js';
 import { eachServer, log, type ScenarioResult } from '../lib/scenario.js';
 import { type Args, type Figure, num, percentiles, round, sleep, str, waitFor } from '../lib/util.js';
 import { LoadGen } from '../loadgen.js';
@@ -41,6 +41,11 @@ export const figures: Figure[] = [
     heraldOnly: true,
   },
   { key: 'systemCpuShare', label: 'share of server CPU in the kernel' },
+  {
+    key: 'writesPerDelivery',
+    label: 'server write system calls / delivery (below 1: frames coalesced per socket)',
+    lowerIsBetter: true,
+  },
   {
     key: 'clientLoopP99Ms',
     label: 'load generator event-loop p99 delay ms (its own lag, part of every latency)',
@@ -140,6 +145,7 @@ export async function run(args: Args): Promise<ScenarioResult> {
       const clientLoop = monitorEventLoopDelay({ resolution: 5 });
       clientLoop.enable();
       const split0 = cpuSplitMicros(server.pid);
+      const writes0 = writeSyscalls(server.pid);
       const cpu0 = server.cpuMicros();
       const t0 = nowUs();
       const deadline = Date.now() + num(args, 'timeout', 240) * 1000;
@@ -158,6 +164,7 @@ export async function run(args: Args): Promise<ScenarioResult> {
       await waitFor(() => received >= expected, num(args, 'drain', 15) * 1000, 10);
       const cpu1 = server.cpuMicros();
       const split1 = cpuSplitMicros(server.pid);
+      const writes1 = writeSyscalls(server.pid);
       clientLoop.disable();
       const client1 = process.cpuUsage(client0);
       const othersPct = others.end();
@@ -196,6 +203,8 @@ export async function run(args: Args): Promise<ScenarioResult> {
             Math.max(1, split1.user - split0.user + split1.system - split0.system),
           2,
         ),
+        // Also the HTTP responses to the posts (one per notification) and anything else the server writes.
+        writesPerDelivery: round((writes1 - writes0) / Math.max(1, received), 3),
         // Less the 5 ms sampling interval that every sample includes (see loopDelayMs in src/metrics).
         clientLoopP99Ms: round(Math.max(0, clientLoop.percentile(99) / 1e6 - 5), 2),
       };
