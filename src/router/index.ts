@@ -126,7 +126,7 @@ export function metaFor(
     const more: Record<string, [number, string]> = {};
     let any = false;
     for (const s of also) {
-      const p = n.pos?.[s];
+      const p = positionIn(n, s);
       if (!p) continue;
       more[s] = [p[0], p[1]];
       any = true;
@@ -389,7 +389,7 @@ export class Router {
     let also: Map<Conn, string[]> | undefined;
     const take = (conn: Conn, stream: string, topic: string | undefined) => {
       if (seen.has(conn)) {
-        if (n.pos?.[stream] === undefined) return;
+        if (positionIn(n, stream) === undefined) return;
         also ??= new Map();
         const list = also.get(conn);
         if (list) list.push(stream);
